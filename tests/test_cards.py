@@ -1,0 +1,52 @@
+"""Model cards parse, and bad names or files give clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from ulixes_onnx.cards import all_cards, default_card, get_card, parse_card
+from ulixes_onnx.errors import ModelError
+
+
+def test_every_card_is_complete() -> None:
+    cards = all_cards()
+    assert {"dlib-resnet", "mtcnn"} <= set(cards)
+    for card in cards.values():
+        assert card.licence and card.description and card.artifacts
+        if card.kind == "embedding":
+            assert card.input is not None and card.embedding is not None
+            assert len(card.input.scale) == 3 and card.embedding.threshold > 0
+
+
+def test_default_embedding_is_dlib() -> None:
+    card = default_card()
+    assert card.name == "dlib-resnet"
+    assert card.embedding.size == 128 and card.embedding.threshold == 0.6
+    assert card.input.size == (150, 150) and card.input.alignment == "dlib-150-pad0.25"
+
+
+def test_unknown_model_lists_known_ones() -> None:
+    with pytest.raises(ModelError, match=r"unknown model 'facenet-x'; known models: .*dlib-resnet"):
+        get_card("facenet-x")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name = ", "malformed"),
+        ('name = "x"', "malformed .*KeyError"),
+        (
+            'name="x"\nkind="tool"\ndescription="d"\nlicence="l"\nbuilder="copy"\n'
+            '[source]\nfiles={}\n[artifacts]\nm="0"',
+            "kind 'tool' is not one of",
+        ),
+        (
+            'name="x"\nkind="embedding"\ndescription="d"\nlicence="l"\nbuilder="copy"\n'
+            '[source]\nfiles={}\n[artifacts]\nm="0"',
+            "needs \\[input\\] and \\[embedding\\]",
+        ),
+    ],
+)
+def test_malformed_cards(text: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        parse_card(text, "broken.toml")

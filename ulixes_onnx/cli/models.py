@@ -1,0 +1,79 @@
+"""`ulixes-onnx models ...`: list, build and check the models in the store."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ulixes_onnx.cards import all_cards, get_card
+from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.store import ModelStatus
+
+app = typer.Typer(help="List, build and check face models.", no_args_is_help=True)
+
+
+def _size_mb(paths: list) -> str:
+    return f"{sum(path.stat().st_size for path in paths) / 1e6:.1f} MB"
+
+
+@app.command("list")
+def list_models(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show every known model with its status, size and licence."""
+    store = ctx.ensure_object(CliState).store()
+    rows = []
+    for card in all_cards().values():
+        status = store.status(card)
+        size = "-"
+        if status is ModelStatus.BUILT:
+            size = _size_mb(list(store.get(card, build=False).paths.values()))
+        needs = ", ".join(card.source.files.values()) if status.name == "NEEDS_USER_WEIGHTS" else ""
+        rows.append(
+            {
+                "name": card.name,
+                "kind": card.kind,
+                "default": card.default,
+                "status": status.value,
+                "size": size,
+                "licence": card.licence,
+                "needs": needs,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"models in {store.root}")
+    for column in ("name", "kind", "status", "size", "licence"):
+        table.add_column(column)
+    for row in rows:
+        name = row["name"] + (" (default)" if row["default"] else "")
+        status = row["status"] + (f": {row['needs']}" if row["needs"] else "")
+        table.add_row(name, row["kind"], status, row["size"], row["licence"])
+    Console().print(table)
+
+
+@app.command("build")
+def build_models(
+    ctx: typer.Context,
+    names: Annotated[list[str] | None, typer.Argument(help="Models to build (default: all).")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a verified copy exists.")] = False,
+) -> None:
+    """Build models from their installed source packages into the store."""
+    store = ctx.ensure_object(CliState).store()
+    cards = (
+        [get_card(name) for name in names]
+        if names
+        else [
+            card for card in all_cards().values() if store.status(card) is not ModelStatus.NEEDS_USER_WEIGHTS
+        ]
+    )
+    for card in cards:
+        built = store.build(card) if force else store.get(card)
+        size = _size_mb(list(built.paths.values()))
+        typer.echo(f"{card.name}: built ({size}) in {store.model_dir(card)}")

@@ -1,0 +1,213 @@
+"""The model store: builds models from their source packages into a per-user cache and verifies them.
+
+Layout: `<root>/<model name>/` holds the model's artifacts (e.g. `model.onnx`) and `manifest.json`,
+which records each artifact's sha256, the source files' sha256 and the builder version. Every load
+re-hashes the artifacts: a damaged or tampered file is rebuilt from its source package when that is
+installed, and refused with a clear message otherwise. Nothing is ever downloaded.
+
+The root is, in order: the `root` argument (the CLI's `--models-dir`), the environment variable
+`ULIXES_ONNX_MODELS_DIR`, `$XDG_CACHE_HOME/ulixes-onnx/models`, `~/.cache/ulixes-onnx/models`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ulixes_onnx.cards import ModelCard, get_card
+from ulixes_onnx.errors import ModelError
+from ulixes_onnx.zoo import BUILDER_VERSION, builder_for
+
+MODELS_DIR_ENV = "ULIXES_ONNX_MODELS_DIR"
+MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
+
+
+class ModelStatus(enum.Enum):
+    BUILT = "built"
+    BUILDABLE = "buildable"
+    DAMAGED = "damaged"
+    NEEDS_PACKAGE = "needs package"
+    NEEDS_USER_WEIGHTS = "needs user weights"
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A verified model in the store: its card and the path of each artifact."""
+
+    card: ModelCard
+    paths: dict[str, Path]
+    sha256: dict[str, str]
+
+    @property
+    def path(self) -> Path:
+        """The single artifact of a one-file model (every embedding model)."""
+        (path,) = self.paths.values()
+        return path
+
+
+def default_models_dir() -> Path:
+    if os.environ.get(MODELS_DIR_ENV):
+        return Path(os.environ[MODELS_DIR_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "ulixes-onnx" / "models"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shared caches
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: do it once, before any worker threads exist.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+class ModelStore:
+    """Builds, verifies and locates models under one cache directory."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_models_dir()
+
+    def model_dir(self, card: ModelCard) -> Path:
+        return self.root / card.name
+
+    def source_paths(self, card: ModelCard) -> dict[str, Path]:
+        """Locate the card's source files in its installed data package, checking their sha256."""
+        source = card.source
+        if source.package is None:
+            raise ModelError(
+                f"model {card.name!r} needs weights you supply "
+                f"({', '.join(source.files.values())}); see the README's model section"
+            )
+        spec = importlib.util.find_spec(source.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"model {card.name!r} is built from the Python package {source.install_name}, "
+                f"which is not installed: pip install {source.install_name}"
+            )
+        package_dir = Path(next(iter(spec.submodule_search_locations)))
+        paths = {role: package_dir / relative for role, relative in source.files.items()}
+        for role, path in paths.items():
+            if not path.is_file():
+                raise ModelError(
+                    f"{path} is missing from the package {source.install_name}: "
+                    f"pip install --force-reinstall {source.install_name}"
+                )
+            expected = source.sha256.get(role)
+            if expected and sha256_of(path) != expected:
+                raise ModelError(
+                    f"{path} is damaged or not the version model {card.name!r} expects "
+                    f"(sha256 mismatch): pip install --force-reinstall {source.install_name}"
+                )
+        return paths
+
+    def status(self, card: ModelCard) -> ModelStatus:
+        if self._verified(card) is not None:
+            return ModelStatus.BUILT
+        if (self.model_dir(card) / MANIFEST).exists():
+            return ModelStatus.DAMAGED
+        if card.source.package is None:
+            return ModelStatus.NEEDS_USER_WEIGHTS
+        if importlib.util.find_spec(card.source.package) is None:
+            return ModelStatus.NEEDS_PACKAGE
+        return ModelStatus.BUILDABLE
+
+    def build(self, card: ModelCard) -> BuiltModel:
+        """Build the card's artifacts from its sources, check them against the card and store them."""
+        sources = self.source_paths(card)
+        started = time.perf_counter()
+        artifacts = builder_for(card)(card, sources)
+        seconds = time.perf_counter() - started
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in artifacts.items()}
+        for name, digest in digests.items():
+            expected = card.artifacts.get(name)
+            if expected and digest != expected:
+                raise ModelError(
+                    f"building {card.name!r} produced {name} with sha256 {digest[:12]}…, the model "
+                    f"card expects {expected[:12]}…: the installed onnx or source package differs "
+                    "from the tested ones; reinstall ulixes-onnx with its pinned dependencies"
+                )
+        directory = self.model_dir(card)
+        paths = {}
+        for name, data in artifacts.items():
+            paths[name] = directory / f"{name}.onnx"
+            atomic_write_bytes(paths[name], data)
+        manifest = {
+            "model": card.name,
+            "builder": card.builder,
+            "builder_version": BUILDER_VERSION,
+            "build_seconds": round(seconds, 3),
+            "sources": {role: str(path) for role, path in sources.items()},
+            "artifacts": {
+                name: {"file": paths[name].name, "sha256": digests[name], "bytes": len(data)}
+                for name, data in artifacts.items()
+            },
+        }
+        atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+        log.info("built %s in %.2f s", card.name, seconds)
+        return BuiltModel(card, paths, digests)
+
+    def get(self, model: str | ModelCard, *, build: bool = True) -> BuiltModel:
+        """The verified model, built (or rebuilt if damaged) on first use when `build` is true."""
+        card = get_card(model) if isinstance(model, str) else model
+        verified = self._verified(card)
+        if verified is not None:
+            return verified
+        damaged = (self.model_dir(card) / MANIFEST).exists()
+        if not build:
+            state = "damaged (sha256 mismatch)" if damaged else "not built"
+            raise ModelError(f"model {card.name!r} is {state}: run ulixes-onnx models build {card.name}")
+        if damaged:
+            log.warning("model %s in %s is damaged; rebuilding it", card.name, self.model_dir(card))
+        return self.build(card)
+
+    def _verified(self, card: ModelCard) -> BuiltModel | None:
+        """The stored model if its manifest and every artifact's sha256 agree with the card."""
+        directory = self.model_dir(card)
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+            recorded = {name: entry["sha256"] for name, entry in manifest["artifacts"].items()}
+            paths = {name: directory / entry["file"] for name, entry in manifest["artifacts"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if set(recorded) != set(card.artifacts) or manifest.get("builder_version") != BUILDER_VERSION:
+            return None
+        for name, path in paths.items():
+            expected = card.artifacts[name] or recorded[name]
+            if recorded[name] != expected or not path.is_file() or sha256_of(path) != expected:
+                return None
+        return BuiltModel(card, paths, recorded)

