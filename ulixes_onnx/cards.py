@@ -35,9 +35,14 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """How canonical chips ([N,3,H,W] RGB in [-1, 1]) map onto the network's own input."""
+class ModelInput:
+    """How canonical chips ([N,3,H,W] RGB in [-1, 1]) map onto the network's own input `tensor`.
 
+    native = canonical * scale + offset per channel (in the native channel order), then the optional
+    per-image prewhitening; `normalisation` describes what the ONNX graph itself does after that.
+    """
+
+    tensor: str
     size: tuple[int, int]
     layout: str
     channels: str
@@ -65,7 +70,7 @@ class ModelCard:
     source: SourceSpec
     artifacts: dict[str, str]
     default: bool = False
-    input: InputSpec | None = None
+    input: ModelInput | None = None
     embedding: EmbeddingSpec | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -107,8 +112,9 @@ def parse_card(text: str, origin: str) -> ModelCard:
     return card
 
 
-def _parse_input(raw: dict) -> InputSpec:
-    return InputSpec(
+def _parse_input(raw: dict) -> ModelInput:
+    return ModelInput(
+        tensor=raw["tensor"],
         size=(int(raw["size"][0]), int(raw["size"][1])),
         layout=raw["layout"],
         channels=raw["channels"],

@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +195,25 @@ class ModelStore:
         if damaged:
             log.warning("model %s in %s is damaged; rebuilding it", card.name, self.model_dir(card))
         return self.build(card)
+
+    def derived(self, built: BuiltModel, name: str, key: str, make: Callable[[], bytes]) -> Path:
+        """A file derived from a built model (e.g. its cloak graph), made once and verified on load.
+
+        The file is keyed by the model's sha256 and `key` (the version of whatever derives it); a
+        sidecar records its sha256, so a damaged or tampered copy is made again instead of used.
+        """
+        digest = hashlib.sha256(("".join(sorted(built.sha256.values())) + key).encode()).hexdigest()
+        path = self.model_dir(built.card) / f"{name}-{digest[:16]}.onnx"
+        sidecar = path.with_suffix(".sha256")
+        try:
+            if path.is_file() and sha256_of(path) == sidecar.read_text().strip():
+                return path
+        except OSError:
+            pass
+        data = make()
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(sidecar, hashlib.sha256(data).hexdigest().encode())
+        return path
 
     def _verified(self, card: ModelCard) -> BuiltModel | None:
         """The stored model if its manifest and every artifact's sha256 agree with the card."""

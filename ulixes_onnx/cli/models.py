@@ -10,10 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ulixes_onnx.cards import all_cards, get_card
+from ulixes_onnx.check import check_models
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.store import ModelStatus
 
 app = typer.Typer(help="List, build and check face models.", no_args_is_help=True)
+
+CHECK_FAILED_EXIT_CODE = 7
 
 
 def _size_mb(paths: list) -> str:
@@ -77,3 +80,28 @@ def build_models(
         built = store.build(card) if force else store.get(card)
         size = _size_mb(list(built.paths.values()))
         typer.echo(f"{card.name}: built ({size}) in {store.model_dir(card)}")
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Models to check (default: every built one).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a summary.")] = False,
+) -> None:
+    """Run each model on real faces and check its files, distances and gradient graph."""
+    reports = check_models(ctx.ensure_object(CliState).store(), names)
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2))
+    else:
+        console = Console()
+        for report in reports:
+            console.print(
+                f"[bold]{report['model']}[/bold] ({report['kind']}): {'ok' if report['ok'] else 'FAILED'}"
+            )
+            for name, result in report["checks"].items():
+                details = ", ".join(f"{k}={v}" for k, v in result.items() if k not in ("ok", "files"))
+                console.print(f"  {'ok  ' if result['ok'] else 'FAIL'} {name}: {details}")
+    if not all(report["ok"] for report in reports):
+        raise typer.Exit(CHECK_FAILED_EXIT_CODE)

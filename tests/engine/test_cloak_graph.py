@@ -1,0 +1,160 @@
+"""The cloak graph on a small random dlib-style ResNet: outputs, gradient, the away objective."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.engine.tiny_resnet import CHIP_SIZE, INPUT_NAME, tiny_resnet
+from ulixes_onnx.engine.adapter import InputSpec, with_canonical_input
+from ulixes_onnx.engine.cloak_graph import build_cloak_graph
+from ulixes_onnx.engine.session import create_session, default_domain_only
+from ulixes_onnx.errors import GraphError
+
+BATCH = 3
+OUTPUTS = ["loss", "grad", "emb", "d_pos", "d_neg"]
+# dlib's convention: the network takes 0..255 RGB, so native = x * 127.5 + 127.5.
+DLIB_STYLE = InputSpec(INPUT_NAME, scale=(127.5,) * 3, offset=(127.5,) * 3)
+
+
+@pytest.fixture(scope="module")
+def network() -> onnx.ModelProto:
+    return with_canonical_input(tiny_resnet(), DLIB_STYLE)
+
+
+@pytest.fixture(scope="module", params=["euclidean", "cosine"])
+def cloak(request, network):
+    graph = build_cloak_graph(network, distance=request.param)
+    return request.param, graph, create_session(graph, threads=1)
+
+
+def chips(seed: int = 0, batch: int = BATCH) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (batch, 3, CHIP_SIZE, CHIP_SIZE)).astype(np.float32)
+
+
+def distance(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    if kind == "euclidean":
+        return np.linalg.norm(a - b, axis=1)
+    cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return 1 - cosine
+
+
+def feeds_for(network, x: np.ndarray, margin=0.5, neg_weight=1.0) -> dict[str, np.ndarray]:
+    embeddings = create_session(network, threads=1).run(None, {"x": x})[0]
+    rng = np.random.default_rng(1)
+    count = len(x)
+    return {
+        "x": x,
+        "e_pos": (embeddings + 0.3 * rng.standard_normal(embeddings.shape)).astype(np.float32),
+        "e_neg": rng.standard_normal(embeddings.shape).astype(np.float32),
+        "margin": np.broadcast_to(np.float32(margin), (count,)).copy(),
+        "neg_weight": np.broadcast_to(np.float32(neg_weight), (count,)).copy(),
+    }
+
+
+def test_outputs_equal_the_plain_model_and_the_loss_formula(cloak, network):
+    kind, _, session = cloak
+    feeds = feeds_for(network, chips())
+    loss, grad, emb, d_pos, d_neg = session.run(OUTPUTS, feeds)
+    plain = create_session(network, threads=1).run(None, {"x": feeds["x"]})[0]
+    np.testing.assert_allclose(emb, plain, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(d_pos, distance(kind, emb, feeds["e_pos"]), atol=1e-5)
+    np.testing.assert_allclose(d_neg, distance(kind, emb, feeds["e_neg"]), atol=1e-5)
+    expected_loss = np.maximum(d_neg - d_pos + 0.5, 0)
+    np.testing.assert_allclose(loss, expected_loss, atol=1e-6)
+    assert grad.shape == feeds["x"].shape and grad.dtype == np.float32
+
+
+def directional_errors(session, feeds, step: float, seed: int = 2) -> list[float]:
+    """|finite difference - g.d| / |g| per sample along unit directions: the gradient's own and a
+    random one (each sample's direction has norm 1, so `step` is the distance moved)."""
+    grad = session.run(["grad"], feeds)[0]
+    x = feeds["x"]
+    errors = []
+    for direction in (grad, np.random.default_rng(seed).standard_normal(x.shape)):
+        norms = np.linalg.norm(direction.reshape(len(x), -1), axis=1).reshape(-1, 1, 1, 1)
+        direction = (direction / norms).astype(np.float32)
+        plus = session.run(["loss"], {**feeds, "x": x + step * direction})[0]
+        minus = session.run(["loss"], {**feeds, "x": x - step * direction})[0]
+        numeric = (plus.astype(np.float64) - minus) / (2 * step)
+        analytic = np.sum((grad * direction).reshape(len(x), -1), axis=1, dtype=np.float64)
+        scale = np.linalg.norm(grad.reshape(len(x), -1), axis=1)
+        errors += list(np.abs(numeric - analytic) / scale)
+    return errors
+
+
+def test_gradient_matches_finite_differences(cloak, network):
+    # float32 graph with Relu kinks: the step is as small as float32 rounding of the loss allows.
+    _, _, session = cloak
+    feeds = feeds_for(network, chips())
+    errors = directional_errors(session, feeds, step=1e-3)
+    assert max(errors) < 5e-3, errors
+
+
+def test_each_sample_gets_its_own_gradient(cloak, network):
+    _, _, session = cloak
+    feeds = feeds_for(network, chips())
+    batch_grad = session.run(["grad"], feeds)[0]
+    for index in range(BATCH):
+        single = {name: value[index : index + 1] for name, value in feeds.items()}
+        np.testing.assert_allclose(session.run(["grad"], single)[0][0], batch_grad[index], atol=1e-6)
+
+
+def test_away_objective_is_margin_minus_distance(cloak, network):
+    _, _, session = cloak
+    feeds = feeds_for(network, chips(), margin=100.0, neg_weight=0.0)
+    loss, d_pos = session.run(["loss", "d_pos"], feeds)
+    np.testing.assert_allclose(loss, 100.0 - d_pos, rtol=1e-6)
+
+
+def test_scalar_margin_and_weight_broadcast_over_the_batch(cloak, network):
+    _, _, session = cloak
+    per_sample = feeds_for(network, chips(), margin=0.25, neg_weight=0.5)
+    shared = {**per_sample, "margin": np.float32([0.25]), "neg_weight": np.float32([0.5])}
+    for ours, reference in zip(session.run(OUTPUTS, shared), session.run(OUTPUTS, per_sample), strict=True):
+        np.testing.assert_array_equal(ours, reference)
+
+
+def test_gradient_is_finite_when_the_chip_is_its_own_positive(cloak, network):
+    # The first cloaking step starts from the original chip: d_pos = 0 exactly.
+    _, _, session = cloak
+    feeds = feeds_for(network, chips(), margin=100.0, neg_weight=0.0)
+    feeds["e_pos"] = create_session(network, threads=1).run(None, {"x": feeds["x"]})[0]
+    loss, grad, d_pos = session.run(["loss", "grad", "d_pos"], feeds)
+    assert np.all(d_pos < 1e-5)
+    assert np.all(np.isfinite(grad)) and np.all(np.isfinite(loss))
+
+
+def test_cloak_graph_uses_standard_operators_only(cloak):
+    _, graph, _ = cloak
+    onnx.checker.check_model(graph)
+    assert default_domain_only(graph)
+    assert [value.name for value in graph.graph.input] == [
+        "x", "e_pos", "e_neg", "margin", "neg_weight"
+    ]  # fmt: skip
+    assert {value.name for value in graph.graph.output} == set(OUTPUTS)
+
+
+def test_weights_are_stored_at_most_twice(network):
+    # Strided convolutions share their weight with the backward ConvTranspose; stride-1 ones get one
+    # flipped copy (a faster Conv backward), small scatter kernels aside.
+    graph = build_cloak_graph(network)
+    forward_bytes = sum(len(t.raw_data) for t in network.graph.initializer)
+    cloak_bytes = sum(len(t.raw_data) for t in graph.graph.initializer)
+    assert cloak_bytes < 2.1 * forward_bytes
+
+
+def test_unknown_distance_is_a_graph_error(network):
+    with pytest.raises(GraphError, match="unknown distance"):
+        build_cloak_graph(network, distance="manhattan")
+
+
+def test_model_with_two_inputs_is_a_graph_error(network):
+    two_inputs = onnx.ModelProto()
+    two_inputs.CopyFrom(network)
+    two_inputs.graph.input.append(onnx.helper.make_tensor_value_info("extra", 1, [1]))
+    with pytest.raises(GraphError, match="exactly one input"):
+        build_cloak_graph(two_inputs)

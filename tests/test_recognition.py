@@ -1,0 +1,65 @@
+"""FaceModel: canonical-chip embeddings equal the native model's, and the cloak graph cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from ulixes_onnx.errors import ModelError
+from ulixes_onnx.recognition import FaceModel, distances
+from ulixes_onnx.store import ModelStore
+
+
+@pytest.fixture(scope="module")
+def dlib_model(store: ModelStore) -> FaceModel:
+    return FaceModel("dlib-resnet", store, threads=2)
+
+
+def test_canonical_chips_give_the_native_embeddings(dlib_model: FaceModel, store: ModelStore) -> None:
+    rng = np.random.default_rng(1)
+    chips = rng.uniform(-1, 1, (3, 3, 150, 150)).astype(np.float32)
+    native = ort.InferenceSession(store.get("dlib-resnet").path, providers=["CPUExecutionProvider"])
+    expected = native.run(None, {"rgb": (chips + 1) * 127.5})[0]
+    np.testing.assert_allclose(dlib_model.embed(chips), expected, atol=2e-5)
+
+
+def test_step_outputs_match_their_definitions(dlib_model: FaceModel) -> None:
+    rng = np.random.default_rng(2)
+    chips = rng.uniform(-1, 1, (2, 3, 150, 150)).astype(np.float32)
+    embeddings = dlib_model.embed(chips)
+    e_pos, e_neg = embeddings[::-1], embeddings
+    step = dlib_model.step(chips, e_pos, e_neg, margin=0.5, neg_weight=1.0)
+    d_pos = np.linalg.norm(embeddings - e_pos, axis=1)
+    np.testing.assert_allclose(step.d_pos, d_pos, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(step.loss, np.maximum(step.d_neg - step.d_pos + 0.5, 0), atol=1e-5)
+    assert step.grad.shape == chips.shape and np.isfinite(step.grad).all()
+
+
+def test_cloak_graph_is_cached_and_a_tampered_copy_is_rebuilt(
+    dlib_model: FaceModel, store: ModelStore
+) -> None:
+    path = dlib_model.cloak_graph_path
+    assert path.parent == store.model_dir(dlib_model.card)
+    original = path.read_bytes()
+    path.write_bytes(original[:1000])
+    rebuilt = FaceModel("dlib-resnet", store, threads=1)
+    assert rebuilt.cloak_graph_path == path and path.read_bytes() == original
+
+
+def test_detector_is_not_an_embedding_model(store: ModelStore) -> None:
+    with pytest.raises(ModelError, match="'mtcnn' is a detector, not a face-embedding model"):
+        FaceModel("mtcnn", store)
+
+
+def test_wrong_chip_shape_is_refused(dlib_model: FaceModel) -> None:
+    with pytest.raises(ValueError, match=r"takes chips \[N, 3, 150, 150\]"):
+        dlib_model.embed(np.zeros((1, 3, 160, 160), np.float32))
+
+
+def test_distances() -> None:
+    a = np.array([[3.0, 4.0], [1.0, 0.0]])
+    b = np.array([[0.0, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(distances(a, np.zeros_like(a), "euclidean"), [5.0, 1.0])
+    np.testing.assert_allclose(distances(a[1:], b[1:], "cosine"), [1.0])
+    np.testing.assert_allclose(distances(a, a * 2, "cosine"), [0.0, 0.0], atol=1e-12)

@@ -1,0 +1,181 @@
+"""The cloak graph: one onnxruntime run gives everything a cloaking step needs.
+
+Given a face-embedding model f whose only input is the canonical chip x [N, 3, H, W] (see `adapter.py`)
+and whose only output is the embedding [N, D], the graph computes
+
+    loss[i] = max(w[i] * d(f(x[i]), e_neg[i]) - d(f(x[i]), e_pos[i]) + margin[i], 0)
+
+(the adversarial triplet loss of the Ulixes paper with a weight w on the negative term; w = 0 with a large
+margin turns descending the loss into moving away from e_pos), its gradient w.r.t. each chip, the
+embeddings and both distances. The samples of a batch are independent, so the gradient of the summed loss
+is each sample's own gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import compose, helper, numpy_helper
+
+from ulixes_onnx.engine.adapter import CANONICAL_INPUT
+from ulixes_onnx.engine.autodiff import add_input_gradient, prepare_model
+from ulixes_onnx.errors import GraphError
+
+Distance = Literal["euclidean", "cosine"]
+
+POSITIVE = "e_pos"
+NEGATIVE = "e_neg"
+MARGIN = "margin"
+NEGATIVE_WEIGHT = "neg_weight"
+LOSS = "loss"
+GRADIENT = "grad"
+EMBEDDING = "emb"
+POSITIVE_DISTANCE = "d_pos"
+NEGATIVE_DISTANCE = "d_neg"
+
+# Added under the square roots so that distances (and norms) have a finite gradient at zero: at the
+# first step the chip is the original and its distance to its own embedding is exactly 0.
+DISTANCE_EPSILON = 1e-12
+_NETWORK_PREFIX = "net/"
+_LOSS_PREFIX = "loss/"
+
+
+class _LossWriter:
+    def __init__(self, elem_type: int) -> None:
+        self.elem_type = elem_type
+        self.dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+
+    def node(self, op_type: str, inputs: list[str], output: str, **attributes: object) -> str:
+        name = output if output in _OUTPUT_NAMES else _LOSS_PREFIX + output
+        self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attributes))
+        return name
+
+    def constant(self, value: np.ndarray, name: str) -> str:
+        """A named constant; asking twice for the same name returns the first one."""
+        name = _LOSS_PREFIX + name
+        self.initializers.setdefault(name, numpy_helper.from_array(value, name))
+        return name
+
+    def scalar(self, value: float, name: str) -> str:
+        return self.constant(np.array(value, dtype=self.dtype), name)
+
+    def sum_over_features(self, t: str, output: str, keepdims: int) -> str:
+        axes = self.constant(np.array([1], np.int64), "feature_axis")
+        return self.node("ReduceSum", [t, axes], output, keepdims=keepdims)
+
+    def euclidean(self, embedding: str, reference: str, output: str) -> str:
+        difference = self.node("Sub", [embedding, reference], output + "_diff")
+        squares = self.node("Mul", [difference, difference], output + "_squares")
+        total = self.sum_over_features(squares, output + "_sum", keepdims=0)
+        epsilon = self.scalar(DISTANCE_EPSILON, "epsilon")
+        return self.node("Sqrt", [self.node("Add", [total, epsilon], output + "_safe")], output)
+
+    def unit(self, t: str, output: str) -> str:
+        squares = self.node("Mul", [t, t], output + "_squares")
+        total = self.sum_over_features(squares, output + "_sum", keepdims=1)
+        safe = self.node("Add", [total, self.scalar(DISTANCE_EPSILON, "epsilon")], output + "_safe")
+        return self.node("Div", [t, self.node("Sqrt", [safe], output + "_norm")], output)
+
+    def cosine(self, embedding_unit: str, reference: str, output: str) -> str:
+        # 1 - cos from normalised vectors: smooth everywhere except at a zero embedding, unlike the
+        # distance between normalised vectors (a square root of a difference that cancels to 0).
+        reference_unit = self.unit(reference, output + "_unit")
+        product = self.node("Mul", [embedding_unit, reference_unit], output + "_product")
+        similarity = self.sum_over_features(product, output + "_cos", keepdims=0)
+        return self.node("Sub", [self.scalar(1.0, "one"), similarity], output)
+
+
+_OUTPUT_NAMES = (LOSS, EMBEDDING, POSITIVE_DISTANCE, NEGATIVE_DISTANCE)
+
+
+def _single(values: list[onnx.ValueInfoProto], what: str) -> onnx.ValueInfoProto:
+    if len(values) != 1:
+        raise GraphError(
+            f"an embedding model needs exactly one {what}, this one has {len(values)}; "
+            "wrap it so that it maps one chip batch to one embedding batch"
+        )
+    return values[0]
+
+
+def build_cloak_graph(embedding_model: onnx.ModelProto, distance: Distance = "euclidean") -> onnx.ModelProto:
+    """The cloak graph of a face-embedding model that takes the canonical chip.
+
+    Inputs: x [N, 3, H, W], e_pos [N, D], e_neg [N, D], margin [N] or [1], neg_weight [N] or [1].
+    Outputs: loss [N], grad [N, 3, H, W] (d loss_i / d x_i), emb [N, D], d_pos [N], d_neg [N].
+    `distance` is "euclidean" (||a - b||) or "cosine" (1 - cos(a, b)).
+    """
+    if distance not in ("euclidean", "cosine"):
+        raise GraphError(f"unknown distance '{distance}'; use 'euclidean' or 'cosine'")
+    network = prepare_model(embedding_model)
+    initializer_names = {tensor.name for tensor in network.graph.initializer}
+    chip = _single([v for v in network.graph.input if v.name not in initializer_names], "input")
+    embedding = _single(list(network.graph.output), "output")
+    chip_dims = chip.type.tensor_type.shape.dim
+    if len(chip_dims) != 4 or chip_dims[1].dim_value != 3:
+        raise GraphError(
+            f"model input '{chip.name}' is not a chip [N, 3, H, W]; fold the model's input "
+            "convention in with ulixes_onnx.engine.adapter.with_canonical_input first"
+        )
+    embedding_dims = embedding.type.tensor_type.shape.dim
+    if len(embedding_dims) != 2 or not embedding_dims[1].HasField("dim_value"):
+        raise GraphError(
+            f"model output '{embedding.name}' is not an embedding batch [N, D] with a fixed D; "
+            "flatten the model's output"
+        )
+    feature_count = embedding_dims[1].dim_value
+    elem_type = chip.type.tensor_type.elem_type
+
+    network = compose.add_prefix(network, _NETWORK_PREFIX)
+    graph = network.graph
+    loss = _LossWriter(elem_type)
+    loss.nodes.append(helper.make_node("Identity", [CANONICAL_INPUT], [graph.input[0].name], name="chip"))
+    emb = loss.node("Identity", [graph.output[0].name], EMBEDDING)
+    if distance == "euclidean":
+        d_pos = loss.euclidean(emb, POSITIVE, POSITIVE_DISTANCE)
+        d_neg = loss.euclidean(emb, NEGATIVE, NEGATIVE_DISTANCE)
+    else:
+        emb_unit = loss.unit(emb, "emb_unit")
+        d_pos = loss.cosine(emb_unit, POSITIVE, POSITIVE_DISTANCE)
+        d_neg = loss.cosine(emb_unit, NEGATIVE, NEGATIVE_DISTANCE)
+    weighted = loss.node("Mul", [NEGATIVE_WEIGHT, d_neg], "weighted_negative")
+    gap = loss.node("Sub", [weighted, d_pos], "gap")
+    loss.node("Relu", [loss.node("Add", [gap, MARGIN], "hinge_input")], LOSS)
+
+    batch = onnx.TensorShapeProto.Dimension()
+    batch.CopyFrom(chip_dims[0])
+    if not batch.dim_value and not batch.dim_param:
+        batch.dim_param = "N"
+    batch_dim = batch.dim_value or batch.dim_param
+
+    chip_input = onnx.ValueInfoProto()
+    chip_input.CopyFrom(chip)
+    chip_input.name = CANONICAL_INPUT
+    del graph.input[:]
+    graph.input.extend(
+        [
+            chip_input,
+            helper.make_tensor_value_info(POSITIVE, elem_type, [batch_dim, feature_count]),
+            helper.make_tensor_value_info(NEGATIVE, elem_type, [batch_dim, feature_count]),
+            # [N] or [1]: one value per sample, or one for the whole batch (broadcast).
+            helper.make_tensor_value_info(MARGIN, elem_type, ["margin_count"]),
+            helper.make_tensor_value_info(NEGATIVE_WEIGHT, elem_type, ["neg_weight_count"]),
+        ]
+    )
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(LOSS, elem_type, [batch_dim]),
+            helper.make_tensor_value_info(EMBEDDING, elem_type, [batch_dim, feature_count]),
+            helper.make_tensor_value_info(POSITIVE_DISTANCE, elem_type, [batch_dim]),
+            helper.make_tensor_value_info(NEGATIVE_DISTANCE, elem_type, [batch_dim]),
+        ]
+    )
+    forward_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([loss.nodes[0], *forward_nodes, *loss.nodes[1:]])
+    graph.initializer.extend(loss.initializers.values())
+    return add_input_gradient(network, CANONICAL_INPUT, LOSS, grad_name=GRADIENT)

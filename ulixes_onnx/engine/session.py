@@ -1,0 +1,77 @@
+"""onnxruntime sessions for gradient graphs: CPU only, all cores by default, built once per model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+# Sessions hold their weights in memory; a handful covers a cloaking run that uses several models.
+_MAX_CACHED_SESSIONS = 8
+_cached_sessions: OrderedDict[tuple[str, int, int], ort.InferenceSession] = OrderedDict()
+
+
+def available_cores() -> int:
+    """The number of CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    found = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            inner = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+            for subgraph in inner:
+                found += _graphs(subgraph)
+    return found
+
+
+def default_domain_only(model: onnx.ModelProto) -> bool:
+    """Whether every node (in subgraphs and local functions too) is a standard ONNX operator."""
+    nodes = [node for graph in _graphs(model.graph) for node in graph.node]
+    nodes += [node for function in model.functions for node in function.node]
+    return all(node.domain in _DEFAULT_DOMAINS for node in nodes)
+
+
+def create_session(
+    model: onnx.ModelProto | bytes | str | Path,
+    *,
+    threads: int | None = None,
+    optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+) -> ort.InferenceSession:
+    """A new CPU session; `threads` defaults to every available core."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or available_cores()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = optimization
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    if isinstance(source, Path):
+        source = str(source)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def cached_session(
+    model: onnx.ModelProto | bytes,
+    *,
+    threads: int | None = None,
+    optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+) -> ort.InferenceSession:
+    """The session for this model and settings, created on first use and reused afterwards."""
+    serialized = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    threads = threads or available_cores()
+    key = (hashlib.sha256(serialized).hexdigest(), threads, int(optimization))
+    if key in _cached_sessions:
+        _cached_sessions.move_to_end(key)
+        return _cached_sessions[key]
+    session = create_session(serialized, threads=threads, optimization=optimization)
+    _cached_sessions[key] = session
+    if len(_cached_sessions) > _MAX_CACHED_SESSIONS:
+        _cached_sessions.popitem(last=False)
+    return session

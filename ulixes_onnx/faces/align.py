@@ -1,0 +1,233 @@
+"""Alignment: the affine map from a photo to each model's face chip, and chip extraction.
+
+A model card names its chip by a key of `CHIP_SPECS`. Chips are canonical: float32 RGB [N, 3, S, S] in
+[-1, 1]. Every 2x3 matrix here maps photo pixel centres to chip pixel centres in OpenCV's convention
+(the centre of pixel (row r, column c) is the point (c, r)); `Face` coordinates put that centre at
+(c + 0.5, r + 0.5), and the conversion happens only in this module.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ulixes_onnx.errors import FaceError, ModelError
+from ulixes_onnx.faces.mtcnn import Face, as_rgb_uint8
+
+
+def similarity_transform(
+    source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """2x3 matrix of the rotation, uniform scale and translation that maps `source` points closest
+    to `target` points in the (weighted) least-squares sense (Umeyama 1991, reflections excluded).
+    """
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if source.shape != target.shape or source.ndim != 2 or source.shape[1] != 2:
+        raise ValueError(f"need two [K, 2] point sets, got {source.shape} and {target.shape}")
+    weights = np.ones(len(source)) if weights is None else np.asarray(weights, dtype=np.float64)
+    weights = weights / weights.sum()
+    source_mean, target_mean = weights @ source, weights @ target
+    source_centred, target_centred = source - source_mean, target - target_mean
+    source_variance = weights @ np.sum(source_centred**2, axis=1)
+    if source_variance <= 1e-12:
+        raise FaceError("the face landmarks coincide, so the face cannot be aligned")
+    covariance = (target_centred * weights[:, None]).T @ source_centred
+    u, singular_values, vt = np.linalg.svd(covariance)
+    # Flip the weakest axis if the best orthogonal map would be a reflection.
+    signs = np.array([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
+    rotation = u @ np.diag(signs) @ vt
+    scale = (singular_values @ signs) / source_variance
+    translation = target_mean - scale * rotation @ source_mean
+    return np.concatenate([scale * rotation, translation[:, None]], axis=1)
+
+
+def photo_pixels_per_chip_pixel(matrix: np.ndarray) -> float:
+    """How many photo pixels one chip pixel spans (geometric mean over both axes)."""
+    return 1.0 / math.sqrt(abs(np.linalg.det(np.asarray(matrix)[:, :2])))
+
+
+class ChipSpec(ABC):
+    """Where a model wants the face: a square chip of `size` pixels placed relative to the face.
+
+    `dlib_pyramid` says the model was trained on chips cut by dlib (see `warp_chips`).
+    """
+
+    name: str
+    size: int
+    dlib_pyramid: bool
+
+    @abstractmethod
+    def photo_to_chip(self, face: Face) -> np.ndarray:
+        """The 2x3 float64 matrix taking photo pixel centres to this chip's pixel centres."""
+
+
+@dataclass(frozen=True, eq=False)
+class LandmarkChipSpec(ChipSpec):
+    """A chip placed by fitting a similarity transform from the 5 landmarks to `template`.
+
+    `template` is [5, 2] (x, y) in fractions of the chip side (0 = left/top edge, 1 = right/bottom
+    edge), in the landmark order of `Face`; `weights` say how much each landmark counts in the fit.
+    """
+
+    name: str
+    size: int
+    template: np.ndarray
+    weights: np.ndarray
+    dlib_pyramid: bool = False
+
+    def photo_to_chip(self, face: Face) -> np.ndarray:
+        return similarity_transform(face.landmarks - 0.5, self.template * self.size - 0.5, self.weights)
+
+
+@dataclass(frozen=True, eq=False)
+class BoxChipSpec(ChipSpec):
+    """FaceNet-style chip: the detector box grown by `margin` times its width and height on every
+    side, cropped without rotation and resized to size x size (stretched, as upstream).
+    """
+
+    name: str
+    size: int
+    margin: float
+    dlib_pyramid: bool = False
+
+    def photo_to_chip(self, face: Face) -> np.ndarray:
+        x0, y0, x1, y1 = face.box
+        grow_x, grow_y = self.margin * (x1 - x0), self.margin * (y1 - y0)
+        left, top = x0 - grow_x, y0 - grow_y
+        scale_x = self.size / (x1 - x0 + 2 * grow_x)
+        scale_y = self.size / (y1 - y0 + 2 * grow_y)
+        # Chip edge coordinate = (photo edge coordinate - crop corner) * scale; centres sit 0.5 in.
+        return np.array(
+            [
+                [scale_x, 0.0, scale_x * (0.5 - left) - 0.5],
+                [0.0, scale_y, scale_y * (0.5 - top) - 0.5],
+            ]
+        )
+
+
+def _dlib_template_spec(name: str, size: int) -> LandmarkChipSpec:
+    # Where MTCNN's landmarks fall, on average, in chips cut by dlib's get_face_chip(padding=0.25)
+    # (which places the chip from its own 5-point shape predictor: eye corners and nose base), as
+    # fractions of the chip side. The weights make the fit lean on the eyes and hardly on the mouth,
+    # whose corners move with expression while dlib's placement ignores them. Both were fitted on
+    # half of the faces-dev identities by tests/faces/derive_dlib_template.py.
+    template = np.array(
+        [
+            [0.31073, 0.30208],
+            [0.67447, 0.30096],
+            [0.49049, 0.51710],
+            [0.32373, 0.67451],
+            [0.66686, 0.67304],
+        ]
+    )
+    weights = np.array([1.0, 1.0, 0.327, 0.0084, 0.0084])
+    return LandmarkChipSpec(name=name, size=size, template=template, weights=weights, dlib_pyramid=True)
+
+
+# Photo-pixel shift per pyramid level between where dlib's chip extractor assumes a level pixel lies
+# (2q + (2.5, 1.5)) and where its 5-tap filter centres it (2q + 2), relative to OpenCV's pyrDown.
+DLIB_PYRAMID_OFFSET = (0.5, -0.5)
+
+# FaceNet aligns with a 32-pixel margin on 160-pixel chips (davidsandberg/facenet, LFW protocol),
+# i.e. the box fills 128 of 160 pixels; as a fraction of the box that is 16 / 128 per side.
+FACENET_MARGIN = 16 / 128
+
+CHIP_SPECS: dict[str, ChipSpec] = {
+    spec.name: spec
+    for spec in (
+        _dlib_template_spec("dlib-150-pad0.25", 150),
+        _dlib_template_spec("dlib-224-pad0.25", 224),
+        BoxChipSpec(name="facenet-160-margin", size=160, margin=FACENET_MARGIN),
+        BoxChipSpec(name="facenet-224-margin", size=224, margin=FACENET_MARGIN),
+    )
+}
+
+
+def chip_spec(name: str) -> ChipSpec:
+    """The registered chip layout called `name`."""
+    try:
+        return CHIP_SPECS[name]
+    except KeyError:
+        known = ", ".join(sorted(CHIP_SPECS))
+        raise ModelError(f"unknown face chip layout {name!r}; use one of: {known}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class AlignedChips:
+    """Canonical chips float32 [N, 3, S, S] in [-1, 1] and their photo -> chip matrices [N, 2, 3]."""
+
+    chips: np.ndarray
+    matrices: np.ndarray
+
+
+def extract_chips(photo: np.ndarray, faces: Sequence[Face], spec: ChipSpec) -> AlignedChips:
+    """Align every face in an RGB uint8 photo to `spec`."""
+    matrices = np.array([spec.photo_to_chip(face) for face in faces]).reshape(-1, 2, 3)
+    chips = warp_chips(photo, matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
+    return AlignedChips(chips=chips, matrices=matrices)
+
+
+def warp_chips(
+    photo: np.ndarray, matrices: np.ndarray, size: int, *, dlib_pyramid: bool = False
+) -> np.ndarray:
+    """Canonical size x size chips [N, 3, size, size] cut from the photo through `matrices`.
+
+    Resampling follows dlib's chip extraction: bilinear, after halving the photo with a Gaussian
+    pyramid while the chip would still be more than 2x smaller than its photo region (so strongly
+    shrunk faces are low-passed instead of aliased); parts outside the photo are black.
+    `dlib_pyramid` places pyramid levels exactly where dlib does, for chips fed to dlib's network.
+    """
+    photo = as_rgb_uint8(photo)
+    chips = np.empty((len(matrices), size, size, 3), np.float32)
+    for chip, matrix in zip(chips, matrices, strict=True):
+        chip[:] = _warp_chip(photo, matrix, size, dlib_pyramid)
+    return chips.transpose(0, 3, 1, 2) * np.float32(1 / 127.5) - np.float32(1)
+
+
+def chip_corners_in_photo(matrix: np.ndarray, size: int) -> np.ndarray:
+    """[4, 2] photo coordinates (pixel-centre convention) of the chip's outer corners."""
+    chip_to_photo = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
+    edge = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [size - 0.5, size - 0.5], [-0.5, size - 0.5]])
+    return edge @ chip_to_photo[:, :2].T + chip_to_photo[:, 2]
+
+
+def _warp_chip(photo: np.ndarray, matrix: np.ndarray, size: int, dlib_pyramid: bool) -> np.ndarray:
+    shrink = photo_pixels_per_chip_pixel(matrix)
+    halvings = max(math.ceil(math.log2(shrink)) - 1, 0) if shrink > 1 else 0
+    # Work on the chip's footprint only, with room for the pyramid filter's support.
+    reach = 2 * 2**halvings + 2
+    corners = chip_corners_in_photo(matrix, size)
+    height, width = photo.shape[:2]
+    x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int) - reach, 0)
+    x1 = min(int(np.ceil(corners[:, 0].max())) + reach + 1, width)
+    y1 = min(int(np.ceil(corners[:, 1].max())) + reach + 1, height)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((size, size, 3), np.float32)
+    patch = photo[y0:y1, x0:x1].astype(np.float32)
+    # pyrDown centres level pixel q on pixel 2q of the level below. dlib's chip extractor assumes
+    # 2q + (2.5, 1.5) for its own pyramid (half a pixel off its filter's centre in each axis);
+    # chips meant for dlib's network reproduce that placement.
+    step_offset = np.array(DLIB_PYRAMID_OFFSET if dlib_pyramid else (0.0, 0.0))
+    level_to_patch = np.eye(3)
+    for _ in range(halvings):
+        patch = cv2.pyrDown(patch)
+        level_to_patch = level_to_patch @ np.array(
+            [[2.0, 0.0, step_offset[0]], [0.0, 2.0, step_offset[1]], [0.0, 0.0, 1.0]]
+        )
+    patch_to_chip = np.array(matrix, dtype=np.float64)
+    patch_to_chip[:, 2] += patch_to_chip[:, :2] @ np.array([x0, y0], dtype=np.float64)
+    level_to_chip = patch_to_chip @ level_to_patch
+    return cv2.warpAffine(
+        patch,
+        level_to_chip,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )

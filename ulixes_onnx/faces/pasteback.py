@@ -1,0 +1,193 @@
+"""Paste-back: bring perturbations computed on chips into the photo at its full resolution.
+
+Each chip perturbation is resampled through the inverse of its photo -> chip matrix and weighted by a
+mask that is 1 inside the chip and falls smoothly to 0 over `feather` of the chip side at its border,
+so the photo changes only under the chip. Work and memory stay within each face's footprint; where
+footprints overlap, every element keeps the contribution of largest magnitude (the element-wise MAX
+rule the Ulixes paper also uses to ensemble models), so overlapping cloaks never add up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ulixes_onnx.errors import FaceError, ImageError
+from ulixes_onnx.faces.align import chip_corners_in_photo, photo_pixels_per_chip_pixel
+
+# Below this the chip is upsampled more than 2x from the photo: a cloak built at chip resolution
+# would be averaged away by the photo's coarser pixels, so such faces are skipped.
+MIN_PHOTO_PIXELS_PER_CHIP_PIXEL = 0.5
+DEFAULT_FEATHER = 0.08
+
+
+@dataclass(frozen=True, eq=False)
+class DeltaPatch:
+    """A photo-space change over the rectangle whose top-left pixel is (x0, y0).
+
+    `delta` is float32 [h, w, 3] in 0..255 units (already multiplied by `mask`), `mask` float32 [h, w]
+    in [0, 1] is the faces' combined blending weight.
+    """
+
+    x0: int
+    y0: int
+    delta: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.delta.shape[1]
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.delta.shape[0]
+
+
+@dataclass(frozen=True)
+class SkippedFace:
+    """A face whose perturbation was not pasted back, and why."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class PhotoDelta:
+    """The pasted-back perturbation of one photo: non-overlapping patches plus the faces skipped."""
+
+    height: int
+    width: int
+    patches: tuple[DeltaPatch, ...]
+    skipped: tuple[SkippedFace, ...]
+
+    def apply(self, photo: np.ndarray) -> np.ndarray:
+        """A copy of the uint8 RGB photo with the delta added and rounded; other pixels are untouched."""
+        if photo.dtype != np.uint8 or photo.shape != (self.height, self.width, 3):
+            raise ImageError(
+                f"the delta was made for a {self.height}x{self.width} RGB uint8 photo, not "
+                f"{photo.dtype} {photo.shape}; paste back onto the photo the faces came from"
+            )
+        result = photo.copy()
+        for patch in self.patches:
+            region = result[patch.y0 : patch.y1, patch.x0 : patch.x1]
+            changed = np.rint(region.astype(np.float32) + patch.delta)
+            region[:] = np.clip(changed, 0, 255).astype(np.uint8)
+        return result
+
+
+def paste_back(
+    perturbations: np.ndarray,
+    matrices: np.ndarray,
+    photo_shape: Sequence[int],
+    *,
+    feather: float = DEFAULT_FEATHER,
+    min_photo_pixels_per_chip_pixel: float = MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
+) -> PhotoDelta:
+    """Map chip perturbations [N, 3, S, S] (canonical units: 2.0 spans 0..255) into the photo.
+
+    `matrices` [N, 2, 3] are the photo -> chip matrices the chips were extracted with, `photo_shape`
+    the photo's (height, width, ...). Faces too small for their chip or outside the photo are skipped
+    and reported in `PhotoDelta.skipped`.
+    """
+    perturbations = np.asarray(perturbations, dtype=np.float32)
+    matrices = np.asarray(matrices, dtype=np.float64)
+    if perturbations.ndim != 4 or perturbations.shape[1] != 3:
+        raise FaceError(f"perturbations must be [N, 3, S, S], not {perturbations.shape}")
+    if perturbations.shape[2] != perturbations.shape[3]:
+        raise FaceError(f"chips must be square, not {perturbations.shape[2:]}")
+    if matrices.shape != (len(perturbations), 2, 3):
+        raise FaceError(f"need one 2x3 matrix per perturbation, got shape {matrices.shape}")
+    if not 0 < feather <= 0.5:
+        raise FaceError(f"feather must be in (0, 0.5] of the chip side, not {feather}")
+    if not np.isfinite(perturbations).all():
+        raise FaceError("a perturbation contains NaN or infinity; the cloak step failed")
+    height, width = int(photo_shape[0]), int(photo_shape[1])
+
+    face_patches: list[DeltaPatch] = []
+    skipped: list[SkippedFace] = []
+    for index, (perturbation, matrix) in enumerate(zip(perturbations, matrices, strict=True)):
+        scale = photo_pixels_per_chip_pixel(matrix)
+        if scale < min_photo_pixels_per_chip_pixel:
+            skipped.append(
+                SkippedFace(
+                    index,
+                    f"face too small: one chip pixel covers {scale:.2f} photo pixels "
+                    f"(minimum {min_photo_pixels_per_chip_pixel})",
+                )
+            )
+            continue
+        patch = _face_patch(perturbation, matrix, height, width, feather)
+        if patch is None:
+            skipped.append(SkippedFace(index, "the chip lies outside the photo"))
+            continue
+        face_patches.append(patch)
+    return PhotoDelta(height, width, tuple(_merge_overlapping(face_patches)), tuple(skipped))
+
+
+def _face_patch(
+    perturbation: np.ndarray, matrix: np.ndarray, height: int, width: int, feather: float
+) -> DeltaPatch | None:
+    size = perturbation.shape[-1]
+    corners = chip_corners_in_photo(matrix, size)
+    x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
+    x1 = min(int(np.ceil(corners[:, 0].max())) + 1, width)
+    y1 = min(int(np.ceil(corners[:, 1].max())) + 1, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    region_to_chip = matrix.copy()
+    region_to_chip[:, 2] += matrix[:, :2] @ np.array([x0, y0], dtype=np.float64)
+    delta = cv2.warpAffine(
+        np.ascontiguousarray(perturbation.transpose(1, 2, 0)),
+        region_to_chip,
+        (x1 - x0, y1 - y0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    mask = _feathered_mask(region_to_chip, x1 - x0, y1 - y0, size, feather)
+    return DeltaPatch(int(x0), int(y0), delta * (mask * np.float32(127.5))[:, :, None], mask)
+
+
+def _feathered_mask(
+    region_to_chip: np.ndarray, width: int, height: int, size: int, feather: float
+) -> np.ndarray:
+    """1 deep inside the chip, 0 outside it, a smoothstep over `feather` x size pixels in between."""
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    (a, b, c), (d, e, f) = region_to_chip.astype(np.float32)
+    chip_x = a * xs + b * ys + c
+    chip_y = d * xs + e * ys + f
+    # Distance (in chip pixels) to the nearest edge of the chip, whose edges sit at -0.5 and S - 0.5.
+    inset = np.minimum(np.minimum(chip_x, chip_y), np.minimum(size - 1 - chip_x, size - 1 - chip_y))
+    ramp = np.clip((inset + 0.5) / (feather * size), 0, 1)
+    return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)
+
+
+def _merge_overlapping(patches: list[DeltaPatch]) -> list[DeltaPatch]:
+    """Combine patches whose rectangles overlap (transitively) into one patch each."""
+    groups: list[list[DeltaPatch]] = []
+    for patch in patches:
+        touching = [group for group in groups if any(_overlap(patch, other) for other in group)]
+        merged = [patch] + [member for group in touching for member in group]
+        groups = [group for group in groups if group not in touching] + [merged]
+    return [group[0] if len(group) == 1 else _combine(group) for group in groups]
+
+
+def _overlap(a: DeltaPatch, b: DeltaPatch) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def _combine(group: list[DeltaPatch]) -> DeltaPatch:
+    x0, y0 = min(p.x0 for p in group), min(p.y0 for p in group)
+    x1, y1 = max(p.x1 for p in group), max(p.y1 for p in group)
+    delta = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
+    mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for patch in group:
+        rows = slice(patch.y0 - y0, patch.y1 - y0)
+        cols = slice(patch.x0 - x0, patch.x1 - x0)
+        current = delta[rows, cols]
+        current[:] = np.where(np.abs(patch.delta) > np.abs(current), patch.delta, current)
+        np.maximum(mask[rows, cols], patch.mask, out=mask[rows, cols])
+    return DeltaPatch(x0, y0, delta, mask)

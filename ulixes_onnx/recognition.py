@@ -1,0 +1,152 @@
+"""Face-embedding models ready to run: embeddings and cloak steps on canonical chips.
+
+A `FaceModel` takes chips in the canonical space (float32 RGB [N, 3, H, W] in [-1, 1], at the model's
+chip size); the model's own input convention is folded into its graphs (`engine.adapter`). It holds two
+onnxruntime sessions: the plain forward graph for embeddings, and the cloak graph (loss, input gradient,
+embedding and distances in one run). The cloak graph is built once per model and engine version and
+kept in the model store. Sessions are thread-safe, so one `FaceModel` serves concurrent requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import numpy as np
+import onnx
+
+from ulixes_onnx.cards import ModelCard, get_card
+from ulixes_onnx.engine import InputSpec, build_cloak_graph, create_session, with_canonical_input
+from ulixes_onnx.engine import cloak_graph as names
+from ulixes_onnx.errors import ModelError
+from ulixes_onnx.store import BuiltModel, ModelStore
+
+
+@dataclass(frozen=True)
+class CloakStep:
+    """What one run of the cloak graph returns, one entry per chip."""
+
+    loss: np.ndarray
+    grad: np.ndarray
+    emb: np.ndarray
+    d_pos: np.ndarray
+    d_neg: np.ndarray
+
+
+@cache
+def engine_fingerprint() -> str:
+    """A digest of the engine's source and the onnx version: cached cloak graphs are keyed by it."""
+    digest = hashlib.sha256(onnx.__version__.encode())
+    for entry in sorted(resources.files("ulixes_onnx.engine").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".py"):
+            digest.update(entry.read_bytes())
+    return digest.hexdigest()
+
+
+def adapter_spec(card: ModelCard) -> InputSpec:
+    """The engine's description of how the card's network takes its input."""
+    model_input = card.input
+    if model_input is None:
+        raise ModelError(f"model {card.name!r} is a {card.kind}, not a face-embedding model")
+    return InputSpec(
+        input_name=model_input.tensor,
+        layout=model_input.layout,  # type: ignore[arg-type]
+        channel_order=model_input.channels,  # type: ignore[arg-type]
+        scale=model_input.scale,
+        offset=model_input.offset,
+        prewhiten=model_input.prewhiten,
+    )
+
+
+def distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """Row-wise distance between embeddings: Euclidean, or cosine distance (1 - cos)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if metric == "euclidean":
+        return np.linalg.norm(a - b, axis=-1)
+    unit_a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    unit_b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return 1.0 - np.sum(unit_a * unit_b, axis=-1)
+
+
+class FaceModel:
+    """One face-embedding model from the store, with its forward and cloak sessions."""
+
+    def __init__(
+        self, model: str | ModelCard, store: ModelStore | None = None, *, threads: int | None = None
+    ) -> None:
+        store = store or ModelStore()
+        card = get_card(model) if isinstance(model, str) else model
+        if card.kind != "embedding":
+            raise ModelError(f"model {card.name!r} is a {card.kind}, not a face-embedding model")
+        self.card = card
+        self.built: BuiltModel = store.get(card)
+        forward = with_canonical_input(onnx.load(self.built.path), adapter_spec(card))
+        self._forward = create_session(forward, threads=threads)
+        self.cloak_graph_path = store.derived(
+            self.built,
+            f"cloak-{self.metric}",
+            engine_fingerprint(),
+            lambda: build_cloak_graph(forward, self.metric).SerializeToString(),
+        )
+        self._cloak = create_session(self.cloak_graph_path, threads=threads)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def chip_size(self) -> tuple[int, int]:
+        return self.card.input.size
+
+    @property
+    def metric(self) -> str:
+        return self.card.embedding.metric
+
+    @property
+    def threshold(self) -> float:
+        """Distances below this are judged the same person."""
+        return self.card.embedding.threshold
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """Embeddings [N, D] of canonical chips [N, 3, H, W]."""
+        return self._forward.run(None, {names.CANONICAL_INPUT: self._chips(chips)})[0]
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return distances(a, b, self.metric)
+
+    def step(
+        self,
+        chips: np.ndarray,
+        e_pos: np.ndarray,
+        e_neg: np.ndarray,
+        margin: float | np.ndarray,
+        neg_weight: float | np.ndarray = 1.0,
+    ) -> CloakStep:
+        """One run of the cloak graph: loss, d loss / d chip, embeddings and both distances."""
+        feeds = {
+            names.CANONICAL_INPUT: self._chips(chips),
+            names.POSITIVE: np.asarray(e_pos, np.float32),
+            names.NEGATIVE: np.asarray(e_neg, np.float32),
+            names.MARGIN: np.atleast_1d(np.asarray(margin, np.float32)),
+            names.NEGATIVE_WEIGHT: np.atleast_1d(np.asarray(neg_weight, np.float32)),
+        }
+        outputs = [
+            names.LOSS,
+            names.GRADIENT,
+            names.EMBEDDING,
+            names.POSITIVE_DISTANCE,
+            names.NEGATIVE_DISTANCE,
+        ]
+        return CloakStep(*self._cloak.run(outputs, feeds))
+
+    def _chips(self, chips: np.ndarray) -> np.ndarray:
+        chips = np.asarray(chips, np.float32)
+        expected = (3, *self.chip_size)
+        if chips.ndim != 4 or chips.shape[1:] != expected:
+            raise ValueError(
+                f"{self.name} takes chips [N, {', '.join(map(str, expected))}], got {chips.shape}"
+            )
+        return chips
