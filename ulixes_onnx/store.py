@@ -17,15 +17,16 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.cards import ModelCard, get_card
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo import BUILDER_VERSION, builder_for
+from ulixes_onnx.zoo.npm import cache_folder, npm_available, npm_package_files
 
 MODELS_DIR_ENV = "ULIXES_ONNX_MODELS_DIR"
 MANIFEST = "manifest.json"
@@ -71,30 +72,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shared caches
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _read_umask() -> int:
-    # os.umask can only be read by setting it: do it once, before any worker threads exist.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
+    write_atomically(data, path)
 
 
 class ModelStore:
@@ -109,47 +89,70 @@ class ModelStore:
     def source_paths(self, card: ModelCard) -> dict[str, Path]:
         """Locate the card's source files in its installed data package, checking their sha256."""
         source = card.source
-        if source.package is None:
+        if source.npm is not None:
+            package_dir = npm_package_files(source.npm, list(source.files.values()), self.npm_cache)
+            remedy = f"delete {package_dir} and build again"
+        elif source.package is None:
             raise ModelError(
                 f"model {card.name!r} needs weights you supply "
-                f"({', '.join(source.files.values())}); see the README's model section"
+                f"({', '.join(source.files.values())}): ulixes-onnx models build {card.name} --weights FILE"
             )
-        spec = importlib.util.find_spec(source.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelError(
-                f"model {card.name!r} is built from the Python package {source.install_name}, "
-                f"which is not installed: pip install {source.install_name}"
-            )
-        package_dir = Path(next(iter(spec.submodule_search_locations)))
+        else:
+            spec = importlib.util.find_spec(source.package)
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelError(
+                    f"model {card.name!r} is built from the Python package {source.install_name}, "
+                    f"which is not installed: pip install {source.install_name}"
+                )
+            package_dir = Path(next(iter(spec.submodule_search_locations)))
+            remedy = f"pip install --force-reinstall {source.install_name}"
         paths = {role: package_dir / relative for role, relative in source.files.items()}
         for role, path in paths.items():
             if not path.is_file():
-                raise ModelError(
-                    f"{path} is missing from the package {source.install_name}: "
-                    f"pip install --force-reinstall {source.install_name}"
-                )
+                raise ModelError(f"{path} is missing from the package {source.install_name}: {remedy}")
             expected = source.sha256.get(role)
             if expected and sha256_of(path) != expected:
                 raise ModelError(
                     f"{path} is damaged or not the version model {card.name!r} expects "
-                    f"(sha256 mismatch): pip install --force-reinstall {source.install_name}"
+                    f"(sha256 mismatch): {remedy}"
                 )
         return paths
+
+    @property
+    def npm_cache(self) -> Path:
+        """Where files of npm packages are kept once fetched."""
+        return self.root / ".npm-sources"
 
     def status(self, card: ModelCard) -> ModelStatus:
         if self._verified(card) is not None:
             return ModelStatus.BUILT
         if (self.model_dir(card) / MANIFEST).exists():
             return ModelStatus.DAMAGED
+        if card.source.npm is not None:
+            fetched = all(
+                (cache_folder(card.source.npm, self.npm_cache) / name).is_file()
+                for name in card.source.files.values()
+            )
+            return ModelStatus.BUILDABLE if fetched or npm_available() else ModelStatus.NEEDS_PACKAGE
         if card.source.package is None:
             return ModelStatus.NEEDS_USER_WEIGHTS
         if importlib.util.find_spec(card.source.package) is None:
             return ModelStatus.NEEDS_PACKAGE
         return ModelStatus.BUILDABLE
 
-    def build(self, card: ModelCard) -> BuiltModel:
-        """Build the card's artifacts from its sources, check them against the card and store them."""
-        sources = self.source_paths(card)
+    def build(self, card: ModelCard, sources: dict[str, Path] | None = None) -> BuiltModel:
+        """Build the card's artifacts from its sources, check them against the card and store them.
+
+        `sources` (role -> path) are the user's own weight files, for cards that need them; by default
+        the sources are the card's package files.
+        """
+        if sources is None:
+            sources = self.source_paths(card)
+        elif set(sources) != set(card.source.files):
+            raise ModelError(
+                f"model {card.name!r} is built from {', '.join(card.source.files.values())}; "
+                f"got files for {', '.join(sorted(sources)) or 'nothing'}"
+            )
         started = time.perf_counter()
         artifacts = builder_for(card)(card, sources)
         seconds = time.perf_counter() - started
@@ -166,7 +169,7 @@ class ModelStore:
         paths = {}
         for name, data in artifacts.items():
             paths[name] = directory / f"{name}.onnx"
-            atomic_write_bytes(paths[name], data)
+            _write(paths[name], data)
         manifest = {
             "model": card.name,
             "builder": card.builder,
@@ -178,7 +181,7 @@ class ModelStore:
                 for name, data in artifacts.items()
             },
         }
-        atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+        _write(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
         log.info("built %s in %.2f s", card.name, seconds)
         return BuiltModel(card, paths, digests)
 
@@ -211,8 +214,8 @@ class ModelStore:
         except OSError:
             pass
         data = make()
-        atomic_write_bytes(path, data)
-        atomic_write_bytes(sidecar, hashlib.sha256(data).hexdigest().encode())
+        _write(path, data)
+        _write(sidecar, hashlib.sha256(data).hexdigest().encode())
         return path
 
     def _verified(self, card: ModelCard) -> BuiltModel | None:

@@ -34,7 +34,51 @@ CONV_CASES = [
     ({"auto_pad": "VALID", "strides": [2, 1]}, 4, 6, 1),
     ({"pads": [1, 1, 1, 1], "group": 2}, 4, 6, 2),
     ({"pads": [1, 1, 1, 1], "group": 4, "strides": [2, 2]}, 4, 8, 4),  # depthwise
+    ({"dilations": [2, 1], "pads": [2, 1, 2, 1]}, 4, 6, 1),
 ]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "kernel"),
+    [
+        ({"strides": [2, 2], "pads": [1, 2, 2, 1]}, [5, 5]),
+        ({"strides": [2, 2], "pads": [3, 3, 3, 3]}, [7, 7]),  # a stem such as dlib's and ResNet's
+        ({"strides": [2, 3]}, [4, 3]),
+        ({"strides": [2, 2]}, [1, 1]),  # phases without taps
+        ({"strides": [3, 1], "pads": [0, 1, 2, 0]}, [2, 3]),
+        ({"pads": [3, 2, 1, 3]}, [2, 2]),  # pads beyond the kernel: the gradient is cropped
+        ({"strides": [2, 1], "dilations": [1, 2], "pads": [2, 2, 2, 2]}, [5, 3]),
+        ({"strides": [2, 2], "auto_pad": "SAME_UPPER"}, [4, 4]),
+    ],
+)
+def test_conv_by_polyphase_convolution(attributes, kernel, assert_gradient_matches):
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], **attributes)],
+        {"x": ["N", 3, 11, 10]},
+        ["y"],
+        initializers={"w": images((4, 3, *kernel), seed=1)},
+        dtype=np.float32,
+    )
+    assert_gradient_matches(model, {"x": images((2, 3, 11, 10))}, "x")
+
+
+def test_strided_conv_backward_is_a_conv_when_cheaper_than_conv_transpose():
+    from ulixes_onnx.engine.autodiff import add_input_gradient
+
+    def backward_ops(kernel: int) -> set[str]:
+        model = make_model(
+            [helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2])],
+            {"x": ["N", 3, 15, 15]},
+            ["y"],
+            initializers={"w": images((4, 3, kernel, kernel))},
+            dtype=np.float32,
+        )
+        return {node.op_type for node in add_input_gradient(model, "x", "y").graph.node}
+
+    # 7x7 stride 2: 4 phases of 4x4 taps, 1.3x the work of the transposed convolution.
+    assert "ConvTranspose" not in backward_ops(7)
+    # 3x3 stride 2: 4 phases of 2x2 taps, 1.8x the work: onnxruntime's ConvTranspose is faster.
+    assert "ConvTranspose" in backward_ops(3)
 
 
 @pytest.mark.parametrize(("attributes", "channels", "filters", "group"), CONV_CASES)
@@ -104,7 +148,7 @@ def test_max_pool(attributes, batch, assert_gradient_matches):
     assert_gradient_matches(model, {"x": distinct_values((batch, 2, 7, 6))}, "x")
 
 
-def test_max_pool_gives_a_tied_window_gradient_to_one_element_only():
+def test_max_pool_shares_a_tied_window_gradient_instead_of_copying_it():
     # Relu zeros make ties common; the gradient must not be counted once per tied element.
     from ulixes_onnx.engine.autodiff import add_input_gradient
     from ulixes_onnx.engine.session import create_session
@@ -119,8 +163,25 @@ def test_max_pool_gives_a_tied_window_gradient_to_one_element_only():
     x = np.zeros((1, 1, 2, 4), np.float32)
     x[0, 0, 1, 3] = 1.0
     (dx,) = create_session(grad_model).run(["dx"], {"x": x})
-    expected = np.array([[1, 0, 0, 0], [0, 0, 0, 1]], np.float32)
+    expected = np.array([[0.25, 0.25, 0, 0], [0.25, 0.25, 0, 1]], np.float32)
     np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+def test_max_pool_padding_is_never_a_maximum():
+    # With every input negative, zero padding would win the border windows and swallow their gradient.
+    from ulixes_onnx.engine.autodiff import add_input_gradient
+    from ulixes_onnx.engine.session import create_session
+
+    model = make_model(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+        {"x": [1, 1, 4, 4]},
+        ["y"],
+        dtype=np.float32,
+    )
+    grad_model = add_input_gradient(model, "x", "y", grad_name="dx")
+    x = -1 - distinct_values((1, 1, 4, 4)) ** 2
+    (dx,) = create_session(grad_model).run(["dx"], {"x": x})
+    assert dx.sum() == 4  # one unit of gradient per output window, all of it on real inputs
 
 
 AVERAGE_POOL_CASES = [

@@ -6,17 +6,22 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.dlib_reference import dlib, dlib_descriptor, reference_models
+from tests.faces.dlib_chips import dlib_chip_matrix as dlib_chip_matrix_of
 from tests.faces.dlib_chips import dlib_pipeline, to_uint8_chip
 from ulixes_onnx.errors import FaceError, ModelError
 from ulixes_onnx.faces import (
     CHIP_SPECS,
     Face,
     chip_spec,
+    dlib_chip_matrix,
+    dlib_landmarks,
     extract_chips,
     photo_pixels_per_chip_pixel,
     similarity_transform,
     warp_chips,
 )
+from ulixes_onnx.faces.align import DLIB_FIVE_POINT_TEMPLATE
 
 POINTS = np.array([[10.0, 12.0], [40.0, 11.0], [25.0, 30.0], [14.0, 45.0], [37.0, 44.0]])
 
@@ -57,31 +62,48 @@ def test_similarity_fit_refuses_degenerate_input():
         similarity_transform(POINTS, POINTS[:4])
 
 
-def test_dlib_layout_puts_the_landmarks_on_its_template(detector, astronaut):
+def test_dlib_chip_matrix_is_dlibs_get_face_chip_details(astronaut):
+    detector, predictor, _ = reference_models()
+    shape = predictor(astronaut, detector(astronaut, 0)[0])
+    points = np.array([[p.x, p.y] for p in shape.parts()], dtype=float)
+    for size, padding in [(150, 0.25), (224, 0.25), (100, 0.0)]:
+        theirs = dlib_chip_matrix_of(dlib.get_face_chip_details(shape, size, padding))
+        np.testing.assert_allclose(dlib_chip_matrix(points, size, padding), theirs, atol=1e-9)
+
+
+def test_dlib_layout_puts_dlibs_points_on_its_template(detector, astronaut):
     face = detector.detect(astronaut)[0]
     spec = chip_spec("dlib-150-pad0.25")
     aligned = extract_chips(astronaut, [face], spec)
     assert aligned.chips.shape == (1, 3, 150, 150) and aligned.chips.dtype == np.float32
     assert aligned.chips.min() >= -1.0 and aligned.chips.max() <= 1.0
-    in_chip = _apply(aligned.matrices[0], face.landmarks - 0.5) + 0.5
-    eyes_error = np.abs(in_chip[:2] - spec.template[:2] * 150)
-    assert eyes_error.max() < 4.0
+    in_chip = _apply(aligned.matrices[0], dlib_landmarks(astronaut, face))
+    template = (0.25 + DLIB_FIVE_POINT_TEMPLATE) / 1.5 * 150
+    assert np.abs(in_chip - template).max() < 3.0
+
+
+def test_dlib_layout_gives_dlibs_chip(detector, astronaut):
+    [(_, _, dlib_chip)] = dlib_pipeline(astronaut)
+    ours = extract_chips(astronaut, detector.detect(astronaut)[:1], chip_spec("dlib-150-pad0.25"))
+    ours_descriptor = dlib_descriptor(to_uint8_chip(ours.chips[0]))
+    assert np.linalg.norm(ours_descriptor - dlib_descriptor(dlib_chip)) < 0.05
 
 
 def test_layouts_of_different_sizes_share_the_geometry(detector, astronaut):
     face = detector.detect(astronaut)[0]
-    small = chip_spec("dlib-150-pad0.25").photo_to_chip(face)
-    large = chip_spec("dlib-224-pad0.25").photo_to_chip(face)
-    # Same placement in edge coordinates (pixel centres + 0.5), scaled by 224 / 150.
-    photo_point = np.array([[200.0, 100.0]])
+    small = chip_spec("dlib-150-pad0.25").photo_to_chip(astronaut, face)
+    large = chip_spec("dlib-224-pad0.25").photo_to_chip(astronaut, face)
+    # Same placement in edge coordinates (pixel centres + 0.5), scaled by 224 / 150, up to dlib's
+    # placing the corner pixels' centres (not edges) on its rectangle.
+    photo_points = np.array([[200.0, 100.0], [250.0, 160.0]])
     np.testing.assert_allclose(
-        (_apply(small, photo_point) + 0.5) * 224 / 150, _apply(large, photo_point) + 0.5
+        (_apply(small, photo_points) + 0.5) * 224 / 150, _apply(large, photo_points) + 0.5, atol=0.5
     )
 
 
 def test_facenet_layout_crops_the_box_with_a_32_pixel_margin():
     face = Face(box=(100.0, 50.0, 228.0, 210.0), score=1.0, landmarks=np.zeros((5, 2)))
-    matrix = chip_spec("facenet-160-margin").photo_to_chip(face)
+    matrix = chip_spec("facenet-160-margin").photo_to_chip(np.zeros((300, 300, 3), np.uint8), face)
     box_edges = np.array([[100.0, 50.0], [228.0, 210.0]])
     np.testing.assert_allclose(_apply(matrix, box_edges - 0.5) + 0.5, [[16, 16], [144, 144]])
 

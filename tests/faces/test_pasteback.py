@@ -82,14 +82,14 @@ def test_face_at_the_border_is_clipped_to_the_photo():
 
 
 def test_tiny_faces_and_faces_off_the_photo_are_skipped_with_a_reason():
-    matrices = np.stack([_matrix(0.4, 10.0, 10.0), _matrix(1.0, 500.0, 500.0), _matrix(1.0, 10.0, 10.0)])
+    matrices = np.stack([_matrix(0.3, 10.0, 10.0), _matrix(1.0, 500.0, 500.0), _matrix(1.0, 10.0, 10.0)])
     delta = paste_back(_constant(0.1, 3), matrices, (300, 300, 3))
     assert [skip.index for skip in delta.skipped] == [0, 1]
-    assert "too small" in delta.skipped[0].reason and "0.40" in delta.skipped[0].reason
+    assert "too small" in delta.skipped[0].reason and "0.30" in delta.skipped[0].reason
     assert "outside the photo" in delta.skipped[1].reason
     assert len(delta.patches) == 1
     assert not paste_back(
-        _constant(0.1), matrices[:1], (300, 300), min_photo_pixels_per_chip_pixel=0.3
+        _constant(0.1), matrices[:1], (300, 300), min_photo_pixels_per_chip_pixel=0.25
     ).skipped
 
 

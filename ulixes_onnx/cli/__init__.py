@@ -14,7 +14,9 @@ import typer
 
 from ulixes_onnx import __version__
 from ulixes_onnx.cli import models
+from ulixes_onnx.cli.cloak import cloak
 from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.cli.demo import demo
 from ulixes_onnx.errors import UlixesError
 
 app = typer.Typer(
@@ -25,6 +27,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models.app, name="models")
+app.command()(cloak)
+app.command()(demo)
 
 
 def _print_version(value: bool) -> None:

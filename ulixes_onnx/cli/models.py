@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from rich.table import Table
 from ulixes_onnx.cards import all_cards, get_card
 from ulixes_onnx.check import check_models
 from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.errors import ModelError
 from ulixes_onnx.store import ModelStatus
 
 app = typer.Typer(help="List, build and check face models.", no_args_is_help=True)
@@ -51,14 +53,18 @@ def list_models(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"models in {store.root}")
-    for column in ("name", "kind", "status", "size", "licence"):
-        table.add_column(column)
+    table = Table(title=f"models in {store.root}", caption="* default model")
+    for column in ("name", "kind", "status", "size"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("licence")
     for row in rows:
-        name = row["name"] + (" (default)" if row["default"] else "")
-        status = row["status"] + (f": {row['needs']}" if row["needs"] else "")
-        table.add_row(name, row["kind"], status, row["size"], row["licence"])
-    Console().print(table)
+        name = row["name"] + (" *" if row["default"] else "")
+        table.add_row(name, row["kind"], row["status"], row["size"], row["licence"])
+    console = Console()
+    console.print(table)
+    for row in rows:
+        if row["needs"]:
+            console.print(f"{row['name']} needs: {row['needs']}", highlight=False)
 
 
 @app.command("build")
@@ -66,9 +72,36 @@ def build_models(
     ctx: typer.Context,
     names: Annotated[list[str] | None, typer.Argument(help="Models to build (default: all).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a verified copy exists.")] = False,
+    weights: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--weights",
+            help="Your weights file for a model that needs one (see `models list`); "
+            "repeat for models with several files, in the order the card lists them.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
-    """Build models from their installed source packages into the store."""
+    """Build models from their source packages, or from weights files you supply, into the store."""
     store = ctx.ensure_object(CliState).store()
+    if weights:
+        if not names or len(names) != 1:
+            raise ModelError(
+                "--weights builds one model: name it, e.g. models build vggface-vgg16 --weights FILE"
+            )
+        card = get_card(names[0])
+        if card.source.package is not None or card.source.npm is not None:
+            raise ModelError(f"model {card.name!r} is built from its package; drop --weights")
+        roles = list(card.source.files)
+        if len(weights) != len(roles):
+            raise ModelError(
+                f"model {card.name!r} needs {len(roles)} file(s) ({', '.join(card.source.files.values())}), "
+                f"got {len(weights)}"
+            )
+        built = store.build(card, dict(zip(roles, weights, strict=True)))
+        typer.echo(f"{card.name}: built ({_size_mb(list(built.paths.values()))}) in {store.model_dir(card)}")
+        return
     cards = (
         [get_card(name) for name in names]
         if names

@@ -20,7 +20,7 @@ from ulixes_onnx.engine.backward_graph import BackwardGraph
 from ulixes_onnx.engine.rules import BACKWARD_RULES, NON_DIFFERENTIABLE
 from ulixes_onnx.errors import GraphError
 
-MIN_OPSET = 17
+MIN_OPSET = 18
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,

@@ -6,7 +6,8 @@ inputs (aligned with `node.input`; `None` where no gradient is wanted or defined
 only for inputs where `graph.needs_grad(name)` holds; gradients w.r.t. weights are never built. Adding an
 operator is one `@backward_rule` function here and one finite-difference test.
 
-Every emitted operator is valid from opset 17 on (axes of ReduceSum, Squeeze, Unsqueeze, Split are inputs).
+Every emitted operator is valid from opset 18 on (Col2Im; axes of ReduceSum, Squeeze, Unsqueeze, Split are
+inputs).
 """
 
 from __future__ import annotations
@@ -362,21 +363,22 @@ def _polyphase_weight(weight: np.ndarray, group: int, strides: list[int], dilati
     every j: for each phase r that is a full correlation of dy with the sub-kernel w[r::s], flipped.
     The result is [C * R, M/group, J...] with output channel c * R + (phase index, row-major) where
     R is the product over axes of the phases that have taps (min(s, span)) and J = ceil(span / s).
-    Dilation is spelled out as zeros between the taps, so every phase sees a dense sub-kernel.
+    Along strided axes dilation is spelled out as zeros between the taps, so that every phase sees a
+    dense sub-kernel; along stride-1 axes it stays a dilation of the Conv.
     """
     filters, channels_per_group, *kernel = weight.shape
     spatial = len(kernel)
-    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
-    taps = [-(-span // stride) for span, stride in zip(spans, strides, strict=True)]
-    phases = [min(stride, span) for stride, span in zip(strides, spans, strict=True)]
-    dense = np.zeros((filters, channels_per_group, *spans), weight.dtype)
-    dense[(slice(None), slice(None), *(slice(None, None, d) for d in dilations))] = weight
-    grouped = dense.reshape(group, filters // group, channels_per_group, *spans)
-    swapped = np.swapaxes(grouped, 1, 2).reshape(group * channels_per_group, filters // group, *spans)
+    spread = [d if s > 1 else 1 for s, d in zip(strides, dilations, strict=True)]
+    lengths = [(k - 1) * d + 1 for k, d in zip(kernel, spread, strict=True)]
+    taps = [-(-length // stride) for length, stride in zip(lengths, strides, strict=True)]
+    phases = [min(stride, length) for stride, length in zip(strides, lengths, strict=True)]
+    grouped = weight.reshape(group, filters // group, channels_per_group, *kernel)
+    swapped = np.swapaxes(grouped, 1, 2).reshape(group * channels_per_group, filters // group, *kernel)
     padded = np.zeros(
         (*swapped.shape[:2], *(j * s for j, s in zip(taps, strides, strict=True))), weight.dtype
     )
-    padded[(slice(None), slice(None), *(slice(0, span) for span in spans))] = swapped
+    taps_at = (slice(0, length, d) for length, d in zip(lengths, spread, strict=True))
+    padded[(slice(None), slice(None), *taps_at)] = swapped
     # Kernel tap t = s * j + r: split each kernel axis into (j, r), keep the phases that have taps.
     split = padded.reshape(*swapped.shape[:2], *itertools.chain(*zip(taps, strides, strict=True)))
     split = split[(slice(None), slice(None), *itertools.chain(*((slice(None), slice(0, r)) for r in phases)))]
@@ -386,6 +388,49 @@ def _polyphase_weight(weight: np.ndarray, group: int, strides: list[int], dilati
     return np.ascontiguousarray(by_phase).reshape(-1, filters // group, *taps)
 
 
+def _scatter_blocks(
+    g: BackwardGraph,
+    blocks: str,
+    channels: int,
+    block: list[int],
+    window: _Window,
+    dilations: list[int],
+    pads: list[int],
+) -> str:
+    """Col2Im: add blocks [N, channels * prod(block), window positions...] onto the window's input
+    grid (one block per output position, `strides` apart, taps `dilations` apart), padded by `pads`
+    (begins, then ends) and cropped back to the input size."""
+    flat = g.op("Reshape", [blocks, g.int64s([0, channels * int(np.prod(block)), -1])])
+    return g.op(
+        "Col2Im",
+        [flat, g.int64s(window.in_size), g.int64s(block)],
+        strides=window.strides,
+        dilations=dilations,
+        pads=pads,
+    )
+
+
+def _scatter_windows(g: BackwardGraph, per_tap: str, channels: int, window: _Window) -> str:
+    """Add each window's per-tap values [N, channels, taps, out...] back onto its input positions."""
+    pads, _ = window.transpose_padding()
+    return _scatter_blocks(g, per_tap, channels, window.kernel, window, window.dilations, pads)
+
+
+# The polyphase Conv also multiplies by the zeros that pad each phase's sub-kernel to a common size;
+# beyond this much extra work onnxruntime's ConvTranspose (a GEMM, then col2im) is faster.
+_MAX_POLYPHASE_WORK = 1.5
+
+
+def _polyphase_work(window: _Window) -> float:
+    """Multiply-adds of the polyphase Conv per multiply-add of the transposed convolution."""
+    work = 1.0
+    for kernel, stride, dilation in zip(window.kernel, window.strides, window.dilations, strict=True):
+        if stride > 1:
+            span = (kernel - 1) * dilation + 1
+            work *= min(stride, span) * -(-span // stride) / kernel
+    return work
+
+
 def _transposed_convolution(
     g: BackwardGraph, dy: str, weight: np.ndarray, group: int, window: _Window
 ) -> str:
@@ -393,48 +438,56 @@ def _transposed_convolution(
 
     onnxruntime's ConvTranspose is several times slower than its Conv, so the transposed convolution
     is computed as one stride-1 Conv on polyphase sub-kernels (see `_polyphase_weight`); for strides
-    above 1 the phases are then interleaved onto the input grid and the grid is cropped to the input.
+    above 1, Col2Im interleaves the phases onto the input grid and crops it to the input.
     """
     channels = weight.shape[1] * group
-    spans = [(k - 1) * d + 1 for k, d in zip(window.kernel, window.dilations, strict=True)]
-    taps, phases, conv_pads_begin, conv_pads_end, lengths, crops = [], [], [], [], [], []
-    for span, stride, size, out, pad in zip(
-        spans, window.strides, window.in_size, window.out_size, window.pads_begin, strict=True
+    taps, dilations, phases, conv_pads, crops_begin, crops_end = [], [], [], ([], []), [], []
+    for kernel, dilation, stride, size, out, pad in zip(
+        window.kernel,
+        window.dilations,
+        window.strides,
+        window.in_size,
+        window.out_size,
+        window.pads_begin,
+        strict=True,
     ):
-        count = -(-span // stride)
+        span = (kernel - 1) * dilation + 1
+        extent = span if stride == 1 else -(-span // stride)
+        phase_count = min(stride, span)
         first_row, last_row = pad // stride, (size - 1 + pad) // stride
-        pad_begin = max(count - 1 - first_row, 0)
-        pad_end = max(last_row + 1 - out, 0)
-        # Conv output row u holds phase row m = u + (count - 1 - pad_begin), i.e. input rows
+        pad_begin = max(extent - 1 - first_row, 0)
+        # Conv output row u holds row m = u + first of the phase grid, i.e. input rows
         # s * m + r - pad; the crop drops the rows before input row 0.
-        taps.append(count)
-        phases.append(min(stride, span))
-        conv_pads_begin.append(pad_begin)
-        conv_pads_end.append(pad_end)
-        lengths.append(out + pad_begin + pad_end - count + 1)
-        crops.append(pad - stride * (count - 1 - pad_begin))
+        first = extent - 1 - pad_begin
+        crop = pad - stride * first
+        # Enough rows for the last input row, and for Col2Im's block count to come out whole.
+        length = max(last_row - first + 1, -(-(size + crop - phase_count) // stride) + 1)
+        pad_end = max(length - (out + pad_begin - extent + 1), 0)
+        length = out + pad_begin + pad_end - extent + 1
+        taps.append(kernel if stride == 1 else extent)
+        dilations.append(dilation if stride == 1 else 1)
+        phases.append(phase_count)
+        conv_pads[0].append(pad_begin)
+        conv_pads[1].append(pad_end)
+        crops_begin.append(crop)
+        crops_end.append((length - 1) * stride + phase_count - size - crop)
     phase_weight = _polyphase_weight(weight, group, window.strides, window.dilations)
     grad = g.op(
         "Conv",
         [dy, g.constant(phase_weight, "phase_weight")],
         group=group,
         kernel_shape=taps,
-        pads=conv_pads_begin + conv_pads_end,
+        dilations=dilations,
+        pads=conv_pads[0] + conv_pads[1],
     )
-    spatial = len(spans)
-    strides = window.strides
-    if any(stride > 1 for stride in strides):
-        grad = g.op("Reshape", [grad, g.int64s([0, channels, *phases, *lengths])])
-        missing = [stride - count for stride, count in zip(strides, phases, strict=True)]
-        if any(missing):  # phases without taps (kernel smaller than the stride) get zeros
-            grad = g.op("Pad", [grad, g.int64s([0] * (4 + 2 * spatial) + missing + [0] * spatial)])
-        interleave = [0, 1, *itertools.chain(*((2 + spatial + a, 2 + a) for a in range(spatial)))]
-        grad = g.op("Transpose", [grad], perm=interleave)
-        lengths = [length * stride for length, stride in zip(lengths, strides, strict=True)]
-        grad = g.op("Reshape", [grad, g.int64s([0, channels, *lengths])])
-    if any(crops) or lengths != window.in_size:
-        ends = [crop + size for crop, size in zip(crops, window.in_size, strict=True)]
-        grad = g.op("Slice", [grad, g.int64s(crops), g.int64s(ends), g.int64s(range(2, 2 + spatial))])
+    spatial = len(taps)
+    if any(stride > 1 for stride in window.strides):
+        pads = crops_begin + crops_end
+        return _scatter_blocks(g, grad, channels, phases, window, [1] * spatial, pads)
+    if any(crops_begin) or any(crops_end):
+        ends = [crop + size for crop, size in zip(crops_begin, window.in_size, strict=True)]
+        axes = range(2, 2 + spatial)
+        grad = g.op("Slice", [grad, g.int64s(crops_begin), g.int64s(ends), g.int64s(axes)])
     return grad
 
 
@@ -446,7 +499,7 @@ def _conv(g: BackwardGraph, node: onnx.NodeProto, dys: Gradients) -> Gradients:
     window = _Window(g, node, kernel)
     group = int(_attr(node, "group", 1))  # type: ignore[arg-type]
     weight_value = g.value(weight)
-    if weight_value is not None:
+    if weight_value is not None and _polyphase_work(window) <= _MAX_POLYPHASE_WORK:
         grads[0] = _transposed_convolution(g, dys[0], weight_value, group, window)
         return grads
     pads, output_padding = window.transpose_padding()
@@ -491,42 +544,41 @@ def _conv_transpose(g: BackwardGraph, node: onnx.NodeProto, dys: Gradients) -> G
 
 @backward_rule("MaxPool")
 def _max_pool(g: BackwardGraph, node: onnx.NodeProto, dys: Gradients) -> Gradients:
-    # Recomputes which input each window picked by comparing shifted strided views of the input
-    # with the output, instead of asking MaxPool for Indices (that switches onnxruntime to a kernel
-    # about 30x slower). Ties go to the first element in scan order, as Indices would.
+    # A Conv with one-hot kernels copies every window's taps out exactly (one output channel per
+    # channel and tap); the taps equal to the window's maximum share its gradient equally (as the
+    # Max and ReduceMax rules and torch do for ties), and Col2Im sends them back to their input
+    # positions. Asking MaxPool for Indices would switch onnxruntime to a kernel about 30x slower;
+    # strided slices of the input cost several passes per tap, and ArgMax is 8x slower than the
+    # ReduceSum that counts the ties.
     x, y = node.input[0], node.output[0]
     kernel = _ints_attr(node, "kernel_shape", [])
     window = _Window(g, node, kernel)
     spatial = len(kernel)
     channels = g.static_dims(x, node, [1])[0]
-    pads, output_padding = window.transpose_padding()
-    lowest = g.scalar(-np.inf, x)
-    padded = g.op("Pad", [x, g.int64s([0, 0, *pads[:spatial], 0, 0, *pads[spatial:]]), lowest])
-    offsets = list(itertools.product(*(range(k) for k in kernel)))
-    axes = g.int64s(range(2, 2 + spatial))
-    steps = g.int64s(window.strides)
-    claimed = None
-    picks = []
-    for offset in offsets:
-        starts = [o * d for o, d in zip(offset, window.dilations, strict=True)]
-        ends = [
-            start + (out - 1) * stride + 1
-            for start, out, stride in zip(starts, window.out_size, window.strides, strict=True)
-        ]
-        view = g.op("Slice", [padded, g.int64s(starts), g.int64s(ends), axes, steps])
-        hit = g.op("Equal", [view, y])
-        chosen = hit if claimed is None else g.op("And", [hit, g.op("Not", [claimed])])
-        if offset != offsets[-1]:
-            claimed = hit if claimed is None else g.op("Or", [claimed, hit])
-        picks.append(g.op("Unsqueeze", [_masked(g, chosen, dys[0], y), g.int64s([2])]))
-    stacked = g.op("Concat", picks, axis=2)
-    per_offset = g.op("Reshape", [stacked, g.int64s([0, channels * len(offsets), *window.out_size])])
-    # A one-hot kernel per (channel, offset) sends each picked gradient back to its input position.
-    scatter = np.zeros((channels, len(offsets), *kernel), dtype=g.dtype(x))
-    for index, offset in enumerate(offsets):
-        scatter[(slice(None), index, *offset)] = 1
-    scatter_weight = scatter.reshape(channels * len(offsets), 1, *kernel)
-    return [_transposed_convolution(g, per_offset, scatter_weight, channels, window)]
+    taps = int(np.prod(kernel))
+    pads, _ = window.transpose_padding()
+    source = x
+    if any(pads):
+        # Padding must never be picked. It is the lowest finite value, not -inf, which the zero
+        # taps of the one-hot kernels would turn into NaN (0 * -inf).
+        lowest = g.scalar(float(np.finfo(g.dtype(x)).min), x)
+        source = g.op("Pad", [x, g.int64s([0, 0, *pads[:spatial], 0, 0, *pads[spatial:]]), lowest])
+    one_hot = np.zeros((channels, taps, taps), dtype=g.dtype(x))
+    one_hot[:, range(taps), range(taps)] = 1
+    windows = g.op(
+        "Conv",
+        [source, g.constant(one_hot.reshape(channels * taps, 1, *kernel), "window_taps")],
+        group=channels,
+        kernel_shape=kernel,
+        strides=window.strides,
+        dilations=window.dilations,
+    )
+    per_window = g.int64s([0, channels, 1, -1])
+    per_tap = g.op("Reshape", [windows, g.int64s([0, channels, taps, -1])])
+    maxima = _mask_as_float(g, g.op("Equal", [per_tap, g.op("Reshape", [y, per_window])]), x)
+    ties = g.op("ReduceSum", [maxima, g.int64s([2])], keepdims=1)
+    share = g.op("Div", [g.op("Reshape", [dys[0], per_window]), ties])
+    return [_scatter_windows(g, g.op("Mul", [maxima, share]), channels, window)]
 
 
 def _window_counts(window: _Window, include_pad: bool) -> np.ndarray:
@@ -555,8 +607,10 @@ def _average_pool(g: BackwardGraph, node: onnx.NodeProto, dys: Gradients) -> Gra
     include_pad = bool(_attr(node, "count_include_pad", 0))
     dtype = g.dtype(x)
     inverse_counts = g.constant((1.0 / _window_counts(window, include_pad)).astype(dtype), "inv_n")
-    ones = np.ones((channels, 1, *kernel), dtype=dtype)
-    return [_transposed_convolution(g, g.op("Mul", [dys[0], inverse_counts]), ones, channels, window)]
+    # Every position of a window gets its share of the window's gradient.
+    share = g.op("Unsqueeze", [g.op("Mul", [dys[0], inverse_counts]), g.int64s([2])])
+    per_offset = g.op("Expand", [share, g.int64s([1, 1, int(np.prod(kernel)), *[1] * len(kernel)])])
+    return [_scatter_windows(g, per_offset, channels, window)]
 
 
 @backward_rule("GlobalAveragePool")

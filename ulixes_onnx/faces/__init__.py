@@ -1,12 +1,13 @@
-"""Faces in photos: MTCNN detection, alignment to each model's chip, and paste-back of chip cloaks."""
+"""Faces in photos: MTCNN detection, dlib's landmarks, alignment to each model's chip, and paste-back."""
 
 from ulixes_onnx.faces.align import (
     CHIP_SPECS,
     AlignedChips,
     BoxChipSpec,
     ChipSpec,
-    LandmarkChipSpec,
+    ShapePredictorChipSpec,
     chip_spec,
+    dlib_chip_matrix,
     extract_chips,
     photo_pixels_per_chip_pixel,
     similarity_transform,
@@ -18,7 +19,14 @@ from ulixes_onnx.faces.pasteback import (
     DeltaPatch,
     PhotoDelta,
     SkippedFace,
+    merge_patches,
     paste_back,
+)
+from ulixes_onnx.faces.shape_predictor import (
+    ShapePredictor,
+    dlib_landmarks,
+    face_rectangle,
+    five_point_predictor,
 )
 
 __all__ = [
@@ -30,12 +38,18 @@ __all__ = [
     "ChipSpec",
     "DeltaPatch",
     "Face",
-    "LandmarkChipSpec",
     "PhotoDelta",
+    "ShapePredictor",
+    "ShapePredictorChipSpec",
     "SkippedFace",
     "bundled_model_paths",
     "chip_spec",
+    "dlib_chip_matrix",
+    "dlib_landmarks",
     "extract_chips",
+    "face_rectangle",
+    "five_point_predictor",
+    "merge_patches",
     "paste_back",
     "photo_pixels_per_chip_pixel",
     "similarity_transform",

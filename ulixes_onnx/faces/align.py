@@ -18,6 +18,7 @@ import numpy as np
 
 from ulixes_onnx.errors import FaceError, ModelError
 from ulixes_onnx.faces.mtcnn import Face, as_rgb_uint8
+from ulixes_onnx.faces.shape_predictor import dlib_landmarks
 
 
 def similarity_transform(
@@ -63,26 +64,57 @@ class ChipSpec(ABC):
     dlib_pyramid: bool
 
     @abstractmethod
-    def photo_to_chip(self, face: Face) -> np.ndarray:
-        """The 2x3 float64 matrix taking photo pixel centres to this chip's pixel centres."""
+    def photo_to_chip(self, photo: np.ndarray, face: Face) -> np.ndarray:
+        """The 2x3 float64 matrix taking pixel centres of `photo` (RGB uint8) to this chip's pixel
+        centres for `face`, one of the faces detected in it.
+        """
 
 
 @dataclass(frozen=True, eq=False)
-class LandmarkChipSpec(ChipSpec):
-    """A chip placed by fitting a similarity transform from the 5 landmarks to `template`.
-
-    `template` is [5, 2] (x, y) in fractions of the chip side (0 = left/top edge, 1 = right/bottom
-    edge), in the landmark order of `Face`; `weights` say how much each landmark counts in the fit.
+class ShapePredictorChipSpec(ChipSpec):
+    """dlib's own face chip (dlib.get_face_chip): dlib's 5-point shape predictor finds the eye corners
+    and the base of the nose in the rectangle dlib's detector would give the face, and the chip is
+    placed on them as dlib's get_face_chip_details places it, `padding` face widths around the face.
     """
 
     name: str
     size: int
-    template: np.ndarray
-    weights: np.ndarray
-    dlib_pyramid: bool = False
+    padding: float
+    dlib_pyramid: bool = True
 
-    def photo_to_chip(self, face: Face) -> np.ndarray:
-        return similarity_transform(face.landmarks - 0.5, self.template * self.size - 0.5, self.weights)
+    def photo_to_chip(self, photo: np.ndarray, face: Face) -> np.ndarray:
+        return dlib_chip_matrix(dlib_landmarks(photo, face), self.size, self.padding)
+
+
+# Where get_face_chip_details puts the 5 points of dlib's shape predictor (outer and inner corner of
+# the eye on the photo's right, outer and inner corner of the other eye, base of the nose) in an
+# unpadded chip, as fractions of its side (dlib/image_transforms/interpolation.h).
+DLIB_FIVE_POINT_TEMPLATE = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526848],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ]
+)
+
+
+def dlib_chip_matrix(points: np.ndarray, size: int, padding: float) -> np.ndarray:
+    """The photo -> chip matrix of dlib's get_face_chip_details(shape, size, padding) for the 5 points
+    [5, 2] of dlib's shape predictor (pixel centres at integer coordinates, as in dlib).
+    """
+    template = (padding + DLIB_FIVE_POINT_TEMPLATE) / (1 + 2 * padding) * size
+    chip_to_photo = similarity_transform(template, points)
+    scale = math.hypot(chip_to_photo[0, 0], chip_to_photo[1, 0])
+    rotation = chip_to_photo[:, :2] / scale
+    centre = chip_to_photo @ np.array([size / 2, size / 2, 1.0])
+    # dlib turns the fit into a rectangle of size * scale - 1 photo pixels centred on the chip's
+    # middle, whose corners are the centres of the chip's corner pixels: so a chip pixel spans
+    # slightly less than `scale` photo pixels, and the chip's middle pixel sits on `centre`.
+    step = (size * scale - 1) / (size - 1)
+    linear = rotation.T / step
+    return np.concatenate([linear, ((size - 1) / 2 - linear @ centre)[:, None]], axis=1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +128,7 @@ class BoxChipSpec(ChipSpec):
     margin: float
     dlib_pyramid: bool = False
 
-    def photo_to_chip(self, face: Face) -> np.ndarray:
+    def photo_to_chip(self, photo: np.ndarray, face: Face) -> np.ndarray:
         x0, y0, x1, y1 = face.box
         grow_x, grow_y = self.margin * (x1 - x0), self.margin * (y1 - y0)
         left, top = x0 - grow_x, y0 - grow_y
@@ -111,25 +143,6 @@ class BoxChipSpec(ChipSpec):
         )
 
 
-def _dlib_template_spec(name: str, size: int) -> LandmarkChipSpec:
-    # Where MTCNN's landmarks fall, on average, in chips cut by dlib's get_face_chip(padding=0.25)
-    # (which places the chip from its own 5-point shape predictor: eye corners and nose base), as
-    # fractions of the chip side. The weights make the fit lean on the eyes and hardly on the mouth,
-    # whose corners move with expression while dlib's placement ignores them. Both were fitted on
-    # half of the faces-dev identities by tests/faces/derive_dlib_template.py.
-    template = np.array(
-        [
-            [0.31073, 0.30208],
-            [0.67447, 0.30096],
-            [0.49049, 0.51710],
-            [0.32373, 0.67451],
-            [0.66686, 0.67304],
-        ]
-    )
-    weights = np.array([1.0, 1.0, 0.327, 0.0084, 0.0084])
-    return LandmarkChipSpec(name=name, size=size, template=template, weights=weights, dlib_pyramid=True)
-
-
 # Photo-pixel shift per pyramid level between where dlib's chip extractor assumes a level pixel lies
 # (2q + (2.5, 1.5)) and where its 5-tap filter centres it (2q + 2), relative to OpenCV's pyrDown.
 DLIB_PYRAMID_OFFSET = (0.5, -0.5)
@@ -141,8 +154,8 @@ FACENET_MARGIN = 16 / 128
 CHIP_SPECS: dict[str, ChipSpec] = {
     spec.name: spec
     for spec in (
-        _dlib_template_spec("dlib-150-pad0.25", 150),
-        _dlib_template_spec("dlib-224-pad0.25", 224),
+        ShapePredictorChipSpec(name="dlib-150-pad0.25", size=150, padding=0.25),
+        ShapePredictorChipSpec(name="dlib-224-pad0.25", size=224, padding=0.25),
         BoxChipSpec(name="facenet-160-margin", size=160, margin=FACENET_MARGIN),
         BoxChipSpec(name="facenet-224-margin", size=224, margin=FACENET_MARGIN),
     )
@@ -168,7 +181,7 @@ class AlignedChips:
 
 def extract_chips(photo: np.ndarray, faces: Sequence[Face], spec: ChipSpec) -> AlignedChips:
     """Align every face in an RGB uint8 photo to `spec`."""
-    matrices = np.array([spec.photo_to_chip(face) for face in faces]).reshape(-1, 2, 3)
+    matrices = np.array([spec.photo_to_chip(photo, face) for face in faces]).reshape(-1, 2, 3)
     chips = warp_chips(photo, matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
     return AlignedChips(chips=chips, matrices=matrices)
 

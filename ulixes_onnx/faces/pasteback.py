@@ -18,9 +18,10 @@ import numpy as np
 from ulixes_onnx.errors import FaceError, ImageError
 from ulixes_onnx.faces.align import chip_corners_in_photo, photo_pixels_per_chip_pixel
 
-# Below this the chip is upsampled more than 2x from the photo: a cloak built at chip resolution
-# would be averaged away by the photo's coarser pixels, so such faces are skipped.
-MIN_PHOTO_PIXELS_PER_CHIP_PIXEL = 0.5
+# Below this the chip is upsampled more than 3x from the photo (a face under ~45 px for a 150 px
+# chip): most of a cloak built at chip resolution would be averaged away by the photo's coarser
+# pixels, so such faces are skipped. Above it the closed loop checks what survives.
+MIN_PHOTO_PIXELS_PER_CHIP_PIXEL = 1 / 3
 DEFAULT_FEATHER = 0.08
 
 
@@ -62,6 +63,14 @@ class PhotoDelta:
     width: int
     patches: tuple[DeltaPatch, ...]
     skipped: tuple[SkippedFace, ...]
+
+    def add_to(self, photo: np.ndarray) -> np.ndarray:
+        """A float32 copy of the photo (HxWx3, 0..255 units) with the delta added, clipped to 0..255."""
+        result = np.array(photo, dtype=np.float32)
+        for patch in self.patches:
+            region = result[patch.y0 : patch.y1, patch.x0 : patch.x1]
+            np.clip(region + patch.delta, 0, 255, out=region)
+        return result
 
     def apply(self, photo: np.ndarray) -> np.ndarray:
         """A copy of the uint8 RGB photo with the delta added and rounded; other pixels are untouched."""
@@ -124,7 +133,7 @@ def paste_back(
             skipped.append(SkippedFace(index, "the chip lies outside the photo"))
             continue
         face_patches.append(patch)
-    return PhotoDelta(height, width, tuple(_merge_overlapping(face_patches)), tuple(skipped))
+    return PhotoDelta(height, width, tuple(merge_patches(face_patches)), tuple(skipped))
 
 
 def _face_patch(
@@ -165,21 +174,27 @@ def _feathered_mask(
     return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)
 
 
-def _merge_overlapping(patches: list[DeltaPatch]) -> list[DeltaPatch]:
-    """Combine patches whose rectangles overlap (transitively) into one patch each."""
+def merge_patches(patches: Sequence[DeltaPatch], rule: str = "max") -> list[DeltaPatch]:
+    """Combine patches whose rectangles overlap (transitively) into one patch each.
+
+    `rule` "max" keeps, per element, the change of largest magnitude (overlapping faces, and the
+    paper's Ensemble 2 across models); "sum" adds the changes (the paper's Ensemble 1).
+    """
+    if rule not in ("max", "sum"):
+        raise FaceError(f"unknown patch merge rule {rule!r}; use 'max' or 'sum'")
     groups: list[list[DeltaPatch]] = []
     for patch in patches:
         touching = [group for group in groups if any(_overlap(patch, other) for other in group)]
         merged = [patch] + [member for group in touching for member in group]
         groups = [group for group in groups if group not in touching] + [merged]
-    return [group[0] if len(group) == 1 else _combine(group) for group in groups]
+    return [group[0] if len(group) == 1 else _combine(group, rule) for group in groups]
 
 
 def _overlap(a: DeltaPatch, b: DeltaPatch) -> bool:
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
-def _combine(group: list[DeltaPatch]) -> DeltaPatch:
+def _combine(group: list[DeltaPatch], rule: str) -> DeltaPatch:
     x0, y0 = min(p.x0 for p in group), min(p.y0 for p in group)
     x1, y1 = max(p.x1 for p in group), max(p.y1 for p in group)
     delta = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
@@ -188,6 +203,9 @@ def _combine(group: list[DeltaPatch]) -> DeltaPatch:
         rows = slice(patch.y0 - y0, patch.y1 - y0)
         cols = slice(patch.x0 - x0, patch.x1 - x0)
         current = delta[rows, cols]
-        current[:] = np.where(np.abs(patch.delta) > np.abs(current), patch.delta, current)
+        if rule == "sum":
+            current += patch.delta
+        else:
+            current[:] = np.where(np.abs(patch.delta) > np.abs(current), patch.delta, current)
         np.maximum(mask[rows, cols], patch.mask, out=mask[rows, cols])
     return DeltaPatch(x0, y0, delta, mask)

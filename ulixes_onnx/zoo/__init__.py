@@ -38,9 +38,27 @@ def _copy_files(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
     return {role: path.read_bytes() for role, path in sources.items()}
 
 
+def _convert(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
+    # Imported here: the conversion machinery (and its export toolchain) only matters when building.
+    from ulixes_onnx.zoo.conversion import convert
+
+    return {"model": convert(card, sources).model.SerializeToString()}
+
+
+# Converted models: the recipe names in zoo/conversion.py (kept in sync by tests/zoo).
+_CONVERTED = (
+    "facenet-graphdef",
+    "faceres-tfjs",
+    "vggface-vgg16-h5",
+    "vggface-resnet50-h5",
+    "deepface-h5",
+    "facenet-pytorch",
+)
+
 BUILDERS: dict[str, Builder] = {
     "dlib-resnet": _build_dlib_resnet,
     "copy": _copy_files,
+    **dict.fromkeys(_CONVERTED, _convert),
 }
 
 

@@ -68,6 +68,57 @@ class DlibStream:
             return float(_SPECIAL_EXPONENTS[exponent])
         return float(np.ldexp(float(mantissa), exponent))
 
+    def integers(self, count: int) -> np.ndarray:
+        """`count` consecutive integers as int64, decoded in bulk (for long runs such as model weights)."""
+        # Each integer's width is in its own control byte, so only the walk from one control byte to
+        # the next is sequential; the magnitudes are then assembled for all integers at once.
+        data = self._data
+        starts = []
+        offset = self.offset
+        try:
+            for _ in range(count):
+                starts.append(offset)
+                offset += 1 + (data[offset] & 0x0F)
+        except IndexError:
+            raise DlibFormatError(
+                f"file ends early: needed {count} integers at offset {self.offset}"
+            ) from None
+        if offset > len(data):
+            raise DlibFormatError(f"file ends early: needed {count} integers at offset {self.offset}")
+        buffer = np.frombuffer(data, dtype=np.uint8)
+        starts_array = np.array(starts, dtype=np.int64)
+        controls = buffer[starts_array]
+        widths = (controls & 0x0F).astype(np.int64)
+        bad = ((controls & 0x70) != 0) | (widths < 1) | (widths > 8)
+        if bad.any():
+            position = int(starts_array[np.argmax(bad)])
+            raise DlibFormatError(f"bad integer control byte {buffer[position]:#04x} at {position}")
+        padded = np.concatenate([buffer, np.zeros(8, np.uint8)])
+        byte_index = np.arange(8)
+        value_bytes = padded[starts_array[:, None] + 1 + byte_index].astype(np.uint64)
+        value_bytes[byte_index >= widths[:, None]] = 0
+        magnitudes = np.bitwise_or.reduce(value_bytes << (8 * byte_index).astype(np.uint64), axis=1)
+        # Magnitudes of 2**63 and above only fit int64 negated (dlib writes at most int64's range).
+        values = np.where(controls & 0x80, -magnitudes.astype(np.int64), magnitudes.astype(np.int64))
+        self.offset = offset
+        return values
+
+    def reals(self, count: int) -> np.ndarray:
+        """`count` consecutive floats/doubles as float64, decoded in bulk."""
+        pairs = self.integers(2 * count).reshape(count, 2)
+        mantissas, exponents = pairs[:, 0], pairs[:, 1]
+        special = np.isin(exponents, list(_SPECIAL_EXPONENTS))
+        values = np.ldexp(mantissas.astype(np.float64), np.where(special, 0, exponents))
+        for exponent, value in _SPECIAL_EXPONENTS.items():
+            values[exponents == exponent] = value
+        return values
+
+    def matrix(self) -> np.ndarray:
+        """A dlib::matrix of floating point values as a float64 [rows, columns] array."""
+        # Current dlib writes the negated dimensions; files from before that write them as they are.
+        rows, columns = abs(self.integer()), abs(self.integer())
+        return self.reals(rows * columns).reshape(rows, columns)
+
     def boolean(self) -> bool:
         byte = self._take(1)[0]
         if byte not in (ord("0"), ord("1")):

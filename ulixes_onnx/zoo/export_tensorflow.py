@@ -34,17 +34,17 @@ from pathlib import Path
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 if not hasattr(np, "product"):
     # tf2onnx 1.17 still calls numpy.product, which numpy 2 removed.
     np.product = np.prod
 
-import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
-import tf_keras as keras  # noqa: E402
-from google.protobuf import json_format  # noqa: E402
-from tf2onnx import tfonnx  # noqa: E402
+import tensorflow as tf
+import tf2onnx
+import tf_keras as keras
+from google.protobuf import json_format
+from tf2onnx import tfonnx
 
 OPSET = 17
 
@@ -111,20 +111,20 @@ _QUANTIZED = {"uint8": np.uint8, "uint16": np.uint16}
 
 
 def _tfjs_weights(model_json: Path, manifest: list[dict]) -> dict[str, np.ndarray]:
-    """The float32 weights of a TFJS graph model, dequantised (float16 or affine uint8/uint16)."""
+    """The weights of a TFJS graph model, with quantised floats (float16, affine uint8/uint16) restored."""
     weights: dict[str, np.ndarray] = {}
     for group in manifest:
         data = b"".join((model_json.parent / path).read_bytes() for path in group["paths"])
         offset = 0
         for entry in group["weights"]:
-            if entry["dtype"] != "float32":
-                raise ValueError(f"weight {entry['name']} has dtype {entry['dtype']}, expected float32")
             count = int(np.prod(entry["shape"], dtype=np.int64))
             quantization = entry.get("quantization")
-            stored = np.dtype(np.float32)
+            stored = np.dtype(entry["dtype"])
             if quantization:
-                stored = np.dtype(np.float16 if quantization["dtype"] == "float16" else _QUANTIZED[quantization["dtype"]])
-            values = np.frombuffer(data, stored, count, offset).astype(np.float32)
+                stored = np.dtype(
+                    np.float16 if quantization["dtype"] == "float16" else _QUANTIZED[quantization["dtype"]]
+                )
+            values = np.frombuffer(data, stored, count, offset).astype(entry["dtype"])
             if quantization and quantization["dtype"] in _QUANTIZED:
                 values = values * np.float32(quantization["scale"]) + np.float32(quantization["min"])
             weights[entry["name"]] = values.reshape(entry["shape"])
@@ -154,7 +154,11 @@ def export_tfjs(job: dict, probe: np.ndarray) -> tuple[bytes, np.ndarray]:
         _tfjs_as_graph_def(model_json, output_name), {f"{input_name}:0": probe}, f"{output_name}:0"
     )
     graph = tfonnx.process_tf_graph(
-        None, opset=OPSET, input_names=[input_name], output_names=[output_name], tfjs_path=str(model_json)
+        None,
+        opset=OPSET,
+        input_names=[f"{input_name}:0"],
+        output_names=[f"{output_name}:0"],
+        tfjs_path=str(model_json),
     )
     model = tf2onnx.optimizer.optimize_graph(graph).make_model(f"converted from {model_json.name}")
     return model.SerializeToString(), reference
@@ -177,7 +181,9 @@ def vggface_vgg16() -> keras.Model:
     return keras.Model(image, x, name="vggface_vgg16")
 
 
-def _resnet_block(x: tf.Tensor, filters: tuple[int, int, int], stage: int, block: int, strides: int) -> tf.Tensor:
+def _resnet_block(
+    x: tf.Tensor, filters: tuple[int, int, int], stage: int, block: int, strides: int
+) -> tf.Tensor:
     """keras-vggface's ResNet-50 bottleneck block; the first block of a stage projects the shortcut."""
     prefix = f"conv{stage}_{block}"
     shortcut = x
@@ -300,8 +306,7 @@ def export_keras(job: dict, probe: np.ndarray) -> tuple[bytes, np.ndarray]:
     reference_model, export_model = _embedding_model(job["architecture"], job["source"]["weights"])
     reference = reference_model(probe, training=False).numpy()
     signature = [tf.TensorSpec([None, *export_model.input_shape[1:]], tf.float32, name="input")]
-    function = tf.function(lambda image: export_model(image, training=False), input_signature=signature)
-    model, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)
+    model, _ = tf2onnx.convert.from_keras(export_model, input_signature=signature, opset=OPSET)
     return model.SerializeToString(), reference
 
 

@@ -1,0 +1,75 @@
+"""End to end on real faces: cloak a photo, paste back, verify as a recogniser would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ulixes_onnx import samples
+from ulixes_onnx.files import InputPhoto, cloak_file
+from ulixes_onnx.imageio import read_photo
+from ulixes_onnx.pipeline import Cloaker, face_region_dssim
+from ulixes_onnx.store import ModelStore
+
+
+@pytest.fixture(scope="module")
+def cloaker(store: ModelStore) -> Cloaker:
+    return Cloaker(store=store, threads=2)
+
+
+@pytest.fixture(scope="module")
+def astronaut_result(cloaker: Cloaker):
+    return cloaker.cloak(samples.astronaut())
+
+
+def test_the_face_is_protected_within_the_dssim_bound(astronaut_result) -> None:
+    (face,) = astronaut_result.faces
+    outcome = face.models["dlib-resnet"]
+    assert face.protected and face.redetected
+    assert outcome.distance > outcome.threshold == 0.6
+    assert 0 < face.dssim <= 0.03 and outcome.chip_dssim <= 0.03
+
+
+def test_pixels_outside_the_face_are_unchanged(astronaut_result) -> None:
+    original = samples.astronaut()
+    cloaked = np.rint(astronaut_result.image).astype(np.uint8)
+    changed = np.argwhere((cloaked != original).any(axis=2))
+    x0, y0, x1, y1 = astronaut_result.faces[0].box
+    width, height = x1 - x0, y1 - y0
+    # the chip reaches past the detector's box (hair, chin): allow its footprint, nothing farther
+    assert changed[:, 1].min() >= x0 - width and changed[:, 1].max() <= x1 + width
+    assert changed[:, 0].min() >= y0 - height and changed[:, 0].max() <= y1 + height
+    assert len(changed) > 1000
+
+
+def test_photo_without_faces_is_returned_unchanged(cloaker: Cloaker) -> None:
+    coffee = np.ascontiguousarray(__import__("skimage.data").data.coffee())
+    result = cloaker.cloak(coffee)
+    assert result.faces == []
+    np.testing.assert_array_equal(result.image, coffee)
+
+
+def test_gray_photos_get_a_gray_cloak(cloaker: Cloaker) -> None:
+    result = cloaker.cloak(samples.cameraman(), gray=True)
+    assert result.faces and result.faces[0].models
+    image = np.rint(result.image)
+    np.testing.assert_array_equal(image[:, :, 0], image[:, :, 1])
+    np.testing.assert_array_equal(image[:, :, 1], image[:, :, 2])
+
+
+def test_saved_file_is_verified_and_protected(cloaker: Cloaker, tmp_path) -> None:
+    source = tmp_path / "astronaut.jpg"
+    Image.fromarray(samples.astronaut()).save(source, quality=90)
+    report = cloak_file(cloaker, InputPhoto(source))
+    assert report.error is None and report.status == "protected"
+    assert report.output == tmp_path / "astronaut_cloaked.jpg"
+    saved = read_photo(report.output)
+    assert saved.rgb.shape == (512, 512, 3)
+    face = report.faces[0]  # the largest; MTCNN also reports the tiny mission patch, skipped
+    assert all(other.skipped for other in report.faces[1:])
+    assert face.models["dlib-resnet"].distance > 0.6
+    # measured again on the written file: the recogniser's view of the saved JPEG
+    again = cloaker.remeasure(saved.rgb, report.faces)[0].models["dlib-resnet"].distance
+    assert again == pytest.approx(face.models["dlib-resnet"].distance, abs=1e-6)
+    assert face_region_dssim(read_photo(source).rgb, saved.rgb, face.box) <= 0.03

@@ -1,0 +1,381 @@
+"""Cloak every face in a photo: detect, align to each model's chip, cloak, paste back, verify.
+
+`Cloaker` is the Python API. It holds the detector and the models' sessions (reused across photos and
+safe to share between threads) and never writes to disk. `Cloaker.cloak(image)` returns the cloaked
+pixels and a report per face. The loop is closed: the cloaked photo is shown to the recognisers the
+way an attacker would see it (quantised to 8 bits, or through the caller's `encode` function that
+round-trips the output file format), faces are re-detected and re-aligned, and a face counts as
+protected only if every model then places it farther than its threshold from the original. Faces
+that are not protected are cloaked further, with a raised target, for up to `max_rounds` rounds.
+
+Ensembles (`ensemble`): each model cloaks its own chips and the photo-space masks are combined per
+pixel and channel: "max" keeps the change of largest magnitude (the paper's Ensemble 2, its best),
+"sum" adds them (Ensemble 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+from ulixes_onnx.cards import get_card
+from ulixes_onnx.check import load_detector
+from ulixes_onnx.cloak import CloakSettingsError, LoopSettings, cloak_chips
+from ulixes_onnx.faces import (
+    MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
+    AlignedChips,
+    ChipSpec,
+    Face,
+    chip_spec,
+    extract_chips,
+    merge_patches,
+    paste_back,
+    photo_pixels_per_chip_pixel,
+    warp_chips,
+)
+from ulixes_onnx.faces.pasteback import PhotoDelta
+from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.store import ModelStore
+
+ENSEMBLES = ("max", "sum")
+DEFAULT_MODELS = ("dlib-resnet",)
+# Each verification round that finds a face unprotected raises its models' targets by this factor.
+TARGET_GROWTH = 1.15
+# A re-detected face is the same face when its box overlaps the original's by at least this IoU.
+SAME_FACE_IOU = 0.5
+
+Encoder = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """How one model saw one face: loop statistics and the verified distance from the original."""
+
+    steps: int
+    stop_reason: str
+    chip_dssim: float
+    chip_distance: float
+    distance: float
+    threshold: float
+
+    @property
+    def protected(self) -> bool:
+        return self.distance > self.threshold
+
+
+@dataclass(frozen=True)
+class FaceReport:
+    """One detected face: where it is, what each model measured, and whether it is protected.
+
+    `embeddings` are the original face's embeddings per model, kept so that a saved copy can be
+    measured against them again.
+    """
+
+    index: int
+    face: Face
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    models: dict[str, ModelOutcome] = field(default_factory=dict)
+    dssim: float = 0.0
+    rounds: int = 0
+    redetected: bool = True
+    skipped: str | None = None
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return self.face.box
+
+    @property
+    def protected(self) -> bool:
+        return (
+            self.skipped is None
+            and bool(self.models)
+            and all(outcome.protected for outcome in self.models.values())
+        )
+
+
+@dataclass(frozen=True)
+class CloakResult:
+    """The cloaked photo (float32 HxWx3, 0..255 units) and one report per detected face."""
+
+    image: np.ndarray
+    faces: list[FaceReport]
+    seconds: float
+
+
+def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    overlap = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap
+    return overlap / union if union > 0 else 0.0
+
+
+def face_region_dssim(original: np.ndarray, cloaked: np.ndarray, box: Sequence[float]) -> float:
+    """DSSIM = (1 - SSIM) / 2 over the face's box grown by a quarter on each side."""
+    x0, y0, x1, y1 = box
+    grow_x, grow_y = (x1 - x0) / 4, (y1 - y0) / 4
+    height, width = original.shape[:2]
+    rows = slice(max(0, int(y0 - grow_y)), min(height, int(np.ceil(y1 + grow_y))))
+    cols = slice(max(0, int(x0 - grow_x)), min(width, int(np.ceil(x1 + grow_x))))
+    a = np.asarray(original[rows, cols], np.float32)
+    b = np.asarray(cloaked[rows, cols], np.float32)
+    if min(a.shape[:2]) < 7:  # SSIM's window
+        return float(np.abs(a - b).max() > 0)
+    return float((1.0 - structural_similarity(a, b, channel_axis=2, data_range=255.0)) / 2.0)
+
+
+def _as_float_photo(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise CloakSettingsError(f"expected an RGB image HxWx3 (or gray HxW), got shape {image.shape}")
+    return image.astype(np.float32)
+
+
+def _quantised(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+class Cloaker:
+    """Cloak faces in photos with one model or an ensemble (see the module docstring).
+
+    Cloaking parameters left as None take each model's card defaults (`[cloak]` in models/*.toml).
+    `pool` maps model names to embeddings of other people's faces, needed by the strategies that
+    pick negatives (see `ulixes_onnx.pool`).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[str] = DEFAULT_MODELS,
+        *,
+        store: ModelStore | None = None,
+        strategy: str = "away",
+        ensemble: str = "max",
+        step: float = 0.01,
+        margin: float | None = None,
+        target: float | None = None,
+        min_progress: float | None = None,
+        max_dssim: float = 0.03,
+        max_steps: int = 100,
+        random_negatives: int = 5,
+        max_rounds: int = 3,
+        seed: int = 0,
+        pool: dict[str, np.ndarray] | None = None,
+        min_face_size: float = 20.0,
+        threads: int | None = None,
+    ) -> None:
+        if not models:
+            raise CloakSettingsError("give at least one model to cloak with")
+        if ensemble not in ENSEMBLES:
+            raise CloakSettingsError(f"unknown ensemble {ensemble!r}; use one of: {', '.join(ENSEMBLES)}")
+        if max_rounds < 1:
+            raise CloakSettingsError("max rounds must be at least 1")
+        store = store or ModelStore()
+        cards = [get_card(name) for name in dict.fromkeys(models)]
+        self.models = [FaceModel(card, store, threads=threads) for card in cards]
+        self.detector = load_detector(store, min_face_size=min_face_size)
+        self.ensemble = ensemble
+        self.max_rounds = max_rounds
+        self.pool = pool or {}
+        self.settings = {
+            model.name: LoopSettings(
+                strategy=strategy,
+                step=step,
+                margin=model.card.cloak.margin if margin is None else margin,
+                target=model.card.cloak.away_target if target is None else target,
+                min_progress=model.card.cloak.min_progress if min_progress is None else min_progress,
+                max_dssim=max_dssim,
+                max_steps=max_steps,
+                random_negatives=random_negatives,
+                seed=seed,
+            )
+            for model in self.models
+        }
+
+    def cloak(self, image: np.ndarray, *, gray: bool = False, encode: Encoder | None = None) -> CloakResult:
+        """Cloak every face of an RGB image (uint8, or float in 0..255 units).
+
+        `gray` keeps a grayscale photo gray (the cloak changes luminance only). `encode` maps cloaked
+        pixels to what a recogniser would decode from the saved file; by default the pixels are only
+        rounded to 8 bits.
+        """
+        started = time.perf_counter()
+        original = _as_float_photo(image)
+        original8 = _quantised(original)
+        faces = self.detector.detect(original8)
+        aligned = {model.name: extract_chips(original8, faces, self._spec(model)) for model in self.models}
+        skipped = self._too_small(aligned)
+        pending = [i for i in range(len(faces)) if i not in skipped]
+        embeddings = {
+            model.name: model.embed(aligned[model.name].chips[pending]) if pending else None
+            for model in self.models
+        }
+        reports = [
+            FaceReport(
+                i,
+                face,
+                embeddings={
+                    name: rows[pending.index(i)] for name, rows in embeddings.items() if i in pending
+                },
+                skipped=skipped.get(i),
+            )
+            for i, face in enumerate(faces)
+        ]
+        cloaked = original
+        for round_index in range(self.max_rounds):
+            if not pending:
+                break
+            cloaked, loop_results = self._cloak_round(cloaked, aligned, reports, pending, round_index, gray)
+            seen = encode(cloaked) if encode else _quantised(cloaked)
+            distances, redetected = self.verify(seen, [reports[i] for i in pending])
+            for row, index in enumerate(pending):
+                previous = reports[index].models
+                outcomes = {
+                    model.name: ModelOutcome(
+                        steps=result.steps + (previous[model.name].steps if previous else 0),
+                        stop_reason=result.stop_reason,
+                        chip_dssim=result.dssim,
+                        chip_distance=result.distance,
+                        distance=float(distances[model.name][row]),
+                        threshold=model.threshold,
+                    )
+                    for model in self.models
+                    for result in [loop_results[model.name][row]]
+                }
+                reports[index] = replace(
+                    reports[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
+                )
+            pending = [i for i in pending if not reports[i].protected]
+
+        seen = encode(cloaked) if encode else _quantised(cloaked)
+        reports = [
+            replace(report, dssim=face_region_dssim(original, seen, report.box)) if report.models else report
+            for report in reports
+        ]
+        return CloakResult(cloaked, reports, time.perf_counter() - started)
+
+    def _cloak_round(
+        self,
+        cloaked: np.ndarray,
+        aligned: dict[str, AlignedChips],
+        reports: list[FaceReport],
+        pending: list[int],
+        round_index: int,
+        gray: bool,
+    ) -> tuple[np.ndarray, dict]:
+        """One pass of every model's loop over the pending faces; returns the new photo."""
+        loop_results = {}
+        patches = []
+        for model in self.models:
+            chips = aligned[model.name]
+            matrices = chips.matrices[pending]
+            originals = chips.chips[pending]
+            start = None
+            if round_index:
+                spec = self._spec(model)
+                start = warp_chips(_quantised(cloaked), matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
+            settings = self.settings[model.name]
+            settings = replace(settings, target=settings.target * TARGET_GROWTH**round_index)
+            results = cloak_chips(
+                model,
+                originals,
+                settings,
+                positives=np.stack([reports[i].embeddings[model.name] for i in pending]),
+                start=start,
+                pool=self.pool.get(model.name),
+            )
+            loop_results[model.name] = results
+            deltas = np.stack([result.chip for result in results]) - (originals if start is None else start)
+            patches += paste_back(deltas, matrices, cloaked.shape).patches
+        height, width = cloaked.shape[:2]
+        delta = PhotoDelta(height, width, tuple(merge_patches(patches, self.ensemble)), ())
+        if gray:
+            delta = _luminance_only(delta)
+        return delta.add_to(cloaked), loop_results
+
+    def verify(
+        self, seen: np.ndarray, reports: Sequence[FaceReport]
+    ) -> tuple[dict[str, np.ndarray], list[bool]]:
+        """Each model's distance from the originals as a recogniser would measure it in `seen`.
+
+        Faces are re-detected near where they were and re-aligned; a face the detector no longer
+        finds is measured at its original placement (another detector might still find it).
+        """
+        seen8 = _quantised(seen)
+        matched = [self._redetect(seen8, report.face) for report in reports]
+        faces = [found or report.face for found, report in zip(matched, reports, strict=True)]
+        distances = {}
+        for model in self.models:
+            embeddings = model.embed(extract_chips(seen8, faces, self._spec(model)).chips)
+            originals = np.stack([report.embeddings[model.name] for report in reports])
+            distances[model.name] = model.distance(embeddings, originals)
+        return distances, [found is not None for found in matched]
+
+    def remeasure(self, seen: np.ndarray, reports: list[FaceReport]) -> list[FaceReport]:
+        """The reports with every model's distance measured again in `seen` (e.g. the saved file)."""
+        measured = [report for report in reports if report.models]
+        if not measured:
+            return reports
+        distances, redetected = self.verify(seen, measured)
+        updated = {
+            report.index: replace(
+                report,
+                redetected=redetected[row],
+                models={
+                    name: replace(outcome, distance=float(distances[name][row]))
+                    for name, outcome in report.models.items()
+                },
+            )
+            for row, report in enumerate(measured)
+        }
+        return [updated.get(report.index, report) for report in reports]
+
+    def _redetect(self, photo: np.ndarray, face: Face) -> Face | None:
+        """The face the detector finds at `face`'s place in `photo`, searching only around it."""
+        x0, y0, x1, y1 = face.box
+        grow_x, grow_y = (x1 - x0) / 2, (y1 - y0) / 2
+        height, width = photo.shape[:2]
+        left, top = max(0, int(x0 - grow_x)), max(0, int(y0 - grow_y))
+        right, bottom = min(width, int(np.ceil(x1 + grow_x))), min(height, int(np.ceil(y1 + grow_y)))
+        found = self.detector.detect(np.ascontiguousarray(photo[top:bottom, left:right]))
+        shifted = [
+            Face(
+                (other.box[0] + left, other.box[1] + top, other.box[2] + left, other.box[3] + top),
+                other.score,
+                other.landmarks + np.array([left, top]),
+            )
+            for other in found
+        ]
+        best = max(shifted, key=lambda other: _box_iou(face.box, other.box), default=None)
+        return best if best is not None and _box_iou(face.box, best.box) >= SAME_FACE_IOU else None
+
+    @staticmethod
+    def _spec(model: FaceModel) -> ChipSpec:
+        return chip_spec(model.card.input.alignment)
+
+    @staticmethod
+    def _too_small(aligned: dict[str, AlignedChips]) -> dict[int, str]:
+        skipped = {}
+        for name, chips in aligned.items():
+            for index, matrix in enumerate(chips.matrices):
+                scale = photo_pixels_per_chip_pixel(matrix)
+                if scale < MIN_PHOTO_PIXELS_PER_CHIP_PIXEL and index not in skipped:
+                    skipped[index] = (
+                        f"face too small for {name}: one chip pixel covers {scale:.2f} photo pixels "
+                        f"(minimum {MIN_PHOTO_PIXELS_PER_CHIP_PIXEL:.2f})"
+                    )
+        return skipped
+
+
+def _luminance_only(delta: PhotoDelta) -> PhotoDelta:
+    """The same delta with each pixel's change spread equally over its channels (a gray change)."""
+    patches = tuple(
+        replace(patch, delta=np.repeat(patch.delta.mean(axis=2, keepdims=True), 3, axis=2))
+        for patch in delta.patches
+    )
+    return replace(delta, patches=patches)

@@ -1,0 +1,70 @@
+"""Pools of other people's face embeddings: the negatives of the paper's example-selection strategies.
+
+The loss needs only embeddings, so a pool never stores images: it maps each model name to an array of
+embeddings [M, D], saved as an .npz file together with each model's sha256 (a pool made with other
+weights would point the cloak at meaningless targets, so it is refused).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ulixes_onnx.atomic import write_atomically
+from ulixes_onnx.errors import UlixesError
+from ulixes_onnx.faces import MTCNN, chip_spec, extract_chips
+from ulixes_onnx.imageio import read_photo
+from ulixes_onnx.recognition import FaceModel
+
+_SHA_SUFFIX = ".sha256"
+
+
+class PoolError(UlixesError):
+    """A pool cannot be built, read or used with these models."""
+
+
+def build_pool(photos: Iterable[Path], models: Sequence[FaceModel], detector: MTCNN) -> dict[str, np.ndarray]:
+    """Embeddings of every face found in `photos`, per model."""
+    collected: dict[str, list[np.ndarray]] = {model.name: [] for model in models}
+    for path in photos:
+        photo = read_photo(path)
+        pixels = np.clip(np.rint(photo.rgb), 0, 255).astype(np.uint8)
+        faces = detector.detect(pixels)
+        if not faces:
+            continue
+        for model in models:
+            chips = extract_chips(pixels, faces, chip_spec(model.card.input.alignment)).chips
+            collected[model.name].append(model.embed(chips))
+    pool = {name: np.concatenate(rows) for name, rows in collected.items() if rows}
+    if not pool:
+        raise PoolError("no face was found in the pool photos; give a folder of photos of other people")
+    return pool
+
+
+def save_pool(pool: dict[str, np.ndarray], models: Sequence[FaceModel], path: Path) -> None:
+    arrays = {name: embeddings.astype(np.float32) for name, embeddings in pool.items()}
+    for model in models:
+        arrays[model.name + _SHA_SUFFIX] = np.array(model.built.sha256["model"])
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomically(buffer.getvalue(), path)
+
+
+def load_pool(path: Path, models: Sequence[FaceModel]) -> dict[str, np.ndarray]:
+    """The pool saved at `path`, checked against the models it will be used with."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as error:
+        raise PoolError(f"{path}: not a readable pool file ({error}); build it again") from None
+    pool = {}
+    for model in models:
+        if model.name not in arrays:
+            raise PoolError(f"{path} has no embeddings for {model.name}; build the pool with that model")
+        if str(arrays.get(model.name + _SHA_SUFFIX)) != model.built.sha256["model"]:
+            raise PoolError(f"{path} was built with other {model.name} weights; build the pool again")
+        pool[model.name] = arrays[model.name]
+    return pool
