@@ -10,6 +10,8 @@ from ulixes_onnx.check import load_detector
 from ulixes_onnx.cloak import (
     CloakSettingsError,
     LoopSettings,
+    View,
+    batch_dssim,
     chip_dssim,
     cloak_chips,
     plan_objectives,
@@ -17,6 +19,8 @@ from ulixes_onnx.cloak import (
 from ulixes_onnx.faces import chip_spec, extract_chips
 from ulixes_onnx.recognition import FaceModel, distances
 from ulixes_onnx.store import ModelStore
+
+NAME = "dlib-resnet"
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +38,11 @@ def chips(store: ModelStore) -> np.ndarray:
 
 def test_away_reaches_its_target_within_the_dssim_bound(dlib_model: FaceModel, chips: np.ndarray) -> None:
     settings = LoopSettings(strategy="away", target=0.8, max_dssim=0.03)
-    results = cloak_chips(dlib_model, chips, settings)
+    results = cloak_chips([View(dlib_model, settings)], chips)
     originals = dlib_model.embed(chips)
     for result, chip, original in zip(results, chips, originals, strict=True):
-        assert result.stop_reason == "target-reached"
-        assert result.distance >= 0.79
+        assert result.stop_reasons[NAME] == "target-reached"
+        assert result.distances[NAME] >= 0.79
         assert dlib_model.distance(dlib_model.embed(result.chip[None]), original[None])[0] >= 0.79
         assert 0 < result.dssim <= 0.03
         assert result.dssim == pytest.approx(chip_dssim(result.chip, chip))
@@ -49,38 +53,42 @@ def test_away_reaches_its_target_within_the_dssim_bound(dlib_model: FaceModel, c
 
 def test_results_are_deterministic_for_a_seed(dlib_model: FaceModel, chips: np.ndarray) -> None:
     settings = LoopSettings(strategy="away", target=0.5, seed=3)
-    first = cloak_chips(dlib_model, chips[:1], settings)[0]
-    second = cloak_chips(dlib_model, chips[:1], settings)[0]
+    first = cloak_chips([View(dlib_model, settings)], chips[:1])[0]
+    second = cloak_chips([View(dlib_model, settings)], chips[:1])[0]
     np.testing.assert_array_equal(first.chip, second.chip)
-    other_seed = cloak_chips(dlib_model, chips[:1], LoopSettings(strategy="away", target=0.5, seed=4))[0]
+    other_seed = cloak_chips(
+        [View(dlib_model, LoopSettings(strategy="away", target=0.5, seed=4))], chips[:1]
+    )[0]
     assert not np.array_equal(first.chip, other_seed.chip)
 
 
 def test_a_batch_gives_each_face_its_own_result(dlib_model: FaceModel, chips: np.ndarray) -> None:
     settings = LoopSettings(strategy="away", target=0.5)
-    together = cloak_chips(dlib_model, chips, settings)
-    alone = cloak_chips(dlib_model, chips[:1], settings)[0]
+    together = cloak_chips([View(dlib_model, settings)], chips)
+    alone = cloak_chips([View(dlib_model, settings)], chips[:1])[0]
     assert together[0].steps == alone.steps
     np.testing.assert_allclose(together[0].chip, alone.chip, atol=1e-5)
 
 
 def test_self_is_inert_on_dlib_and_stops_on_slow_progress(dlib_model: FaceModel, chips: np.ndarray) -> None:
-    results = cloak_chips(dlib_model, chips, LoopSettings(strategy="self", margin=0.6, min_progress=0.005))
-    assert {result.stop_reason for result in results} <= {"slow-progress", "loss-zero"}
-    assert all(result.steps < 10 and result.distance < 0.6 for result in results)
+    results = cloak_chips(
+        [View(dlib_model, LoopSettings(strategy="self", margin=0.6, min_progress=0.005))], chips
+    )
+    assert {result.stop_reasons[NAME] for result in results} <= {"slow-progress", "loss-zero"}
+    assert all(result.steps < 10 and result.distances[NAME] < 0.6 for result in results)
 
 
 def test_dssim_bound_and_step_limit_stop_faces(dlib_model: FaceModel, chips: np.ndarray) -> None:
-    bounded = cloak_chips(dlib_model, chips[:1], LoopSettings(target=2.0, max_dssim=0.001))[0]
-    assert bounded.stop_reason == "dssim-bound" and bounded.dssim <= 0.001
-    limited = cloak_chips(dlib_model, chips[:1], LoopSettings(target=2.0, max_steps=3))[0]
-    assert limited.stop_reason == "max-steps" and limited.steps == 3
+    bounded = cloak_chips([View(dlib_model, LoopSettings(target=2.0, max_dssim=0.001))], chips[:1])[0]
+    assert bounded.stop_reasons[NAME] == "dssim-bound" and bounded.dssim <= 0.001
+    limited = cloak_chips([View(dlib_model, LoopSettings(target=2.0, max_steps=3))], chips[:1])[0]
+    assert limited.stop_reasons[NAME] == "max-steps" and limited.steps == 3
 
 
 def test_continuing_from_a_cloaked_start(dlib_model: FaceModel, chips: np.ndarray) -> None:
-    first = cloak_chips(dlib_model, chips[:1], LoopSettings(target=0.4))[0]
-    more = cloak_chips(dlib_model, chips[:1], LoopSettings(target=0.7), start=first.chip[None])[0]
-    assert more.distance >= 0.69 and more.dssim > first.dssim
+    first = cloak_chips([View(dlib_model, LoopSettings(target=0.4))], chips[:1])[0]
+    more = cloak_chips([View(dlib_model, LoopSettings(target=0.7))], chips[:1], start=first.chip[None])[0]
+    assert more.distances[NAME] >= 0.69 and more.dssim > first.dssim
 
 
 class _EuclideanModel:
@@ -152,3 +160,35 @@ def test_pool_strategies_need_a_pool() -> None:
 def test_bad_settings(settings: dict, message: str) -> None:
     with pytest.raises(CloakSettingsError, match=message):
         LoopSettings(**settings)
+
+
+def test_batch_dssim_equals_one_chip_at_a_time() -> None:
+    rng = np.random.default_rng(5)
+    chips = rng.uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    noisy = np.clip(chips + rng.normal(0, 0.05, chips.shape), -1, 1).astype(np.float32)
+    from skimage.metrics import structural_similarity
+
+    expected = [
+        (1 - structural_similarity(a, b, channel_axis=0, data_range=2.0)) / 2
+        for a, b in zip(noisy, chips, strict=True)
+    ]
+    np.testing.assert_allclose(batch_dssim(noisy, chips), expected, rtol=1e-5)
+
+
+def test_joint_views_follow_both_models(dlib_model: FaceModel, chips: np.ndarray) -> None:
+    # the same model seen through a mirror is a second, differently aligned view of the face
+    mirror = np.tile(np.array([[-1.0, 0.0, 149.0], [0.0, 1.0, 0.0]]), (1, 1, 1))
+    views = [
+        View(dlib_model, LoopSettings(target=0.5)),
+        View(dlib_model, LoopSettings(target=0.5), warps=mirror),
+    ]
+    (result,) = cloak_chips(views, chips[:1])
+    mirrored = result.chip[:, :, ::-1]
+    original = dlib_model.embed(chips[:1])
+    assert dlib_model.distance(dlib_model.embed(result.chip[None]), original)[0] >= 0.49
+    assert (
+        dlib_model.distance(
+            dlib_model.embed(mirrored[None].copy()), dlib_model.embed(chips[:1, :, :, ::-1].copy())
+        )[0]
+        >= 0.49
+    )

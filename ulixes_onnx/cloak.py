@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from skimage.metrics import structural_similarity
 
@@ -37,6 +38,8 @@ POOL_STRATEGIES = ("nearest", "farthest", "random", "random-farthest")
 SELF_NEGATIVE_OFFSET = 1e-5
 # The away objective starts this far (in step units) from the original so that its gradient exists.
 AWAY_START_NOISE = 0.1
+# scikit-image's default SSIM window (7x7 uniform); its border is left out of the mean, as there.
+SSIM_WINDOW = 7
 
 
 class CloakSettingsError(UlixesError):
@@ -80,20 +83,76 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class View:
+    """One model's view of the chips being cloaked.
+
+    `warps` [N, 2, 3] map each cloaked chip's pixels to this model's chip when the model wants another
+    chip (the joint ensemble); None means the model sees the cloaked chips themselves. `positives`
+    default to the model's embeddings of the original chips.
+    """
+
+    model: FaceModel
+    settings: LoopSettings
+    warps: np.ndarray | None = None
+    positives: np.ndarray | None = None
+    pool: np.ndarray | None = None
+
+    def chips(self, chips: np.ndarray, rows: list[int]) -> np.ndarray:
+        if self.warps is None:
+            return chips
+        size = self.model.chip_size[0]
+        return np.stack(
+            [
+                cv2.warpAffine(
+                    chip.transpose(1, 2, 0), self.warps[row], (size, size), flags=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE,
+                ).transpose(2, 0, 1)
+                for chip, row in zip(chips, rows, strict=True)
+            ]
+        )  # fmt: skip
+
+    def gradient_in_chip(self, gradient: np.ndarray, row: int, size: int) -> np.ndarray:
+        """A gradient on this model's chip, brought back onto the cloaked chip (the warp's adjoint,
+        up to a constant factor that the step's normalisation removes)."""
+        if self.warps is None:
+            return gradient
+        back = cv2.warpAffine(
+            np.ascontiguousarray(gradient.transpose(1, 2, 0)), self.warps[row], (size, size),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+        )  # fmt: skip
+        return back.transpose(2, 0, 1)
+
+
+@dataclass(frozen=True)
 class ChipCloak:
-    """The outcome for one face: the cloaked chip and how the loop ended."""
+    """The outcome for one face: the cloaked chip and, per model, why it stopped and how far it got."""
 
     chip: np.ndarray
     steps: int
-    stop_reason: str
     dssim: float
-    distance: float
+    stop_reasons: dict[str, str]
+    distances: dict[str, float]
 
 
 def chip_dssim(chip: np.ndarray, original: np.ndarray) -> float:
     """DSSIM = (1 - SSIM) / 2 between two canonical chips [3, H, W] (scikit-image's SSIM)."""
-    similarity = structural_similarity(chip, original, channel_axis=0, data_range=2.0)
-    return float((1.0 - similarity) / 2.0)
+    return float(batch_dssim(chip[None], original[None])[0])
+
+
+def batch_dssim(chips: np.ndarray, originals: np.ndarray) -> np.ndarray:
+    """Per-chip DSSIM of [N, 3, H, W] chips in one scikit-image call: SSIM is computed per channel, so
+    stacking every chip's channels and averaging each chip's part of the SSIM map is exact."""
+    count, channels = chips.shape[:2]
+    _, ssim_map = structural_similarity(
+        chips.reshape(count * channels, *chips.shape[2:]),
+        originals.reshape(count * channels, *originals.shape[2:]),
+        channel_axis=0,
+        data_range=2.0,
+        full=True,
+    )
+    pad = (SSIM_WINDOW - 1) // 2
+    per_chip = ssim_map.reshape(count, channels, *chips.shape[2:])[:, :, pad:-pad, pad:-pad]
+    return (1.0 - per_chip.mean(axis=(1, 2, 3))) / 2.0
 
 
 def plan_objectives(
@@ -143,81 +202,124 @@ def plan_objectives(
 
 
 def cloak_chips(
-    model: FaceModel,
-    originals: np.ndarray,
-    settings: LoopSettings,
-    *,
-    positives: np.ndarray | None = None,
-    start: np.ndarray | None = None,
-    pool: np.ndarray | None = None,
+    views: list[View], originals: np.ndarray, *, start: np.ndarray | None = None
 ) -> list[ChipCloak]:
-    """Cloak canonical chips [N, 3, H, W] of one model; all faces advance together, one run a step.
+    """Cloak canonical chips [N, 3, H, W]; all faces advance together, one run per model and step.
 
-    `positives` default to the originals' embeddings; `start` continues from already cloaked chips
-    (DSSIM is always measured against `originals`).
+    With several views (the joint ensemble) every step follows the sum of the models' gradients, each
+    scaled to unit max-norm so that no model dominates; a model stops contributing to a face once its
+    objectives are done. Step size, DSSIM bound, step limit and seed come from the first view.
+    `start` continues from already cloaked chips (DSSIM is always measured against `originals`).
     """
     originals = np.asarray(originals, np.float32)
     count = len(originals)
     if count == 0:
         return []
-    positives = model.embed(originals) if positives is None else np.asarray(positives, np.float32)
-    plans = plan_objectives(model, originals, positives, settings, pool)
+    lead = views[0].settings
+    positives = [
+        view.model.embed(view.chips(originals, list(range(count))))
+        if view.positives is None
+        else view.positives
+        for view in views
+    ]
+    plans = [
+        plan_objectives(
+            view.model, view.chips(originals, list(range(count))), positive, view.settings, view.pool
+        )
+        for view, positive in zip(views, positives, strict=True)
+    ]
     chips = originals.copy() if start is None else np.array(start, np.float32)
-    if settings.strategy == "away":
+    if any(view.settings.strategy == "away" for view in views):
         for index in range(count):
-            noise = np.random.default_rng([settings.seed, index]).uniform(-1, 1, chips[index].shape)
-            chips[index] = np.clip(chips[index] + AWAY_START_NOISE * settings.step * noise, -1, 1)
+            noise = np.random.default_rng([lead.seed, index]).uniform(-1, 1, chips[index].shape)
+            chips[index] = np.clip(chips[index] + AWAY_START_NOISE * lead.step * noise, -1, 1)
 
     steps = np.zeros(count, int)
-    objective = np.zeros(count, int)
-    previous = np.full(count, np.nan)
-    dssim = np.array([chip_dssim(chips[i], originals[i]) for i in range(count)])
-    reasons: list[str | None] = [None] * count
+    objective = np.zeros((len(views), count), int)
+    previous = np.full((len(views), count), np.nan)
+    view_reasons: list[list[str | None]] = [[None] * count for _ in views]
+    face_reasons: list[str | None] = [None] * count
+    dssim = batch_dssim(chips, originals)
+    size = chips.shape[-1]
     while True:
-        active = [i for i in range(count) if reasons[i] is None]
+        active = [i for i in range(count) if face_reasons[i] is None]
         if not active:
             break
-        targets = [plans[i][objective[i]] for i in active]
-        result = model.step(
-            chips[active],
-            positives[active],
-            np.stack([target.negative for target in targets]),
-            np.array([target.margin for target in targets], np.float32),
-            np.array([target.neg_weight for target in targets], np.float32),
-        )
-        for row, index in enumerate(active):
-            distance = float(result.d_pos[row])
-            ended = None
-            if result.loss[row] <= 0:
-                ended = "target-reached" if settings.strategy == "away" else "loss-zero"
-            elif not np.isnan(previous[index]) and distance - previous[index] < settings.min_progress:
-                ended = "slow-progress"
-            if ended is not None:
-                objective[index] += 1
-                previous[index] = np.nan
-                if objective[index] == len(plans[index]):
-                    reasons[index] = ended
+        direction = np.zeros((count, *chips.shape[1:]), np.float32)
+        advanced: set[int] = set()  # faces where an objective ended: evaluate the next one first
+        for v, view in enumerate(views):
+            rows = [i for i in active if view_reasons[v][i] is None]
+            if not rows:
                 continue
-            if steps[index] >= settings.max_steps:
-                reasons[index] = "max-steps"
-                continue
-            gradient = result.grad[row]
-            largest = float(np.abs(gradient).max())
-            if largest == 0.0 or not np.isfinite(largest):
-                reasons[index] = "no-gradient"
-                continue
-            candidate = np.clip(chips[index] - (settings.step / largest) * gradient, -1, 1)
-            candidate_dssim = chip_dssim(candidate, originals[index])
-            if candidate_dssim > settings.max_dssim:
-                reasons[index] = "dssim-bound"
-                continue
-            chips[index] = candidate
-            dssim[index] = candidate_dssim
-            steps[index] += 1
-            previous[index] = distance
+            targets = [plans[v][i][objective[v, i]] for i in rows]
+            result = view.model.step(
+                view.chips(chips[rows], rows),
+                positives[v][rows],
+                np.stack([target.negative for target in targets]),
+                np.array([target.margin for target in targets], np.float32),
+                np.array([target.neg_weight for target in targets], np.float32),
+            )
+            for row, index in enumerate(rows):
+                distance = float(result.d_pos[row])
+                ended = None
+                if result.loss[row] <= 0:
+                    ended = "target-reached" if view.settings.strategy == "away" else "loss-zero"
+                elif (
+                    not np.isnan(previous[v, index])
+                    and distance - previous[v, index] < view.settings.min_progress
+                ):
+                    ended = "slow-progress"
+                if ended is not None:
+                    objective[v, index] += 1
+                    previous[v, index] = np.nan
+                    if objective[v, index] == len(plans[v][index]):
+                        view_reasons[v][index] = ended
+                    else:
+                        advanced.add(index)
+                    continue
+                gradient = view.gradient_in_chip(result.grad[row], index, size)
+                largest = float(np.abs(gradient).max())
+                if largest > 0 and np.isfinite(largest):
+                    direction[index] += gradient / largest
+                previous[v, index] = distance
 
-    final_distances = model.distance(model.embed(chips), positives)
+        moving = []
+        for index in active:
+            if all(reasons[index] is not None for reasons in view_reasons):
+                face_reasons[index] = "done"
+            elif steps[index] >= lead.max_steps:
+                face_reasons[index] = "max-steps"
+            elif not np.any(direction[index]):
+                if index not in advanced:
+                    face_reasons[index] = "no-gradient"
+            else:
+                moving.append(index)
+        if not moving:
+            continue
+        largest = np.abs(direction[moving]).reshape(len(moving), -1).max(axis=1)
+        candidates = np.clip(
+            chips[moving] - (lead.step / largest)[:, None, None, None] * direction[moving], -1, 1
+        )
+        candidate_dssim = batch_dssim(candidates, originals[moving])
+        for row, index in enumerate(moving):
+            if candidate_dssim[row] > lead.max_dssim:
+                face_reasons[index] = "dssim-bound"
+                continue
+            chips[index] = candidates[row]
+            dssim[index] = candidate_dssim[row]
+            steps[index] += 1
+
+    distances = [
+        view.model.distance(view.model.embed(view.chips(chips, list(range(count)))), positive)
+        for view, positive in zip(views, positives, strict=True)
+    ]
     return [
-        ChipCloak(chips[i], int(steps[i]), str(reasons[i]), float(dssim[i]), float(final_distances[i]))
+        ChipCloak(
+            chips[i],
+            int(steps[i]),
+            float(dssim[i]),
+            {view.model.name: view_reasons[v][i] or face_reasons[i] for v, view in enumerate(views)},
+            {view.model.name: float(distances[v][i]) for v, view in enumerate(views)},
+        )
         for i in range(count)
     ]

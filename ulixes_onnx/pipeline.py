@@ -8,9 +8,11 @@ round-trips the output file format), faces are re-detected and re-aligned, and a
 protected only if every model then places it farther than its threshold from the original. Faces
 that are not protected are cloaked further, with a raised target, for up to `max_rounds` rounds.
 
-Ensembles (`ensemble`): each model cloaks its own chips and the photo-space masks are combined per
-pixel and channel: "max" keeps the change of largest magnitude (the paper's Ensemble 2, its best),
-"sum" adds them (Ensemble 1).
+Ensembles (`ensemble`): with "max" and "sum" each model cloaks its own chips and the photo-space
+masks are combined per pixel and channel: "max" keeps the change of largest magnitude (the paper's
+Ensemble 2, its best), "sum" adds them (Ensemble 1). "joint" (Ensemble 3, Liu et al.) runs one loop
+whose every step follows all models' gradients, on the chip that covers the most of the face; the
+other models see that chip warped to their own layout.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 from skimage.metrics import structural_similarity
 
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.check import load_detector
-from ulixes_onnx.cloak import CloakSettingsError, LoopSettings, cloak_chips
+from ulixes_onnx.cloak import ChipCloak, CloakSettingsError, LoopSettings, View, cloak_chips
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     AlignedChips,
@@ -41,7 +44,7 @@ from ulixes_onnx.faces.pasteback import PhotoDelta
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStore
 
-ENSEMBLES = ("max", "sum")
+ENSEMBLES = ("max", "sum", "joint")
 DEFAULT_MODELS = ("dlib-resnet",)
 # Each verification round that finds a face unprotected raises its models' targets by this factor.
 TARGET_GROWTH = 1.15
@@ -235,17 +238,17 @@ class Cloaker:
             distances, redetected = self.verify(seen, [reports[i] for i in pending])
             for row, index in enumerate(pending):
                 previous = reports[index].models
+                result = loop_results[row]
                 outcomes = {
                     model.name: ModelOutcome(
                         steps=result.steps + (previous[model.name].steps if previous else 0),
-                        stop_reason=result.stop_reason,
+                        stop_reason=result.stop_reasons[model.name],
                         chip_dssim=result.dssim,
-                        chip_distance=result.distance,
+                        chip_distance=result.distances[model.name],
                         distance=float(distances[model.name][row]),
                         threshold=model.threshold,
                     )
                     for model in self.models
-                    for result in [loop_results[model.name][row]]
                 }
                 reports[index] = replace(
                     reports[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
@@ -267,36 +270,54 @@ class Cloaker:
         pending: list[int],
         round_index: int,
         gray: bool,
-    ) -> tuple[np.ndarray, dict]:
-        """One pass of every model's loop over the pending faces; returns the new photo."""
-        loop_results = {}
+    ) -> tuple[np.ndarray, list[ChipCloak]]:
+        """One pass of the loop over the pending faces; returns the new photo and, per face, every
+        model's loop outcome (for "max" and "sum" each model cloaks its own chips; for "joint" one
+        loop follows all models' gradients on the chip that covers the most of the face)."""
+        groups = (
+            [[model] for model in self.models]
+            if self.ensemble != "joint"
+            else [sorted(self.models, key=lambda m: -_footprint(aligned[m.name], pending))]
+        )
+        outcomes: list[ChipCloak] = []
         patches = []
-        for model in self.models:
-            chips = aligned[model.name]
-            matrices = chips.matrices[pending]
-            originals = chips.chips[pending]
+        for group in groups:
+            lead = aligned[group[0].name]
+            matrices = lead.matrices[pending]
+            originals = lead.chips[pending]
             start = None
             if round_index:
-                spec = self._spec(model)
+                spec = self._spec(group[0])
                 start = warp_chips(_quantised(cloaked), matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
-            settings = self.settings[model.name]
-            settings = replace(settings, target=settings.target * TARGET_GROWTH**round_index)
-            results = cloak_chips(
-                model,
-                originals,
-                settings,
-                positives=np.stack([reports[i].embeddings[model.name] for i in pending]),
-                start=start,
-                pool=self.pool.get(model.name),
-            )
-            loop_results[model.name] = results
+            views = [
+                View(
+                    model,
+                    replace(
+                        self.settings[model.name],
+                        target=self.settings[model.name].target * TARGET_GROWTH**round_index,
+                    ),
+                    warps=None
+                    if model is group[0]
+                    else _chip_to_chip(matrices, aligned[model.name].matrices[pending]),
+                    positives=np.stack([reports[i].embeddings[model.name] for i in pending]),
+                    pool=self.pool.get(model.name),
+                )
+                for model in group
+            ]
+            results = cloak_chips(views, originals, start=start)
+            outcomes = _merge_outcomes(outcomes, results)
             deltas = np.stack([result.chip for result in results]) - (originals if start is None else start)
             patches += paste_back(deltas, matrices, cloaked.shape).patches
         height, width = cloaked.shape[:2]
-        delta = PhotoDelta(height, width, tuple(merge_patches(patches, self.ensemble)), ())
+        delta = PhotoDelta(
+            height,
+            width,
+            tuple(merge_patches(patches, "max" if self.ensemble == "joint" else self.ensemble)),
+            (),
+        )
         if gray:
             delta = _luminance_only(delta)
-        return delta.add_to(cloaked), loop_results
+        return delta.add_to(cloaked), outcomes
 
     def verify(
         self, seen: np.ndarray, reports: Sequence[FaceReport]
@@ -370,6 +391,43 @@ class Cloaker:
                         f"(minimum {MIN_PHOTO_PIXELS_PER_CHIP_PIXEL:.2f})"
                     )
         return skipped
+
+
+def _footprint(chips: AlignedChips, faces: list[int]) -> float:
+    """Mean side, in photo pixels, of the photo region the chips cover."""
+    size = chips.chips.shape[-1]
+    return float(np.mean([size * photo_pixels_per_chip_pixel(chips.matrices[i]) for i in faces]))
+
+
+def _chip_to_chip(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """[N, 2, 3] matrices from source-chip pixels to target-chip pixels, given both photo -> chip."""
+    warps = []
+    for photo_to_source, photo_to_target in zip(source, target, strict=True):
+        source_to_photo = cv2.invertAffineTransform(photo_to_source)
+        linear = photo_to_target[:, :2] @ source_to_photo[:, :2]
+        warps.append(
+            np.hstack(
+                [linear, (photo_to_target[:, :2] @ source_to_photo[:, 2] + photo_to_target[:, 2])[:, None]]
+            )
+        )
+    return np.array(warps)
+
+
+def _merge_outcomes(merged: list[ChipCloak], results: list[ChipCloak]) -> list[ChipCloak]:
+    """Per face, one outcome with every model's stop reason and distance (the largest DSSIM and step
+    count of the separate loops, which is what the combined mask can reach at most)."""
+    if not merged:
+        return results
+    return [
+        ChipCloak(
+            chip=old.chip,
+            steps=max(old.steps, new.steps),
+            dssim=max(old.dssim, new.dssim),
+            stop_reasons={**old.stop_reasons, **new.stop_reasons},
+            distances={**old.distances, **new.distances},
+        )
+        for old, new in zip(merged, results, strict=True)
+    ]
 
 
 def _luminance_only(delta: PhotoDelta) -> PhotoDelta:
