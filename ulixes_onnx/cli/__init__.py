@@ -14,6 +14,7 @@ import typer
 
 from ulixes_onnx import __version__
 from ulixes_onnx.cli import models
+from ulixes_onnx.cli.bench import bench
 from ulixes_onnx.cli.cloak import cloak
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.demo import demo
@@ -29,6 +30,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.command()(cloak)
 app.command()(demo)
+app.command()(bench)
 
 
 def _print_version(value: bool) -> None:

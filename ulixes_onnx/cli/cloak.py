@@ -38,7 +38,9 @@ def cloak(
         DEFAULT_MODELS
     ),
     strategy: Annotated[str, typer.Option(help=f"Negative examples: {', '.join(STRATEGIES)}.")] = "away",
-    ensemble: Annotated[str, typer.Option(help="Ensembles: max or sum of masks, or joint gradients.")] = "max",
+    ensemble: Annotated[
+        str, typer.Option(help="Ensembles: max or sum of masks, or joint gradients.")
+    ] = "max",
     pool: Annotated[
         Path | None, typer.Option(help="Other people's faces for pool strategies: a folder or a .npz pool.")
     ] = None,

@@ -132,17 +132,21 @@ def dlib_landmarks(photo: np.ndarray, face: Face, predictor: ShapePredictor | No
 
     The predictor's output moves with the rectangle it starts from, and dlib's detector reports
     rectangles on a grid (see DETECTOR_POSITION_STEP), so the points are averaged over rectangles
-    spread like that grid's rounding error: a two-point Gauss-Legendre rule per coordinate.
+    spread like that grid's rounding error: uniform over one step in size and in each direction,
+    integrated with the three-point Gauss-Legendre rule per coordinate (27 rectangles).
     """
     predictor = five_point_predictor() if predictor is None else predictor
     rectangle = face_rectangle(face)
     centre, side = (rectangle[:2] + rectangle[2:]) / 2, rectangle[2] - rectangle[0]
-    node = 1 / (2 * math.sqrt(3))  # Gauss-Legendre nodes of the uniform distribution on [-1/2, 1/2]
-    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=3)))  # scale, x, y
-    sides = side * DETECTOR_SCALE_STEP ** (node * signs[:, :1])
-    centres = centre + side * DETECTOR_POSITION_STEP * node * signs[:, 1:]
+    # Gauss-Legendre nodes and weights for the uniform distribution on [-1/2, 1/2].
+    nodes = np.array([-math.sqrt(3 / 5) / 2, 0.0, math.sqrt(3 / 5) / 2])
+    weights = np.array([5.0, 8.0, 5.0]) / 18
+    grid = np.array(list(itertools.product(range(3), repeat=3)))  # size, x, y node of each rectangle
+    sides = side * DETECTOR_SCALE_STEP ** nodes[grid[:, :1]]
+    centres = centre + side * DETECTOR_POSITION_STEP * nodes[grid[:, 1:]]
     rectangles = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
-    return predictor.predict(photo, rectangles).mean(axis=0)
+    rectangle_weights = weights[grid].prod(axis=1)
+    return np.tensordot(rectangle_weights, predictor.predict(photo, rectangles), axes=1)
 
 
 def read_shape_predictor(data: bytes) -> ShapePredictor:

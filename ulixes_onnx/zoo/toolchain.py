@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ REQUIREMENTS = (
 # Installed without their dependencies (see the module docstring).
 REQUIREMENTS_WITHOUT_DEPENDENCIES = ("facenet-pytorch==2.6.0",)
 _MARKER = "ulixes-onnx-toolchain.json"
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
 _SCRIPTS = Path(__file__).resolve().parent
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,12 @@ def export_python() -> Path:
     return installed_toolchain() or install_toolchain()
 
 
+def _python_error(stderr: str) -> str | None:
+    """The exception line of a Python traceback in `stderr` (TensorFlow logs around it are noise)."""
+    errors = [line for line in stderr.splitlines() if _EXCEPTION_LINE.match(line)]
+    return errors[-1] if errors else None
+
+
 def run_export_script(script: str, job: dict, *, python: Path | None = None) -> None:
     """Run export_<framework>.py on a job in the export interpreter; its failure is a `ModelError`."""
     python = python or export_python()
@@ -133,9 +141,8 @@ def run_export_script(script: str, job: dict, *, python: Path | None = None) -> 
                 "point it at a working python"
             ) from error
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
         log.debug("%s failed:\n%s", script, result.stderr)
         raise ModelError(
-            f"the model conversion failed ({lines[-1] if lines else f'exit code {result.returncode}'}); "
+            f"the model conversion failed ({_python_error(result.stderr) or f'exit code {result.returncode}'}); "
             "check that the weights file is the one the model card names"
         )

@@ -1,0 +1,41 @@
+"""`ulixes-onnx bench` measures what it says (numbers are not asserted: the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.test_cli import run_cli
+from ulixes_onnx.bench import machine_description, median_ms
+from ulixes_onnx.store import ModelStore
+
+
+def test_median_ms_times_the_call() -> None:
+    calls = []
+    assert median_ms(lambda: calls.append(1), repeats=3) >= 0
+    assert len(calls) == 3 + 2  # warm-up runs are not timed
+
+
+def test_machine_description_names_cpu_cores_and_versions() -> None:
+    machine = machine_description()
+    assert machine["cores"] >= 1 and machine["cpu"]
+    assert machine["versions"]["onnxruntime"] and machine["versions"]["numpy"]
+
+
+def test_bench_command_writes_every_measurement(tmp_path: Path, store: ModelStore) -> None:
+    output = tmp_path / "bench.json"
+    result = run_cli("bench", "--batch", "1,2", "--repeats", "1", "--json", str(output), models_dir=store.root)
+    assert result.returncode == 0, result.stderr
+    (model,) = json.loads(output.read_text())["models"]
+    assert model["model"] == "dlib-resnet" and set(model["batches"]) == {"1", "2"}
+    for row in model["batches"].values():
+        assert row["step_ms"] > 0 and row["forward_ms"] > 0 and row["faces_per_second"] > 0
+        assert row["mean_steps_per_face"] >= 1
+    assert model["end_to_end_seconds_per_face"] > 0 and model["faces_cloaked_end_to_end"] >= 5
+    assert model["peak_rss_mb"] > 0
+    assert "end to end" in result.stdout
+
+
+def test_bad_batch_list_is_a_usage_error() -> None:
+    result = run_cli("bench", "--batch", "1,x")
+    assert result.returncode == 2 and "is not a list of integers" in result.stderr

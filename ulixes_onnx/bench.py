@@ -1,0 +1,165 @@
+"""Throughput measurements behind `ulixes-onnx bench`.
+
+Per model: the plain forward pass and one cloak step (forward + gradient) at each batch size, the
+faces per second of the whole cloaking loop at each batch size, steps per face, and the seconds per
+face end to end on photo files (decode, detect, align, cloak, paste back, encode, verify). Timings are
+medians over repeated runs after a warm-up; this machine may be shared, so compare ratios measured in
+the same run rather than absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ulixes_onnx import samples
+from ulixes_onnx.check import load_detector
+from ulixes_onnx.cloak import View, cloak_chips
+from ulixes_onnx.engine.session import available_cores
+from ulixes_onnx.faces import chip_spec, extract_chips
+from ulixes_onnx.files import InputPhoto, cloak_file, expand_inputs
+from ulixes_onnx.imageio import read_photo
+from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.store import ModelStore
+
+WARMUP_RUNS = 2
+LIBRARIES = ("ulixes-onnx", "onnxruntime", "onnx", "numpy", "opencv-python", "scikit-image", "pillow")
+
+
+def median_ms(run: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `run` in milliseconds, after warm-up runs."""
+    for _ in range(WARMUP_RUNS):
+        run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def machine_description() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"cpu": cpu, "cores": available_cores(), "python": platform.python_version(), "versions": versions}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sample_photos(folder: Path, count: int) -> list[Path]:
+    """The astronaut photo in `count` variants (shifted, scaled, mirrored, brighter), as JPEG files."""
+    base = samples.astronaut()
+    variants = [
+        base,
+        samples.shifted(base, 5.5, -3.2),
+        samples.rescaled(base, 1.5),
+        np.ascontiguousarray(base[:, ::-1]),
+        np.clip(base.astype(np.int16) + 20, 0, 255).astype(np.uint8),
+        samples.rescaled(base, 0.8),
+    ]
+    paths = []
+    for index in range(count):
+        path = folder / f"sample{index}.jpg"
+        Image.fromarray(variants[index % len(variants)]).save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
+def face_chips(photos: list[Path], store: ModelStore, alignment: str) -> np.ndarray:
+    """The largest face of every photo as a canonical chip for `alignment`."""
+    detector = load_detector(store)
+    chips = []
+    for path in photos:
+        pixels = np.clip(np.rint(read_photo(path).rgb), 0, 255).astype(np.uint8)
+        faces = detector.detect(pixels)
+        if faces:
+            chips.append(extract_chips(pixels, faces[:1], chip_spec(alignment)).chips[0])
+    return np.stack(chips)
+
+
+def bench_model(
+    name: str, store: ModelStore, photos: list[Path], batches: list[int], repeats: int, threads: int | None
+) -> dict:
+    cloaker = Cloaker([name], store=store, threads=threads)
+    model = cloaker.models[0]
+    chips = face_chips(photos, store, model.card.input.alignment)
+    settings = cloaker.settings[name]
+    per_batch = {}
+    for batch in batches:
+        x = np.resize(chips, (batch, *chips.shape[1:]))
+        embeddings = model.embed(x)
+        forward = median_ms(lambda x=x: model.embed(x), repeats)
+        step = median_ms(lambda x=x, e=embeddings: model.step(x, e, e, settings.target, 0.0), repeats)
+        started = time.perf_counter()
+        results = cloak_chips([View(model, settings)], x)
+        loop_seconds = time.perf_counter() - started
+        per_batch[str(batch)] = {
+            "forward_ms": round(forward, 2),
+            "step_ms": round(step, 2),
+            "step_over_forward": round(step / forward, 2),
+            "step_ms_per_face": round(step / batch, 2),
+            "mean_steps_per_face": round(float(np.mean([r.steps for r in results])), 1),
+            "faces_per_second": round(batch / loop_seconds, 2),
+        }
+    with tempfile.TemporaryDirectory() as output:
+        cloak_file(cloaker, InputPhoto(photos[0]), output_dir=Path(output))  # warm-up
+        end_to_end = []
+        faces = 0
+        for photo in photos:
+            report = cloak_file(cloaker, InputPhoto(photo), output_dir=Path(output), overwrite=True)
+            cloaked = [face for face in report.faces if face.models]
+            faces += len(cloaked)
+            if cloaked:
+                end_to_end.append(report.seconds / len(cloaked))
+    return {
+        "model": name,
+        "threads": threads or available_cores(),
+        "batches": per_batch,
+        "end_to_end_seconds_per_face": round(statistics.median(end_to_end), 3) if end_to_end else None,
+        "faces_cloaked_end_to_end": faces,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def run_bench(
+    models: list[str],
+    store: ModelStore,
+    *,
+    batches: list[int],
+    repeats: int = 10,
+    images: Path | None = None,
+    photo_count: int = 6,
+    threads: int | None = None,
+) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        photos = (
+            [photo.path for photo in expand_inputs([str(images)])]
+            if images is not None
+            else sample_photos(Path(folder), photo_count)
+        )
+        results = [bench_model(name, store, photos, batches, repeats, threads) for name in models]
+    return {"machine": machine_description(), "repeats": repeats, "photos": len(photos), "models": results}
