@@ -24,7 +24,9 @@ def test_machine_description_names_cpu_cores_and_versions() -> None:
 
 def test_bench_command_writes_every_measurement(tmp_path: Path, store: ModelStore) -> None:
     output = tmp_path / "bench.json"
-    result = run_cli("bench", "--batch", "1,2", "--repeats", "1", "--json", str(output), models_dir=store.root)
+    result = run_cli(
+        "bench", "--batch", "1,2", "--repeats", "1", "--json", str(output), models_dir=store.root
+    )
     assert result.returncode == 0, result.stderr
     (model,) = json.loads(output.read_text())["models"]
     assert model["model"] == "dlib-resnet" and set(model["batches"]) == {"1", "2"}

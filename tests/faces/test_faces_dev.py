@@ -80,4 +80,5 @@ def test_chips_give_dlibs_descriptors(faces_dev, photos, largest_faces, descript
         f"mean {differences.mean():.4f}, max {differences.max():.4f}"
     )
     assert len(differences) >= 40
+    # measured: mean 0.043, max 0.155 (same-person distances are ~0.1-0.4, the threshold 0.6)
     assert differences.mean() < 0.05 and differences.max() < 0.2

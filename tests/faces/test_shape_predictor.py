@@ -11,7 +11,6 @@ from tests.test_dlib_format import encode_int, encode_real
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.faces import dlib_landmarks, face_rectangle, five_point_predictor
 from ulixes_onnx.faces.shape_predictor import (
-    CascadeLevel,
     ShapePredictor,
     bundled_model_path,
     read_shape_predictor,
@@ -136,7 +135,6 @@ def test_bundled_model_is_dlibs_five_point_cascade():
     assert model.mean_shape.shape == (5, 2) and len(model.levels) == 15
     level = model.levels[0]
     assert level.depth == 4 and level.leaves.shape == (500, 16, 10) and level.anchors.shape == (800,)
-    assert isinstance(level, CascadeLevel)
 
 
 def _dlib_face(photo: np.ndarray):
@@ -181,4 +179,4 @@ def test_mtcnn_face_gets_dlibs_square_and_points(detector, astronaut):
     assert overlap / union > 0.8
     dlib_points = np.array([[p.x, p.y] for p in reference_models()[1](astronaut, box).parts()])
     eye_distance = np.linalg.norm(dlib_points[0] - dlib_points[2])
-    assert np.abs(dlib_landmarks(astronaut, face) - dlib_points).max() < 0.05 * eye_distance
+    assert np.abs(dlib_landmarks(astronaut, face) - dlib_points).max() < 0.03 * eye_distance

@@ -18,6 +18,7 @@ from ulixes_onnx.cli.bench import bench
 from ulixes_onnx.cli.cloak import cloak
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.demo import demo
+from ulixes_onnx.cli.evaluate import evaluate
 from ulixes_onnx.errors import UlixesError
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.command()(cloak)
 app.command()(demo)
+app.command(name="eval")(evaluate)
 app.command()(bench)
 
 

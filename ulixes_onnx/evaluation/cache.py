@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,6 @@ from ulixes_onnx.store import ModelStore, sha256_of
 
 # Bumped when the record format changes, so older records are made again instead of misread.
 RECORD_VERSION = 1
-_STAGING = ".staging"
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,7 @@ class CloakConfig:
             return self.models[0]
         return f"{self.ensemble}({'+'.join(self.models)})"
 
-    def cloaker(
-        self, store: ModelStore, *, pool: dict[str, np.ndarray] | None = None, threads: int | None = None
-    ) -> Cloaker:
+    def cloaker(self, store: ModelStore, *, threads: int | None = None) -> Cloaker:
         return Cloaker(
             self.models,
             store=store,
@@ -76,7 +74,6 @@ class CloakConfig:
             max_steps=self.max_steps,
             max_rounds=self.max_rounds,
             seed=self.seed,
-            pool=pool,
             min_face_size=self.min_face_size,
             threads=threads,
         )
@@ -145,7 +142,6 @@ class CloakCache:
         self.cloaker = cloaker
         self.description = description
         key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
-        self.key = key
         self.directory = root / key[:24]
         self.directory.mkdir(parents=True, exist_ok=True)
         config_file = self.directory / "config.json"
@@ -159,16 +155,21 @@ class CloakCache:
         found = self._load(record_path, photo)
         if found is not None:
             return found
-        staging = self.directory / _STAGING
-        shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted run
-        staging.mkdir()
-        report = cloak_file(self.cloaker, InputPhoto(source), output_dir=staging, suffix="", overwrite=True)
-        output = None
+        # A private staging folder: runs sharing the cache never write the same staging file.
+        staging = Path(tempfile.mkdtemp(dir=self.directory, prefix=".staging-"))
+        try:
+            report = cloak_file(
+                self.cloaker, InputPhoto(source), output_dir=staging, suffix="", overwrite=True
+            )
+            output = None
+            if report.output is not None:
+                output = self.directory / f"{content_hash}{source.suffix.lower()}"
+                os.replace(report.output, output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         photo_psnr = None
         faces = []
-        if report.output is not None:
-            output = self.directory / f"{content_hash}{source.suffix.lower()}"
-            os.replace(report.output, output)
+        if output is not None:
             original = read_photo(source).rgb
             cloaked = read_photo(output).rgb
             photo_psnr = psnr(original, cloaked)
@@ -184,11 +185,9 @@ class CloakCache:
                 )
                 for face in report.faces
             ]
-        shutil.rmtree(staging, ignore_errors=True)
         record = {
             "record_version": RECORD_VERSION,
             "status": report.status,
-            "error": report.error,
             "file": output.name if output else None,
             "psnr": photo_psnr,
             "seconds": report.seconds,
@@ -212,9 +211,7 @@ class CloakCache:
         output = self.directory / record["file"] if record["file"] else None
         if output is not None and not output.is_file():
             return None
-        faces = [
-            CloakedFace(**{**face, "box": tuple(face["box"])}) for face in record["faces"]
-        ]
+        faces = [CloakedFace(**{**face, "box": tuple(face["box"])}) for face in record["faces"]]
         return CloakedPhoto(photo, record["status"], output, faces, record["psnr"], record["seconds"])
 
 

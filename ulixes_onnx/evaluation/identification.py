@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 CLASSIFIERS = ("nn", "nc", "knn", "wknn", "dbnn", "mlp", "svm")
@@ -59,11 +59,26 @@ class DistanceBoundNearestNeighbour:
         return labels
 
 
+class RmsScaler(TransformerMixin, BaseEstimator):
+    """Scales all features by one factor to unit root-mean-square.
+
+    Unlike per-feature standardisation it keeps the embedding's geometry, which the model was trained
+    to make meaningful, instead of inflating near-constant features to the size of informative ones.
+    """
+
+    def fit(self, features: np.ndarray, labels: np.ndarray | None = None) -> RmsScaler:
+        self.scale_ = 1.0 / max(float(np.sqrt(np.mean(np.square(features)))), np.finfo(float).tiny)
+        return self
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(features) * self.scale_
+
+
 class MLPToTrainingAccuracy:
     """A 2x20 fully connected net trained epoch by epoch until its training accuracy reaches the target."""
 
     def __init__(self, seed: int) -> None:
-        self._scaler = StandardScaler()
+        self._scaler = RmsScaler()
         self._net = MLPClassifier(hidden_layer_sizes=(20, 20), random_state=seed)
         self.epochs = 0
         self.training_accuracy = 0.0
@@ -81,22 +96,22 @@ class MLPToTrainingAccuracy:
         return self._net.predict(self._scaler.transform(features))
 
 
-def make_classifier(name: str, bound: float, seed: int) -> object:
+def make_classifier(name: str, bound: float, seed: int, neighbours: int = NEIGHBOURS) -> object:
     """A fresh, unfitted classifier with `fit` and `predict`; `bound` is the dbnn distance bound."""
     if name == "nn":
         return KNeighborsClassifier(n_neighbors=1)
     if name == "nc":
         return NearestCentroid()
     if name == "knn":
-        return KNeighborsClassifier(n_neighbors=NEIGHBOURS)
+        return KNeighborsClassifier(n_neighbors=neighbours)
     if name == "wknn":
-        return KNeighborsClassifier(n_neighbors=NEIGHBOURS, weights="distance")
+        return KNeighborsClassifier(n_neighbors=neighbours, weights="distance")
     if name == "dbnn":
         return DistanceBoundNearestNeighbour(bound)
     if name == "mlp":
         return MLPToTrainingAccuracy(seed)
     if name == "svm":
-        return make_pipeline(StandardScaler(), SVC(kernel="linear"))
+        return make_pipeline(RmsScaler(), SVC(kernel="linear"))
     raise ValueError(f"unknown classifier {name!r}")
 
 
@@ -139,19 +154,25 @@ def identify(
     needs at least two photos.
     """
     labels = np.asarray(labels, dtype=object)
+    found = np.asarray(cloaked_found, bool)
     features_clean = _features(clean, metric)
-    features_cloaked = _features(np.where(np.asarray(cloaked_found)[:, None], cloaked, clean), metric)
+    features_cloaked = _features(np.where(found[:, None], cloaked, clean), metric)
     bound = float(np.sqrt(2 * threshold)) if metric == "cosine" else threshold
     folds = round_robin_folds(list(labels))
     correct = {name: np.zeros((2, len(labels)), bool) for name in classifiers}
     for fold in np.unique(folds):
         test, train = folds == fold, folds != fold
         for name in classifiers:
-            model = make_classifier(name, bound, seed).fit(features_clean[train], labels[train])
+            # Fewer training photos than neighbours happens only on tiny datasets.
+            neighbours = min(NEIGHBOURS, int(train.sum()))
+            # NearestCentroid also computes a per-feature spread it does not use for predicting, which
+            # divides by zero when every identity has a single training photo.
+            with np.errstate(invalid="ignore", divide="ignore"):
+                model = make_classifier(name, bound, seed, neighbours).fit(
+                    features_clean[train], labels[train]
+                )
             correct[name][0, test] = model.predict(features_clean[test]) == labels[test]
-            correct[name][1, test] = (model.predict(features_cloaked[test]) == labels[test]) & np.asarray(
-                cloaked_found
-            )[test]
+            correct[name][1, test] = (model.predict(features_cloaked[test]) == labels[test]) & found[test]
     return {
         name: IdentificationScore(float(hits[0].mean()), float(hits[1].mean()), len(labels))
         for name, hits in correct.items()

@@ -156,6 +156,7 @@ CHIP_SPECS: dict[str, ChipSpec] = {
     for spec in (
         ShapePredictorChipSpec(name="dlib-150-pad0.25", size=150, padding=0.25),
         ShapePredictorChipSpec(name="dlib-224-pad0.25", size=224, padding=0.25),
+        BoxChipSpec(name="facenet-152-margin", size=152, margin=FACENET_MARGIN),
         BoxChipSpec(name="facenet-160-margin", size=160, margin=FACENET_MARGIN),
         BoxChipSpec(name="facenet-224-margin", size=224, margin=FACENET_MARGIN),
     )

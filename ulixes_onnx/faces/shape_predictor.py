@@ -126,27 +126,28 @@ def face_rectangle(face: Face) -> np.ndarray:
     return np.concatenate([centre - half_side, centre + half_side])
 
 
-def dlib_landmarks(photo: np.ndarray, face: Face, predictor: ShapePredictor | None = None) -> np.ndarray:
+def dlib_landmarks(photo: np.ndarray, face: Face) -> np.ndarray:
     """The 5 points [5, 2] (dlib's pixel-centre coordinates) that dlib's HOG detector and 5-point
     predictor would give, on average, for an MTCNN face in an RGB or grayscale uint8 photo.
 
     The predictor's output moves with the rectangle it starts from, and dlib's detector reports
     rectangles on a grid (see DETECTOR_POSITION_STEP), so the points are averaged over rectangles
     spread like that grid's rounding error: uniform over one step in size and in each direction,
-    integrated with the three-point Gauss-Legendre rule per coordinate (27 rectangles).
+    integrated with the two-point Gauss-Legendre rule per coordinate (8 rectangles; the three-point
+    rule's 27 measured 0.041 instead of 0.043 mean descriptor error against dlib's own pipeline, for
+    3.4 times the time).
     """
-    predictor = five_point_predictor() if predictor is None else predictor
     rectangle = face_rectangle(face)
     centre, side = (rectangle[:2] + rectangle[2:]) / 2, rectangle[2] - rectangle[0]
     # Gauss-Legendre nodes and weights for the uniform distribution on [-1/2, 1/2].
-    nodes = np.array([-math.sqrt(3 / 5) / 2, 0.0, math.sqrt(3 / 5) / 2])
-    weights = np.array([5.0, 8.0, 5.0]) / 18
-    grid = np.array(list(itertools.product(range(3), repeat=3)))  # size, x, y node of each rectangle
+    nodes = np.array([-1.0, 1.0]) / (2 * math.sqrt(3))
+    weights = np.array([0.5, 0.5])
+    grid = np.array(list(itertools.product(range(2), repeat=3)))  # size, x, y node of each rectangle
     sides = side * DETECTOR_SCALE_STEP ** nodes[grid[:, :1]]
     centres = centre + side * DETECTOR_POSITION_STEP * nodes[grid[:, 1:]]
     rectangles = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
     rectangle_weights = weights[grid].prod(axis=1)
-    return np.tensordot(rectangle_weights, predictor.predict(photo, rectangles), axes=1)
+    return np.tensordot(rectangle_weights, five_point_predictor().predict(photo, rectangles), axes=1)
 
 
 def read_shape_predictor(data: bytes) -> ShapePredictor:
@@ -245,8 +246,8 @@ def _read_forest(stream: DlibStream, shape_size: int) -> tuple[np.ndarray, ...]:
 
 
 def _intensity_image(photo: np.ndarray) -> np.ndarray:
-    """The photo as dlib's predictor reads it: grayscale as is, colour as the truncated mean (R+G+B)//3
-    (a view of the RGB photo; the mean is only taken of the pixels sampled, see `_sample`).
+    """The photo to sample: grayscale as it is, colour as RGB, whose sampled pixels `_sample` turns
+    into dlib's grey (R + G + B) // 3 (no grey copy of the whole photo is made).
     """
     if isinstance(photo, np.ndarray) and photo.dtype == np.uint8 and photo.ndim == 2 and photo.size:
         return photo

@@ -1,4 +1,4 @@
-"""A NumPy reader for dlib's binary serialisation of DNNs (dlib/serialize.h, dlib/dnn/*.h).
+"""A NumPy reader for dlib's binary serialisation (dlib/serialize.h) and its DNNs (dlib/dnn/*.h).
 
 dlib writes no network topology into its files: the C++ template type is needed to read one back. So a
 reader is given the architecture (`LayerSpec`s, input first) and checks each stored layer against it.
@@ -9,6 +9,8 @@ Encoding (little endian throughout):
 - float/double: two integers, mantissa and exponent, value = mantissa * 2**exponent (exponents 32000,
   32001, 32002 encode +inf, -inf, nan);
 - bool: the ASCII byte '1' or '0';  string: integer length, then the bytes;
+- matrix: rows and columns (current dlib writes them negated, older versions as they are), then the
+  values row by row;  std::vector: integer length, then the items;
 - tensor: version 2, four integers (num_samples, k, nr, nc), then the float32 values;
 - alias_tensor: version 1, four integers (a shape only).
 
@@ -85,21 +87,26 @@ class DlibStream:
             ) from None
         if offset > len(data):
             raise DlibFormatError(f"file ends early: needed {count} integers at offset {self.offset}")
-        buffer = np.frombuffer(data, dtype=np.uint8)
-        starts_array = np.array(starts, dtype=np.int64)
-        controls = buffer[starts_array]
+        # Zero bytes after the run let every integer be read as 8 bytes and masked to its width.
+        run = np.concatenate(
+            [np.frombuffer(data[self.offset : offset], dtype=np.uint8), np.zeros(8, np.uint8)]
+        )
+        starts_in_run = np.array(starts, dtype=np.int64) - self.offset
+        controls = run[starts_in_run]
         widths = (controls & 0x0F).astype(np.int64)
         bad = ((controls & 0x70) != 0) | (widths < 1) | (widths > 8)
         if bad.any():
-            position = int(starts_array[np.argmax(bad)])
-            raise DlibFormatError(f"bad integer control byte {buffer[position]:#04x} at {position}")
-        padded = np.concatenate([buffer, np.zeros(8, np.uint8)])
+            position = int(starts_in_run[np.argmax(bad)])
+            raise DlibFormatError(
+                f"bad integer control byte {run[position]:#04x} at {self.offset + position}"
+            )
         byte_index = np.arange(8)
-        value_bytes = padded[starts_array[:, None] + 1 + byte_index].astype(np.uint64)
+        value_bytes = run[starts_in_run[:, None] + 1 + byte_index].astype(np.uint64)
         value_bytes[byte_index >= widths[:, None]] = 0
         magnitudes = np.bitwise_or.reduce(value_bytes << (8 * byte_index).astype(np.uint64), axis=1)
-        # Magnitudes of 2**63 and above only fit int64 negated (dlib writes at most int64's range).
-        values = np.where(controls & 0x80, -magnitudes.astype(np.int64), magnitudes.astype(np.int64))
+        # The magnitude 2**63 (of int64's minimum) wraps to -2**63, which negation leaves as it is.
+        signed = magnitudes.astype(np.int64)
+        values = np.where(controls & 0x80, -signed, signed)
         self.offset = offset
         return values
 

@@ -142,7 +142,8 @@ def run_export_script(script: str, job: dict, *, python: Path | None = None) -> 
             ) from error
     if result.returncode != 0:
         log.debug("%s failed:\n%s", script, result.stderr)
+        reason = _python_error(result.stderr) or f"exit code {result.returncode}"
         raise ModelError(
-            f"the model conversion failed ({_python_error(result.stderr) or f'exit code {result.returncode}'}); "
+            f"the model conversion failed ({reason}); "
             "check that the weights file is the one the model card names"
         )

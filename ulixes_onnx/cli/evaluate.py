@@ -1,0 +1,158 @@
+"""`ulixes-onnx eval DATASET`: measure how well cloaks protect, the way the paper does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.cloak import POOL_STRATEGIES, STRATEGIES
+from ulixes_onnx.pipeline import DEFAULT_MODELS, ENSEMBLES
+
+
+class _RichProgress:
+    """Shows the evaluation's stages as a rich progress bar."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = None
+        self.description = ""
+
+    def stage(self, description: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.description = description
+        self.task = self.progress.add_task(description, total=total)
+
+    def advance(self, item: str) -> None:
+        self.progress.update(self.task, advance=1, description=f"{self.description} {item}")
+
+
+def _names(value: str, option: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    if not names:
+        raise typer.BadParameter("give at least one model name", param_hint=option)
+    return names
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}", param_hint=option)
+    return value
+
+
+def evaluate(
+    ctx: typer.Context,
+    dataset: Annotated[Path, typer.Argument(help="Folder of identity/photo files.")],
+    pairs: Annotated[
+        Path | None, typer.Option(help="CSV with columns a,b,same (default: DATASET/pairs.csv).")
+    ] = None,
+    models: Annotated[str, typer.Option(help="Comma-separated models that judge the cloaks.")] = ",".join(
+        DEFAULT_MODELS
+    ),
+    cloak_models: Annotated[
+        str, typer.Option(help="Comma-separated models that make the cloaks; several make an ensemble.")
+    ] = ",".join(DEFAULT_MODELS),
+    strategy: Annotated[str, typer.Option(help=f"Negative examples: {', '.join(STRATEGIES)}.")] = "away",
+    ensemble: Annotated[
+        str, typer.Option(help=f"Ensemble mode for several cloak models: {', '.join(ENSEMBLES)}.")
+    ] = "max",
+    pool: Annotated[
+        Path | None, typer.Option(help="Other people's faces for pool strategies: a folder or a .npz pool.")
+    ] = None,
+    margin: Annotated[float | None, typer.Option(help="Triplet margin (default: each model's card).")] = None,
+    target: Annotated[
+        float | None, typer.Option(help="away: distance to reach (default: each model's card).")
+    ] = None,
+    max_dssim: Annotated[float, typer.Option(help="Stop before a chip's DSSIM exceeds this.")] = 0.03,
+    max_steps: Annotated[int, typer.Option(help="Most steps per face and round.")] = 100,
+    max_rounds: Annotated[int, typer.Option(help="Most verify-and-continue rounds.")] = 3,
+    seed: Annotated[int, typer.Option(help="Random seed for cloaks, classifiers and clustering draws.")] = 0,
+    transfer: Annotated[bool, typer.Option(help="Measure the transfer matrix.")] = True,
+    exclude_evaluated: Annotated[
+        bool, typer.Option(help="Transfer: remake ensemble cloaks without the model judging them.")
+    ] = False,
+    robustness: Annotated[bool, typer.Option(help="Re-measure after JPEG q85/q75 and downscaling.")] = True,
+    allow_single: Annotated[
+        bool, typer.Option(help="Accept identities with one photo (left out of identification).")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.md and plots.")] = Path(
+        "eval-report"
+    ),
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cloaked copies are kept here (default: OUT/cache).")
+    ] = None,
+    plots: Annotated[bool, typer.Option(help="Draw PNG plots (needs matplotlib).")] = True,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+) -> None:
+    """Cloak a labelled dataset and measure verification, identification, clustering, transfer and more."""
+    # The evaluation pulls in scikit-learn; importing it here keeps every other command quick to start.
+    from ulixes_onnx.evaluation import CloakConfig, Evaluation, EvaluationSettings, load_dataset, write_report
+
+    _choice(strategy, STRATEGIES, "--strategy")
+    _choice(ensemble, ENSEMBLES, "--ensemble")
+    if strategy in POOL_STRATEGIES and pool is None:
+        raise typer.BadParameter(
+            f"strategy {strategy!r} needs a pool of other people's faces", param_hint="--pool"
+        )
+    state = ctx.ensure_object(CliState)
+    loaded = load_dataset(dataset, pairs, allow_single=allow_single)
+    settings = EvaluationSettings(
+        models=_names(models, "--models"),
+        cloak=CloakConfig(
+            models=_names(cloak_models, "--cloak-models"),
+            ensemble=ensemble,
+            strategy=strategy,
+            margin=margin,
+            target=target,
+            max_dssim=max_dssim,
+            max_steps=max_steps,
+            max_rounds=max_rounds,
+            seed=seed,
+        ),
+        transfer=transfer,
+        exclude_evaluated=exclude_evaluated,
+        robustness=robustness,
+        pool=pool,
+        threads=threads,
+    )
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        evaluation = Evaluation(
+            loaded, settings, state.store(), cache_dir or out / "cache", _RichProgress(progress)
+        )
+        document = evaluation.run()
+    document["command"] = ["ulixes-onnx", *sys.argv[1:]]
+    written, note = write_report(document, out, plots=plots)
+    if note:
+        console.print(note, highlight=False)
+    _print_headline(console, document)
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+
+
+def _print_headline(console: Console, document: dict) -> None:
+    table = Table(title=f"cloaked with {document['cloak']['label']}")
+    for column in ("model", "accuracy clean", "accuracy cloaked", "TP clean", "TP cloaked", "FP cloaked"):
+        table.add_column(column, justify="right")
+    for model, section in document["verification"].items():
+        clean, cloaked = section["clean"]["at_threshold"], section["cloaked"]["at_threshold"]
+        table.add_row(
+            model,
+            f"{clean['accuracy']:.3f}",
+            f"{cloaked['accuracy']:.3f}",
+            f"{clean['tp_rate']:.3f}",
+            f"{cloaked['tp_rate']:.3f}",
+            f"{cloaked['fp_rate']:.3f}",
+        )
+    console.print(table)
+    dssim = document["perceptibility"]["face_dssim"]
+    if dssim["count"]:
+        console.print(f"DSSIM per face: mean {dssim['mean']:.4f}, max {dssim['max']:.4f}", highlight=False)
