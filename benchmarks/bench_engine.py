@@ -187,22 +187,16 @@ def benchmark_model(name: str, store_root: Path | None, args: argparse.Namespace
     import onnx
 
     from ulixes_onnx.cards import get_card
-    from ulixes_onnx.engine.adapter import InputSpec, with_canonical_input
+    from ulixes_onnx.engine.adapter import with_canonical_input
     from ulixes_onnx.engine.cloak_graph import build_cloak_graph
+    from ulixes_onnx.recognition import adapter_spec
     from ulixes_onnx.store import ModelStore
 
     card = get_card(name)
     if card.input is None or card.embedding is None:
         raise SystemExit(f"{name} is not an embedding model; pick one with an [input] and [embedding] card")
     native = onnx.load(ModelStore(store_root).get(card).path)
-    spec = InputSpec(
-        card.input.tensor,
-        layout=card.input.layout,  # type: ignore[arg-type]
-        channel_order=card.input.channels,  # type: ignore[arg-type]
-        scale=card.input.scale,
-        offset=card.input.offset,
-        prewhiten=card.input.prewhiten,
-    )
+    spec = adapter_spec(card)
     network = with_canonical_input(native, spec)
     start = time.perf_counter()
     cloak = build_cloak_graph(network, distance=card.embedding.metric)  # type: ignore[arg-type]

@@ -127,22 +127,16 @@ def main() -> None:
     import onnx
 
     from ulixes_onnx.cards import get_card
-    from ulixes_onnx.engine.adapter import InputSpec, with_canonical_input
+    from ulixes_onnx.engine.adapter import with_canonical_input
     from ulixes_onnx.engine.cloak_graph import build_cloak_graph
     from ulixes_onnx.engine.session import create_session
+    from ulixes_onnx.recognition import adapter_spec
     from ulixes_onnx.store import ModelStore
 
     card = get_card(args.model)
     if card.input is None or card.embedding is None:
         raise SystemExit(f"{args.model} is not an embedding model")
-    spec = InputSpec(
-        card.input.tensor,
-        layout=card.input.layout,  # type: ignore[arg-type]
-        channel_order=card.input.channels,  # type: ignore[arg-type]
-        scale=card.input.scale,
-        offset=card.input.offset,
-        prewhiten=card.input.prewhiten,
-    )
+    spec = adapter_spec(card)
     network = with_canonical_input(onnx.load(ModelStore(args.models_dir).get(card).path), spec)
     cloak = build_cloak_graph(network, distance=card.embedding.metric)  # type: ignore[arg-type]
     session = create_session(cloak, threads=args.threads)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from ulixes_onnx import samples
-from ulixes_onnx.check import load_detector
 from ulixes_onnx.cloak import (
     CloakSettingsError,
     LoopSettings,
@@ -16,7 +15,7 @@ from ulixes_onnx.cloak import (
     cloak_chips,
     plan_objectives,
 )
-from ulixes_onnx.faces import chip_spec, extract_chips
+from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.recognition import FaceModel, distances
 from ulixes_onnx.store import ModelStore
 
@@ -30,7 +29,7 @@ def dlib_model(store: ModelStore) -> FaceModel:
 
 @pytest.fixture(scope="module")
 def chips(store: ModelStore) -> np.ndarray:
-    detector = load_detector(store)
+    detector = detector_from_store(store)
     photos = [samples.astronaut(), samples.cameraman()]
     layout = chip_spec("dlib-150-pad0.25")
     return np.concatenate([extract_chips(p, detector.detect(p)[:1], layout).chips for p in photos])

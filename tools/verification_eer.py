@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ulixes_onnx.check import load_detector
-from ulixes_onnx.faces import chip_spec, extract_chips
+from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStore
@@ -43,7 +42,7 @@ def equal_error_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[floa
 def main(model_name: str, folder: Path) -> None:
     store = ModelStore()
     model = FaceModel(model_name, store)
-    detector = load_detector(store)
+    detector = detector_from_store(store)
     layout = chip_spec(model.card.input.alignment)
     with (folder / "pairs.csv").open() as stream:
         pairs = [(row["a"], row["b"], row["same"] == "1") for row in csv.DictReader(stream)]

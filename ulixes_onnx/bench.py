@@ -22,10 +22,9 @@ import numpy as np
 from PIL import Image
 
 from ulixes_onnx import samples
-from ulixes_onnx.check import load_detector
 from ulixes_onnx.cloak import View, cloak_chips
 from ulixes_onnx.engine.session import available_cores
-from ulixes_onnx.faces import chip_spec, extract_chips
+from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.files import InputPhoto, cloak_file, expand_inputs
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.pipeline import Cloaker
@@ -91,7 +90,7 @@ def sample_photos(folder: Path, count: int) -> list[Path]:
 
 def face_chips(photos: list[Path], store: ModelStore, alignment: str) -> np.ndarray:
     """The largest face of every photo as a canonical chip for `alignment`."""
-    detector = load_detector(store)
+    detector = detector_from_store(store)
     chips = []
     for path in photos:
         pixels = np.clip(np.rint(read_photo(path).rgb), 0, 255).astype(np.uint8)

@@ -16,7 +16,7 @@ import onnx
 from ulixes_onnx import samples
 from ulixes_onnx.cards import ModelCard, all_cards, get_card
 from ulixes_onnx.engine import default_domain_only
-from ulixes_onnx.faces import MTCNN, chip_spec, extract_chips
+from ulixes_onnx.faces import MTCNN, chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStatus, ModelStore
 
@@ -26,12 +26,6 @@ RANDOM_DIRECTIONS = 3
 # gives errors of order 1.
 GRADIENT_TOLERANCE = 2e-2
 EMBEDDING_TOLERANCE = 1e-4
-
-
-def load_detector(store: ModelStore, **parameters: object) -> MTCNN:
-    """The MTCNN detector from the store's verified files."""
-    paths = store.get("mtcnn").paths
-    return MTCNN(paths["pnet"], paths["rnet"], paths["onet"], **parameters)
 
 
 def _largest_face_chip(detector: MTCNN, photo: np.ndarray, layout: str) -> np.ndarray:
@@ -136,7 +130,7 @@ def check_embedding_model(store: ModelStore, card: ModelCard, detector: MTCNN) -
 
 
 def check_detector(store: ModelStore, card: ModelCard) -> dict:
-    faces = load_detector(store).detect(samples.astronaut())
+    faces = detector_from_store(store).detect(samples.astronaut())
     return {
         "sha256": _verified_files(store.get(card).sha256),
         "astronaut_faces": {
@@ -153,7 +147,7 @@ def check_models(store: ModelStore, names: list[str] | None = None) -> list[dict
         selected = [get_card(name) for name in names]
     else:
         selected = [c for c in all_cards().values() if c.default or store.status(c) is ModelStatus.BUILT]
-    detector = load_detector(store)
+    detector = detector_from_store(store)
     reports = []
     for card in selected:
         checks = (

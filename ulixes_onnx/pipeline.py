@@ -26,7 +26,6 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.check import load_detector
 from ulixes_onnx.cloak import ChipCloak, CloakSettingsError, LoopSettings, View, cloak_chips
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
@@ -34,6 +33,7 @@ from ulixes_onnx.faces import (
     ChipSpec,
     Face,
     chip_spec,
+    detector_from_store,
     extract_chips,
     merge_patches,
     paste_back,
@@ -181,7 +181,7 @@ class Cloaker:
         store = store or ModelStore()
         cards = [get_card(name) for name in dict.fromkeys(models)]
         self.models = [FaceModel(card, store, threads=threads) for card in cards]
-        self.detector = load_detector(store, min_face_size=min_face_size)
+        self.detector = detector_from_store(store, min_face_size=min_face_size)
         self.ensemble = ensemble
         self.max_rounds = max_rounds
         self.pool = pool or {}

@@ -37,6 +37,8 @@ SINGLE_INPUT_CASES = [
     ("Slice", {}, {"starts": ints(0, 5), "ends": ints(100, 0), "axes": ints(2, 1),
                    "steps": ints(2, -2)}, (2, 6, 5)),
     ("Slice", {}, {"starts": ints(1, 0), "ends": ints(9223372036854775807, 3)}, (3, 4)),
+    ("Slice", {}, {"starts": ints(0, 1), "ends": ints(100, 100), "axes": ints(1, 2),
+                   "steps": ints(2, 3)}, (2, 5, 7)),
     ("ReduceSum", {"keepdims": 0}, {"axes": ints(1)}, (2, 3, 4)),
     ("ReduceSum", {"keepdims": 1}, {"axes": ints(-1, 0)}, (2, 3, 4)),
     ("ReduceSum", {"keepdims": 0}, {}, (2, 3)),

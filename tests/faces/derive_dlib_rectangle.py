@@ -20,8 +20,9 @@ import numpy as np
 
 from tests.conftest import FACES_DEV
 from tests.dlib_reference import read_rgb, reference_models
-from ulixes_onnx.faces import MTCNN, bundled_model_paths
+from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.faces.shape_predictor import landmark_centre_and_spread
+from ulixes_onnx.store import ModelStore
 
 
 def _training_pairs() -> list[tuple[np.ndarray, float, np.ndarray]]:
@@ -30,7 +31,7 @@ def _training_pairs() -> list[tuple[np.ndarray, float, np.ndarray]]:
         names = [row["file"] for row in csv.DictReader(manifest)]
     identities = sorted({name.split("/")[0] for name in names})
     training = {identity for index, identity in enumerate(identities) if index % 2 == 0}
-    detector = MTCNN(*bundled_model_paths())
+    detector = detector_from_store(ModelStore())
     hog_detector = reference_models()[0]
     pairs = []
     for name in names:

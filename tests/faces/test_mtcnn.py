@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from ulixes_onnx.errors import FaceError, ImageError, ModelError
-from ulixes_onnx.faces import MTCNN, bundled_model_paths
+from ulixes_onnx.faces import MTCNN
 from ulixes_onnx.faces.mtcnn import non_maximum_suppression
 
 
@@ -65,9 +65,9 @@ def test_largest_face_comes_first(detector, astronaut):
     assert faces[1].box[0] > 650
 
 
-def test_min_face_size_excludes_smaller_faces(astronaut):
+def test_min_face_size_excludes_smaller_faces(model_paths, astronaut):
     # Her face is about 90 pixels wide.
-    large_only = MTCNN(*bundled_model_paths(), min_face_size=200)
+    large_only = MTCNN(*model_paths, min_face_size=200)
     assert large_only.detect(astronaut) == []
 
 
@@ -92,8 +92,8 @@ def test_nms_min_overlap_removes_nested_boxes():
         non_maximum_suppression(boxes, scores, 0.7, overlap="max")
 
 
-def test_sessions_can_be_passed_instead_of_paths(astronaut):
-    sessions = [ort.InferenceSession(str(path)) for path in bundled_model_paths()]
+def test_sessions_can_be_passed_instead_of_paths(model_paths, astronaut):
+    sessions = [ort.InferenceSession(str(path)) for path in model_paths]
     assert len(MTCNN(*sessions).detect(astronaut)) == 1
 
 
@@ -120,13 +120,13 @@ def test_bad_photos_are_refused(detector, photo):
         {"scale_factor": 1.0},
     ],
 )
-def test_bad_settings_are_refused(settings):
+def test_bad_settings_are_refused(model_paths, settings):
     with pytest.raises(FaceError):
-        MTCNN(*bundled_model_paths(), **settings)
+        MTCNN(*model_paths, **settings)
 
 
-def test_missing_or_broken_model_files(tmp_path):
-    pnet, rnet, _ = bundled_model_paths()
+def test_missing_or_broken_model_files(model_paths, tmp_path):
+    pnet, rnet, _ = model_paths
     with pytest.raises(ModelError, match="not found"):
         MTCNN(pnet, rnet, tmp_path / "onet.onnx")
     broken = tmp_path / "broken.onnx"

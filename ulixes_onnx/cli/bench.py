@@ -13,6 +13,7 @@ from rich.table import Table
 from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.bench import run_bench
 from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.cli.options import model_names
 from ulixes_onnx.pipeline import DEFAULT_MODELS
 
 
@@ -38,7 +39,7 @@ def bench(
         raise typer.BadParameter(f"{batch!r} is not a list of integers", param_hint="--batch") from None
     if not batches or min(batches) < 1:
         raise typer.BadParameter("batch sizes must be positive integers", param_hint="--batch")
-    names = [name.strip() for name in models.split(",") if name.strip()]
+    names = model_names(models, "--models")
     store = ctx.ensure_object(CliState).store()
     results = run_bench(names, store, batches=batches, repeats=repeats, images=images, threads=threads)
     if json_output is not None:

@@ -13,6 +13,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.cli.options import choice, model_names
 from ulixes_onnx.cloak import STRATEGIES
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.files import NO_FACE_ACTIONS, FileReport, cloak_file, expand_inputs
@@ -23,12 +24,6 @@ from ulixes_onnx.pool import build_pool, load_pool
 EXIT_NO_FACE = 8
 EXIT_NOT_PROTECTED = 9
 EXIT_FILE_ERROR = 5
-
-
-def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
-    if value not in allowed:
-        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}", param_hint=option)
-    return value
 
 
 def cloak(
@@ -77,18 +72,17 @@ def cloak(
     ] = None,
 ) -> None:
     """Cloak every face in the photos; write `<name>_cloaked.<ext>` copies and verify them."""
-    _choice(strategy, STRATEGIES, "--strategy")
-    _choice(ensemble, ENSEMBLES, "--ensemble")
-    _choice(no_face, NO_FACE_ACTIONS, "--no-face")
+    choice(strategy, STRATEGIES, "--strategy")
+    choice(ensemble, ENSEMBLES, "--ensemble")
+    choice(no_face, NO_FACE_ACTIONS, "--no-face")
     state = ctx.ensure_object(CliState)
-    model_names = [name.strip() for name in models.split(",") if name.strip()]
     sources = expand_inputs(paths, exclude_suffix=suffix)
     if not sources:
         raise typer.BadParameter("no photos found", param_hint="PATHS")
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
     cloaker = Cloaker(
-        model_names,
+        model_names(models, "--models"),
         store=state.store(),
         strategy=strategy,
         ensemble=ensemble,

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.cli.options import choice, model_names
 from ulixes_onnx.cloak import POOL_STRATEGIES, STRATEGIES
 from ulixes_onnx.pipeline import DEFAULT_MODELS, ENSEMBLES
 
@@ -32,19 +33,6 @@ class _RichProgress:
 
     def advance(self, item: str) -> None:
         self.progress.update(self.task, advance=1, description=f"{self.description} {item}")
-
-
-def _names(value: str, option: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
-    if not names:
-        raise typer.BadParameter("give at least one model name", param_hint=option)
-    return names
-
-
-def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
-    if value not in allowed:
-        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}", param_hint=option)
-    return value
 
 
 def evaluate(
@@ -95,8 +83,8 @@ def evaluate(
     # The evaluation pulls in scikit-learn; importing it here keeps every other command quick to start.
     from ulixes_onnx.evaluation import CloakConfig, Evaluation, EvaluationSettings, load_dataset, write_report
 
-    _choice(strategy, STRATEGIES, "--strategy")
-    _choice(ensemble, ENSEMBLES, "--ensemble")
+    choice(strategy, STRATEGIES, "--strategy")
+    choice(ensemble, ENSEMBLES, "--ensemble")
     if strategy in POOL_STRATEGIES and pool is None:
         raise typer.BadParameter(
             f"strategy {strategy!r} needs a pool of other people's faces", param_hint="--pool"
@@ -104,9 +92,9 @@ def evaluate(
     state = ctx.ensure_object(CliState)
     loaded = load_dataset(dataset, pairs, allow_single=allow_single)
     settings = EvaluationSettings(
-        models=_names(models, "--models"),
+        models=model_names(models, "--models"),
         cloak=CloakConfig(
-            models=_names(cloak_models, "--cloak-models"),
+            models=model_names(cloak_models, "--cloak-models"),
             ensemble=ensemble,
             strategy=strategy,
             margin=margin,

@@ -882,7 +882,9 @@ def _slice(g: BackwardGraph, node: onnx.NodeProto, dys: Gradients) -> Gradients:
     steps_list = [int(s) for s in (steps if steps is not None else [1] * len(axes_list))]
     x_shape = g.shape(x, node)
     grad = dys[0]
-    for axis, start, end, step in zip(axes_list, starts, ends, steps_list, strict=True):
+    # Last axis first: scattering along an axis needs every later axis already at the input's size.
+    sliced = sorted(zip(axes_list, starts, ends, steps_list, strict=True), key=lambda entry: -entry[0])
+    for axis, start, end, step in sliced:
         if x_shape[axis] is None and int(start) == 0 and int(end) >= _INT32_MAX and step == 1:
             continue  # a full slice of a dynamic axis, such as the batch
         size = g.static_dims(x, node, [axis])[0]

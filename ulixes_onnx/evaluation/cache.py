@@ -3,9 +3,10 @@
 A cloaked copy is exactly what `ulixes-onnx cloak` would write (it is written by `files.cloak_file`),
 so the evaluation measures the files users get. Copies are keyed by the photo's content hash and by
 everything that decides the cloak: the resolved cloaking parameters of every model, the models' and
-the detector's sha256, the pool of negatives and the package version. Each copy is published
-atomically and its record (a small JSON file, written last) marks it complete, so an interrupted
-evaluation resumes where it stopped and other runs with the same parameters reuse the copies.
+the detector's sha256, the pool of negatives, the package version and the source of the cloaking
+code. Each copy is published atomically and its record (a small JSON file, written last) marks it
+complete, so an interrupted evaluation resumes where it stopped and other runs with the same
+parameters reuse the copies.
 
 Layout: `<cache>/<config key>/config.json` describes the parameters; `<photo sha256>.json` is a
 photo's record and `<photo sha256><ext>` its cloaked copy.
@@ -19,6 +20,8 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +32,13 @@ from ulixes_onnx.evaluation.metrics import psnr
 from ulixes_onnx.files import InputPhoto, cloak_file
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.pipeline import DEFAULT_MODELS, Cloaker
-from ulixes_onnx.recognition import engine_fingerprint
 from ulixes_onnx.store import ModelStore, sha256_of
 
 # Bumped when the record format changes, so older records are made again instead of misread.
 RECORD_VERSION = 1
+# The code that decides what a cloaked file contains (files and subpackages of ulixes_onnx): editing any
+# of it, even within one release, gives new cache keys instead of stale copies.
+CLOAK_CODE = ("cloak.py", "pipeline.py", "files.py", "imageio.py", "recognition.py", "faces", "engine")
 
 
 @dataclass(frozen=True)
@@ -119,11 +124,26 @@ def pool_digest(pool: dict[str, np.ndarray] | None) -> str | None:
     return digest.hexdigest()
 
 
+@cache
+def cloak_code_fingerprint() -> str:
+    """A digest of the source of `CLOAK_CODE`."""
+    digest = hashlib.sha256()
+    package = resources.files("ulixes_onnx")
+    for name in CLOAK_CODE:
+        entry = package / name
+        sources = sorted(entry.iterdir(), key=lambda item: item.name) if entry.is_dir() else [entry]
+        for source in sources:
+            if source.name.endswith(".py"):
+                digest.update(f"{name}/{source.name}".encode())
+                digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def config_description(config: CloakConfig, cloaker: Cloaker, store: ModelStore, pool: str | None) -> dict:
     """Everything that decides a cloak, with the card defaults resolved: the cache key's content."""
     return {
         "ulixes_onnx": __version__,
-        "engine": engine_fingerprint(),
+        "code": cloak_code_fingerprint(),
         "models": {model.name: model.built.sha256 for model in cloaker.models},
         "detector": store.get("mtcnn").sha256,
         "ensemble": config.ensemble if len(config.models) > 1 else None,

@@ -28,7 +28,6 @@ import numpy as np
 
 from ulixes_onnx import __version__
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.check import load_detector
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.evaluation import clustering, identification, metrics
 from ulixes_onnx.evaluation.cache import (
@@ -41,6 +40,7 @@ from ulixes_onnx.evaluation.cache import (
 from ulixes_onnx.evaluation.dataset import Dataset
 from ulixes_onnx.evaluation.embeddings import FaceEmbedder
 from ulixes_onnx.evaluation.uploads import UPLOAD_TRANSFORMS
+from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.files import expand_inputs
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.pipeline import DEFAULT_MODELS, ENSEMBLES
@@ -159,7 +159,7 @@ class Evaluation:
         self.cache_dir = cache_dir
         self.progress = progress or _Silent()
         self.models = [FaceModel(name, store, threads=settings.threads) for name in settings.models]
-        self.embedder = FaceEmbedder(load_detector(store), self.models)
+        self.embedder = FaceEmbedder(detector_from_store(store), self.models)
         self._caches: dict[CloakConfig, CloakCache] = {}
         self._cloaked: dict[CloakConfig, dict[str, CloakedPhoto]] = {}
         self._embedded: dict[CloakConfig, dict[str, Embeddings]] = {}

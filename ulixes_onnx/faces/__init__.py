@@ -13,7 +13,7 @@ from ulixes_onnx.faces.align import (
     similarity_transform,
     warp_chips,
 )
-from ulixes_onnx.faces.mtcnn import MTCNN, Face, bundled_model_paths
+from ulixes_onnx.faces.mtcnn import MTCNN, Face, detector_from_store, mtcnn_paths
 from ulixes_onnx.faces.pasteback import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     DeltaPatch,
@@ -42,14 +42,15 @@ __all__ = [
     "ShapePredictor",
     "ShapePredictorChipSpec",
     "SkippedFace",
-    "bundled_model_paths",
     "chip_spec",
+    "detector_from_store",
     "dlib_chip_matrix",
     "dlib_landmarks",
     "extract_chips",
     "face_rectangle",
     "five_point_predictor",
     "merge_patches",
+    "mtcnn_paths",
     "paste_back",
     "photo_pixels_per_chip_pixel",
     "similarity_transform",

