@@ -13,7 +13,18 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ulixes_onnx.cli.context import CliState
-from ulixes_onnx.cli.options import choice, model_names
+from ulixes_onnx.cli.options import (
+    Ensemble,
+    Margin,
+    MaxDssim,
+    MaxRounds,
+    MaxSteps,
+    Pool,
+    Strategy,
+    Target,
+    choice,
+    model_names,
+)
 from ulixes_onnx.cloak import STRATEGIES
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.files import NO_FACE_ACTIONS, FileReport, cloak_file, expand_inputs
@@ -32,23 +43,17 @@ def cloak(
     models: Annotated[str, typer.Option(help="Comma-separated models; several make an ensemble.")] = ",".join(
         DEFAULT_MODELS
     ),
-    strategy: Annotated[str, typer.Option(help=f"Negative examples: {', '.join(STRATEGIES)}.")] = "away",
-    ensemble: Annotated[
-        str, typer.Option(help="Ensembles: max or sum of masks, or joint gradients.")
-    ] = "max",
-    pool: Annotated[
-        Path | None, typer.Option(help="Other people's faces for pool strategies: a folder or a .npz pool.")
-    ] = None,
-    margin: Annotated[float | None, typer.Option(help="Triplet margin (default: each model's card).")] = None,
-    target: Annotated[
-        float | None, typer.Option(help="away: distance to reach (default: each model's card).")
-    ] = None,
+    strategy: Strategy = "away",
+    ensemble: Ensemble = "max",
+    pool: Pool = None,
+    margin: Margin = None,
+    target: Target = None,
     min_progress: Annotated[
         float | None, typer.Option("--t", help="Stop when a step moves the face less than this.")
     ] = None,
-    max_dssim: Annotated[float, typer.Option(help="Stop before a chip's DSSIM exceeds this.")] = 0.03,
-    max_steps: Annotated[int, typer.Option(help="Most steps per face and round.")] = 100,
-    max_rounds: Annotated[int, typer.Option(help="Most verify-and-continue rounds.")] = 3,
+    max_dssim: MaxDssim = 0.03,
+    max_steps: MaxSteps = 100,
+    max_rounds: MaxRounds = 3,
     step: Annotated[float, typer.Option(help="Step size in [-1, 1] pixel units.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed (results are deterministic).")] = 0,
     min_face_size: Annotated[float, typer.Option(help="Smallest face searched for, in pixels.")] = 20.0,

@@ -12,7 +12,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ulixes_onnx.cli.context import CliState
-from ulixes_onnx.cli.options import choice, model_names
+from ulixes_onnx.cli.options import (
+    Ensemble,
+    Margin,
+    MaxDssim,
+    MaxRounds,
+    MaxSteps,
+    Pool,
+    Strategy,
+    Target,
+    choice,
+    model_names,
+)
 from ulixes_onnx.cloak import POOL_STRATEGIES, STRATEGIES
 from ulixes_onnx.pipeline import DEFAULT_MODELS, ENSEMBLES
 
@@ -47,20 +58,14 @@ def evaluate(
     cloak_models: Annotated[
         str, typer.Option(help="Comma-separated models that make the cloaks; several make an ensemble.")
     ] = ",".join(DEFAULT_MODELS),
-    strategy: Annotated[str, typer.Option(help=f"Negative examples: {', '.join(STRATEGIES)}.")] = "away",
-    ensemble: Annotated[
-        str, typer.Option(help=f"Ensemble mode for several cloak models: {', '.join(ENSEMBLES)}.")
-    ] = "max",
-    pool: Annotated[
-        Path | None, typer.Option(help="Other people's faces for pool strategies: a folder or a .npz pool.")
-    ] = None,
-    margin: Annotated[float | None, typer.Option(help="Triplet margin (default: each model's card).")] = None,
-    target: Annotated[
-        float | None, typer.Option(help="away: distance to reach (default: each model's card).")
-    ] = None,
-    max_dssim: Annotated[float, typer.Option(help="Stop before a chip's DSSIM exceeds this.")] = 0.03,
-    max_steps: Annotated[int, typer.Option(help="Most steps per face and round.")] = 100,
-    max_rounds: Annotated[int, typer.Option(help="Most verify-and-continue rounds.")] = 3,
+    strategy: Strategy = "away",
+    ensemble: Ensemble = "max",
+    pool: Pool = None,
+    margin: Margin = None,
+    target: Target = None,
+    max_dssim: MaxDssim = 0.03,
+    max_steps: MaxSteps = 100,
+    max_rounds: MaxRounds = 3,
     seed: Annotated[int, typer.Option(help="Random seed for cloaks, classifiers and clustering draws.")] = 0,
     transfer: Annotated[bool, typer.Option(help="Measure the transfer matrix.")] = True,
     exclude_evaluated: Annotated[
