@@ -114,15 +114,11 @@ def cloak_file(
         write_photo(
             photo, result.image, destination, quality=quality, keep_exif=keep_exif, overwrite=overwrite
         )
-        faces = _measured_in_written_file(cloaker, result.faces, destination)
+        # Measured once more on the file as written: what a recogniser will load.
+        faces = cloaker.remeasure(read_photo(destination).rgb, result.faces)
     except UlixesError as error:
         return FileReport(source, error=str(error), seconds=time.perf_counter() - started)
     except OSError as error:
         message = f"{error.filename or source}: {error.strerror or error}"
         return FileReport(source, error=message, seconds=time.perf_counter() - started)
     return FileReport(source, destination, None, faces, photo.notes, time.perf_counter() - started)
-
-
-def _measured_in_written_file(cloaker: Cloaker, faces: list[FaceReport], written: Path) -> list[FaceReport]:
-    """The reports with each model's distance re-measured on the file as written."""
-    return cloaker.remeasure(read_photo(written).rgb, faces)

@@ -230,6 +230,7 @@ class Cloaker:
             for i, face in enumerate(faces)
         ]
         cloaked = original
+        seen = original  # what a recogniser sees of the latest cloaked photo
         for round_index in range(self.max_rounds):
             if not pending:
                 break
@@ -255,7 +256,6 @@ class Cloaker:
                 )
             pending = [i for i in pending if not reports[i].protected]
 
-        seen = encode(cloaked) if encode else _quantised(cloaked)
         reports = [
             replace(report, dssim=face_region_dssim(original, seen, report.box)) if report.models else report
             for report in reports

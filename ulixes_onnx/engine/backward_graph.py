@@ -194,10 +194,14 @@ class BackwardGraph:
             for axis, input_dim in enumerate(input_shape, start=extra)
             if input_dim == 1 and output_shape[axis] != 1
         ]
-        axes = list(range(extra)) + broadcast_axes
+        return self.sum_leading_and(grad, extra, broadcast_axes)
+
+    def sum_leading_and(self, grad: str, leading: int, axes: list[int]) -> str:
+        """Sum `grad` over its first `leading` axes (dropped) and over `axes` (kept with size 1)."""
+        axes = list(range(leading)) + axes
         if not axes:
             return grad
         summed = self.op("ReduceSum", [grad, self.int64s(axes)], keepdims=1)
-        if extra:
-            summed = self.op("Squeeze", [summed, self.int64s(range(extra))])
+        if leading:
+            summed = self.op("Squeeze", [summed, self.int64s(range(leading))])
         return summed

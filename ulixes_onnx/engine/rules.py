@@ -782,13 +782,9 @@ def _sum_to_operand(g: BackwardGraph, grad: str, grad_rank: int, operand: str, n
             grad = g.op("ReduceSum", [grad, g.int64s(batch_axes)], keepdims=0)
         return g.op("Reshape", [grad, g.int64s([-1])])
     extra = grad_rank - len(operand_shape)
-    axes = list(range(extra)) + [axis + extra for axis, dim in enumerate(operand_shape[:-2]) if dim == 1]
-    if not axes:
-        return grad
-    summed = g.op("ReduceSum", [grad, g.int64s(axes)], keepdims=1)
-    if extra:
-        summed = g.op("Squeeze", [summed, g.int64s(range(extra))])
-    return summed
+    return g.sum_leading_and(
+        grad, extra, [axis + extra for axis, dim in enumerate(operand_shape[:-2]) if dim == 1]
+    )
 
 
 # ---- reshaping and data movement --------------------------------------------------------------
