@@ -10,11 +10,10 @@ from ulixes_onnx.cloak import (
     CloakSettingsError,
     LoopSettings,
     View,
-    batch_dssim,
-    chip_dssim,
     cloak_chips,
     plan_objectives,
 )
+from ulixes_onnx.dssim import chip_dssim
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.recognition import FaceModel, distances
 from ulixes_onnx.store import ModelStore
@@ -159,19 +158,6 @@ def test_pool_strategies_need_a_pool() -> None:
 def test_bad_settings(settings: dict, message: str) -> None:
     with pytest.raises(CloakSettingsError, match=message):
         LoopSettings(**settings)
-
-
-def test_batch_dssim_equals_one_chip_at_a_time() -> None:
-    rng = np.random.default_rng(5)
-    chips = rng.uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
-    noisy = np.clip(chips + rng.normal(0, 0.05, chips.shape), -1, 1).astype(np.float32)
-    from skimage.metrics import structural_similarity
-
-    expected = [
-        (1 - structural_similarity(a, b, channel_axis=0, data_range=2.0)) / 2
-        for a, b in zip(noisy, chips, strict=True)
-    ]
-    np.testing.assert_allclose(batch_dssim(noisy, chips), expected, rtol=1e-5)
 
 
 def test_joint_views_follow_both_models(dlib_model: FaceModel, chips: np.ndarray) -> None:

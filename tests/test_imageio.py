@@ -18,7 +18,10 @@ from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin
 
 from ulixes_onnx import imageio
 from ulixes_onnx.errors import ImageError
+from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta
 from ulixes_onnx.imageio import (
+    Photo,
+    encode_photo,
     estimate_jpeg_quality,
     output_path,
     read_photo,
@@ -110,7 +113,47 @@ def test_source_file_is_never_modified(tmp_path, astronaut):
 def test_photo_arrays_are_read_only(tmp_path, astronaut):
     photo = read_photo(save(astronaut, tmp_path / "in.png"))
     with pytest.raises(ValueError, match="read-only"):
-        photo.rgb[0, 0, 0] = 1.0
+        photo.samples[0, 0, 0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        photo.rgb8[0, 0, 0] = 1
+
+
+def test_rgb8_is_the_rounded_rgb_for_colour_gray_and_16_bit(tmp_path, astronaut):
+    colour = read_photo(save(astronaut, tmp_path / "in.png"))
+    gray = read_photo(save(astronaut.convert("L"), tmp_path / "gray.png"))
+    deep_pixels = np.random.default_rng(3).integers(0, 65536, (20, 30, 3), dtype=np.uint16)
+    deep_path = tmp_path / "deep.png"
+    cv2.imwrite(str(deep_path), deep_pixels)
+    for photo in (colour, gray, read_photo(deep_path)):
+        assert photo.rgb8.dtype == np.uint8 and photo.rgb8.shape == photo.rgb.shape
+        np.testing.assert_array_equal(photo.rgb8, np.clip(np.rint(photo.rgb), 0, 255))
+
+
+def _delta_for_block(photo: Photo, delta: float) -> PhotoDelta:
+    change = np.zeros((30, 40, 3), np.float32) + delta
+    change[::3] = 0  # some rows unchanged inside the patch as well
+    mask = np.ones(change.shape[:2], np.float32)
+    return PhotoDelta(photo.height, photo.width, (DeltaPatch(30, 20, change, mask),), ())
+
+
+@pytest.mark.parametrize("name", ["in.png", "in.jpg", "gray.png", "deep.png"])
+def test_a_delta_writes_exactly_what_the_whole_image_writes(tmp_path, astronaut, name):
+    source = tmp_path / name
+    if name == "deep.png":
+        cv2.imwrite(str(source), np.random.default_rng(4).integers(0, 65536, (120, 160, 3), dtype=np.uint16))
+    else:
+        save(astronaut.convert("L") if name.startswith("gray") else astronaut, source)
+    photo = read_photo(source)
+    delta = _delta_for_block(photo, 3.7)
+    whole = delta.add_to(photo.rgb)
+    assert encode_photo(photo, delta) == encode_photo(photo, whole)
+
+
+def test_a_delta_for_another_photo_size_is_refused(tmp_path, astronaut):
+    photo = read_photo(save(astronaut, tmp_path / "in.png"))
+    other = PhotoDelta(photo.height + 1, photo.width, (), ())
+    with pytest.raises(ValueError, match="delta is for a 160x121 photo"):
+        encode_photo(photo, other)
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from ulixes_onnx import samples
-from ulixes_onnx.files import InputPhoto, cloak_file
+from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files
 from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import Cloaker, face_region_dssim
+from ulixes_onnx.pipeline import Cloaker, PhotoInput, face_region_dssim
 from ulixes_onnx.store import ModelStore
 
 
@@ -43,6 +43,21 @@ def test_pixels_outside_the_face_are_unchanged(astronaut_result) -> None:
     assert len(changed) > 1000
 
 
+def test_photos_cloaked_together_get_the_cloak_each_gets_alone(cloaker: Cloaker, astronaut_result) -> None:
+    mirrored = np.ascontiguousarray(samples.astronaut()[:, ::-1])
+    coffee = np.ascontiguousarray(__import__("skimage.data").data.coffee())
+    alone = cloaker.cloak(mirrored)
+    together = cloaker.cloak_many([PhotoInput(samples.astronaut()), PhotoInput(coffee), PhotoInput(mirrored)])
+    assert together[1].faces == []
+    for single, batched in ((astronaut_result, together[0]), (alone, together[2])):
+        assert [f.models["dlib-resnet"].steps for f in batched.faces if f.models] == [
+            f.models["dlib-resnet"].steps for f in single.faces if f.models
+        ]
+        assert all(face.protected for face in batched.faces if face.models)
+        # Identical up to floating point: batch size can change how onnxruntime sums a convolution.
+        assert np.abs(batched.image - single.image).max() <= 1.0
+
+
 def test_photo_without_faces_is_returned_unchanged(cloaker: Cloaker) -> None:
     coffee = np.ascontiguousarray(__import__("skimage.data").data.coffee())
     result = cloaker.cloak(coffee)
@@ -73,3 +88,21 @@ def test_saved_file_is_verified_and_protected(cloaker: Cloaker, tmp_path) -> Non
     again = cloaker.remeasure(saved.rgb, report.faces)[0].models["dlib-resnet"].distance
     assert again == pytest.approx(face.models["dlib-resnet"].distance, abs=1e-6)
     assert face_region_dssim(read_photo(source).rgb, saved.rgb, face.box) <= 0.03
+
+
+def test_a_folder_is_cloaked_in_batches_with_reports_in_order(cloaker: Cloaker, tmp_path) -> None:
+    names = ["a.jpg", "broken.jpg", "b.png", "c.jpg"]
+    Image.fromarray(samples.astronaut()).save(tmp_path / names[0], quality=90)
+    (tmp_path / names[1]).write_bytes(b"not a photo")
+    Image.fromarray(samples.rescaled(samples.astronaut(), 0.8)).save(tmp_path / names[2])
+    Image.fromarray(np.ascontiguousarray(samples.astronaut()[:, ::-1])).save(tmp_path / names[3], quality=90)
+    output = tmp_path / "out"
+    reports = list(
+        cloak_files(
+            cloaker, [InputPhoto(tmp_path / name) for name in names], OutputOptions(output), batch_photos=2
+        )
+    )
+    assert [report.source.name for report in reports] == names
+    assert reports[1].error is not None and "broken.jpg" in reports[1].error
+    for report in (reports[0], reports[2], reports[3]):
+        assert report.status == "protected" and report.output.parent == output and report.seconds > 0

@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from ulixes_onnx.engine import create_session
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.recognition import FaceModel, distances
 from ulixes_onnx.store import ModelStore
@@ -45,6 +46,22 @@ def test_cloak_graph_is_cached_and_a_tampered_copy_is_rebuilt(
     path.write_bytes(original[:1000])
     rebuilt = FaceModel("dlib-resnet", store, threads=1)
     assert rebuilt.cloak_graph_path == path and path.read_bytes() == original
+
+
+def test_sessions_run_the_graphs_as_optimised_for_this_machine(
+    dlib_model: FaceModel, store: ModelStore
+) -> None:
+    directory = store.model_dir(dlib_model.card)
+    assert len(list(directory.glob("forward-optimised-*.onnx"))) == 1
+    assert len(list(directory.glob("cloak-euclidean-optimised-*.onnx"))) == 1
+    chips = np.random.default_rng(3).uniform(-1, 1, (2, 3, 150, 150)).astype(np.float32)
+    feeds = {"x": chips, "e_pos": np.zeros((2, 128), np.float32), "e_neg": np.ones((2, 128), np.float32)}
+    feeds |= {"margin": np.float32([1.0]), "neg_weight": np.float32([1.0])}
+    fresh = create_session(dlib_model.cloak_graph_path, threads=2)
+    loss, grad = fresh.run(["loss", "grad"], feeds)
+    step = dlib_model.step(chips, feeds["e_pos"], feeds["e_neg"], margin=1.0, neg_weight=1.0)
+    np.testing.assert_array_equal(step.loss, loss)
+    np.testing.assert_array_equal(step.grad, grad)
 
 
 def test_detector_is_not_an_embedding_model(store: ModelStore) -> None:

@@ -100,3 +100,21 @@ def test_user_weights_model(tmp_path: Path) -> None:
     assert store.status(card) is ModelStatus.NEEDS_USER_WEIGHTS
     with pytest.raises(ModelError, match=r"needs weights you supply .*20180408-102900.pb"):
         store.get(card)
+
+
+def test_derived_files_are_made_once_and_older_versions_removed(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    built = store.get("mtcnn")
+    made: list[str] = []
+
+    def make(content: str) -> bytes:
+        made.append(content)
+        return content.encode()
+
+    first = store.derived(built, "graph", "engine 1", lambda: make("one"))
+    other_name = store.derived(built, "graph-optimised", "engine 1", lambda: make("other"))
+    assert store.derived(built, "graph", "engine 1", lambda: make("again")) == first
+    second = store.derived(built, "graph", "engine 2", lambda: make("two"))
+    assert made == ["one", "other", "two"]
+    assert second.read_bytes() == b"two" and not first.exists() and not first.with_suffix(".sha256").exists()
+    assert other_name.read_bytes() == b"other"

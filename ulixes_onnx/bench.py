@@ -2,7 +2,8 @@
 
 Per model: the plain forward pass and one cloak step (forward + gradient) at each batch size, the
 faces per second of the whole cloaking loop at each batch size, steps per face, and the seconds per
-face end to end on photo files (decode, detect, align, cloak, paste back, encode, verify). Timings are
+face end to end on photo files (decode, detect, align, cloak, paste back, encode, verify), one photo at
+a time and for the whole folder in `ulixes-onnx cloak`'s batches. Timings are
 medians over repeated runs after a warm-up; this machine may be shared, so compare ratios measured in
 the same run rather than absolute numbers across runs.
 """
@@ -25,7 +26,7 @@ from ulixes_onnx import samples
 from ulixes_onnx.cloak import View, cloak_chips
 from ulixes_onnx.engine.session import available_cores
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
-from ulixes_onnx.files import InputPhoto, cloak_file, expand_inputs
+from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files, expand_inputs
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.pipeline import Cloaker
 from ulixes_onnx.store import ModelStore
@@ -93,7 +94,7 @@ def face_chips(photos: list[Path], store: ModelStore, alignment: str) -> np.ndar
     detector = detector_from_store(store)
     chips = []
     for path in photos:
-        pixels = np.clip(np.rint(read_photo(path).rgb), 0, 255).astype(np.uint8)
+        pixels = read_photo(path).rgb8
         faces = detector.detect(pixels)
         if faces:
             chips.append(extract_chips(pixels, faces[:1], chip_spec(alignment)).chips[0])
@@ -125,21 +126,29 @@ def bench_model(
             "faces_per_second": round(batch / loop_seconds, 2),
         }
     with tempfile.TemporaryDirectory() as output:
-        cloak_file(cloaker, InputPhoto(photos[0]), output_dir=Path(output))  # warm-up
+        options = OutputOptions(output_dir=Path(output), overwrite=True)
+        cloak_file(cloaker, InputPhoto(photos[0]), options)  # warm-up
         end_to_end = []
         faces = 0
         for photo in photos:
-            report = cloak_file(cloaker, InputPhoto(photo), output_dir=Path(output), overwrite=True)
+            report = cloak_file(cloaker, InputPhoto(photo), options)
             cloaked = [face for face in report.faces if face.models]
             faces += len(cloaked)
             if cloaked:
                 end_to_end.append(report.seconds / len(cloaked))
+        # The folder as `ulixes-onnx cloak` does it: photos in batches, the next one decoded meanwhile.
+        started = time.perf_counter()
+        reports = list(cloak_files(cloaker, [InputPhoto(photo) for photo in photos], options))
+        folder_seconds = time.perf_counter() - started
+        folder_faces = sum(1 for report in reports for face in report.faces if face.models)
     return {
         "model": name,
         "threads": threads or available_cores(),
         "batches": per_batch,
         "end_to_end_seconds_per_face": round(statistics.median(end_to_end), 3) if end_to_end else None,
         "faces_cloaked_end_to_end": faces,
+        "folder_faces_per_second": round(folder_faces / folder_seconds, 2),
+        "folder_seconds_per_face": round(folder_seconds / max(1, folder_faces), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 

@@ -18,18 +18,19 @@ Strategies choose the negatives (one objective per negative, applied in sequence
 - `random-farthest`: the farthest, then k random ones (4.3).
 
 An objective ends when its loss is 0 or when d(f(x), p) grew by less than `min_progress` in a step
-(the paper's t); a face stops early when the next step would take its chip's DSSIM past `max_dssim`,
-or at `max_steps`.
+(the paper's t; judged on the chord length for cosine models, see `_stalled`); a face stops early
+when the next step would take its chip's DSSIM past `max_dssim`, or at `max_steps`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from skimage.metrics import structural_similarity
 
+from ulixes_onnx.dssim import batch_dssim
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.recognition import FaceModel
 
@@ -38,8 +39,6 @@ POOL_STRATEGIES = ("nearest", "farthest", "random", "random-farthest")
 SELF_NEGATIVE_OFFSET = 1e-5
 # The away objective starts this far (in step units) from the original so that its gradient exists.
 AWAY_START_NOISE = 0.1
-# scikit-image's default SSIM window (7x7 uniform); its border is left out of the mean, as there.
-SSIM_WINDOW = 7
 
 
 class CloakSettingsError(UlixesError):
@@ -134,25 +133,18 @@ class ChipCloak:
     distances: dict[str, float]
 
 
-def chip_dssim(chip: np.ndarray, original: np.ndarray) -> float:
-    """DSSIM = (1 - SSIM) / 2 between two canonical chips [3, H, W] (scikit-image's SSIM)."""
-    return float(batch_dssim(chip[None], original[None])[0])
+def _stalled(model: FaceModel, before: float, after: float, min_progress: float) -> bool:
+    """Whether d(f(x), p) grew by less than `min_progress` (the model's units) in one step.
 
-
-def batch_dssim(chips: np.ndarray, originals: np.ndarray) -> np.ndarray:
-    """Per-chip DSSIM of [N, 3, H, W] chips in one scikit-image call: SSIM is computed per channel, so
-    stacking every chip's channels and averaging each chip's part of the SSIM map is exact."""
-    count, channels = chips.shape[:2]
-    _, ssim_map = structural_similarity(
-        chips.reshape(count * channels, *chips.shape[2:]),
-        originals.reshape(count * channels, *originals.shape[2:]),
-        channel_axis=0,
-        data_range=2.0,
-        full=True,
-    )
-    pad = (SSIM_WINDOW - 1) // 2
-    per_chip = ssim_map.reshape(count, channels, *chips.shape[2:])[:, :, pad:-pad, pad:-pad]
-    return (1.0 - per_chip.mean(axis=(1, 2, 3))) / 2.0
+    The cosine distance 1 - cos grows with the square of the angle from the original, so the first
+    steps of every face would look stalled on it. Cosine models are judged on the chord length
+    sqrt(2 d) instead (the Euclidean distance between unit embeddings, the scale on which the paper
+    sets t for FaceNet), with `min_progress` carried over to that scale at the model's threshold.
+    """
+    if model.metric != "cosine":
+        return after - before < min_progress
+    chord_min_progress = min_progress / np.sqrt(2 * model.threshold)
+    return float(np.sqrt(2 * max(after, 0.0)) - np.sqrt(2 * max(before, 0.0))) < chord_min_progress
 
 
 def plan_objectives(
@@ -161,8 +153,10 @@ def plan_objectives(
     positives: np.ndarray,
     settings: LoopSettings,
     pool: np.ndarray | None,
+    face_keys: Sequence[int] | None = None,
 ) -> list[list[Objective]]:
-    """The sequence of objectives for each face, by strategy."""
+    """The sequence of objectives for each face, by strategy; random draws are seeded by the seed and
+    each face's key (default: its position)."""
     strategy = settings.strategy
     if strategy == "away":
         return [[Objective(positive, settings.target, 0.0)] for positive in positives]
@@ -176,8 +170,9 @@ def plan_objectives(
         return [[Objective(negative, settings.margin, 1.0)] for negative in selves]
 
     plans = []
-    for index, positive in enumerate(positives):
-        rng = np.random.default_rng([settings.seed, index])
+    keys = range(len(positives)) if face_keys is None else face_keys
+    for index, (positive, key) in enumerate(zip(positives, keys, strict=True)):
+        rng = np.random.default_rng([settings.seed, key])
         distances = model.distance(positive[None], pool)
         farthest = Objective(pool[int(np.argmax(distances))], settings.margin, 1.0)
         randoms = [
@@ -202,7 +197,11 @@ def plan_objectives(
 
 
 def cloak_chips(
-    views: list[View], originals: np.ndarray, *, start: np.ndarray | None = None
+    views: list[View],
+    originals: np.ndarray,
+    *,
+    start: np.ndarray | None = None,
+    face_keys: Sequence[int] | None = None,
 ) -> list[ChipCloak]:
     """Cloak canonical chips [N, 3, H, W]; all faces advance together, one run per model and step.
 
@@ -210,6 +209,8 @@ def cloak_chips(
     scaled to unit max-norm so that no model dominates; a model stops contributing to a face once its
     objectives are done. Step size, DSSIM bound, step limit and seed come from the first view.
     `start` continues from already cloaked chips (DSSIM is always measured against `originals`).
+    `face_keys` seed each face's random draws (default: its position), so that a face is cloaked the
+    same whatever else is in the batch.
     """
     originals = np.asarray(originals, np.float32)
     count = len(originals)
@@ -222,16 +223,17 @@ def cloak_chips(
         else view.positives
         for view in views
     ]
+    keys = list(range(count)) if face_keys is None else list(face_keys)
     plans = [
         plan_objectives(
-            view.model, view.chips(originals, list(range(count))), positive, view.settings, view.pool
+            view.model, view.chips(originals, list(range(count))), positive, view.settings, view.pool, keys
         )
         for view, positive in zip(views, positives, strict=True)
     ]
     chips = originals.copy() if start is None else np.array(start, np.float32)
     if any(view.settings.strategy == "away" for view in views):
-        for index in range(count):
-            noise = np.random.default_rng([lead.seed, index]).uniform(-1, 1, chips[index].shape)
+        for index, key in enumerate(keys):
+            noise = np.random.default_rng([lead.seed, key]).uniform(-1, 1, chips[index].shape)
             chips[index] = np.clip(chips[index] + AWAY_START_NOISE * lead.step * noise, -1, 1)
 
     steps = np.zeros(count, int)
@@ -264,9 +266,8 @@ def cloak_chips(
                 ended = None
                 if result.loss[row] <= 0:
                     ended = "target-reached" if view.settings.strategy == "away" else "loss-zero"
-                elif (
-                    not np.isnan(previous[v, index])
-                    and distance - previous[v, index] < view.settings.min_progress
+                elif not np.isnan(previous[v, index]) and _stalled(
+                    view.model, previous[v, index], distance, view.settings.min_progress
                 ):
                     ended = "slow-progress"
                 if ended is not None:

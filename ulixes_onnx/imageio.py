@@ -1,8 +1,8 @@
 """Reading photos into the pipeline and writing cloaked photos back faithfully.
 
-`read_photo` decodes a file into a `Photo`: upright pixels (EXIF orientation applied) as float32 RGB
-in 0..255 units for detection and cloaking, plus the original integer samples, alpha channel and
-metadata needed to write the photo back. `write_photo` writes a cloaked RGB array in the photo's own
+`read_photo` decodes a file into a `Photo`: the upright integer samples (EXIF orientation applied),
+viewed as 8-bit RGB for detection and cloaking, plus the alpha channel and metadata needed to write
+the photo back. `write_photo` writes a cloaked RGB array, or the cloak's delta, in the photo's own
 format, size, bit depth, colour profile and (for JPEG) quantisation tables and chroma subsampling;
 pixels the cloak did not change are written from the original samples, so lossless formats keep
 them bit-identical.
@@ -30,6 +30,8 @@ Format policy (each conversion is also recorded in `Photo.notes` so the caller c
   descriptive text tags, and Pillow's BMP writer can hold no metadata or alpha.
 """
 
+from __future__ import annotations
+
 import contextlib
 import io
 import os
@@ -41,6 +43,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -48,6 +51,9 @@ from PIL import ExifTags, Image, JpegImagePlugin, PngImagePlugin, UnidentifiedIm
 
 from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.errors import ImageError
+
+if TYPE_CHECKING:
+    from ulixes_onnx.faces.pasteback import PhotoDelta
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -143,14 +149,11 @@ class PhotoMetadata:
 class Photo:
     """An upright decoded photo.
 
-    `rgb` (float32 HxWx3, 0..255 units; gray replicated) is the view detection and cloaking use.
     `samples` holds the original colour samples (uint8 or uint16; HxW for gray, HxWx3 for colour)
     and `alpha` the alpha channel in the same dtype, so unchanged pixels can be written back
-    exactly. The arrays are read-only: `write_photo` recognises unchanged pixels by comparing
-    against `rgb`.
+    exactly; both are read-only. Detection and cloaking use `rgb8`; `rgb` has the exact values.
     """
 
-    rgb: np.ndarray
     samples: np.ndarray
     alpha: np.ndarray | None
     bit_depth: int
@@ -170,6 +173,22 @@ class Photo:
     @property
     def height(self) -> int:
         return self.samples.shape[0]
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """float32 HxWx3 in 0..255 units, gray replicated: a new array per call (150 MB at 12 MP)."""
+        return _float_rgb(self.samples, self.bit_depth)
+
+    @property
+    def rgb8(self) -> np.ndarray:
+        """uint8 HxWx3, gray replicated and 16-bit samples rounded: the samples themselves for 8-bit
+        colour photos (read-only), a new array otherwise."""
+        samples = self.samples
+        if self.bit_depth == 16:
+            samples = np.rint(samples / _SIXTEEN_BIT_SCALE).astype(np.uint8)
+        if samples.ndim == 2:
+            return np.repeat(samples[:, :, None], 3, axis=2)
+        return samples
 
 
 def read_photo(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
@@ -195,12 +214,10 @@ def decode_photo(data: bytes, source: Path, *, max_pixels: int = DEFAULT_MAX_PIX
         alpha = None if alpha is None else _orient(alpha, metadata.source_orientation)
     if image_format == "BMP" and alpha is not None:
         notes.append("BMP alpha cannot be written back: the output is opaque")
-    rgb = _float_rgb(samples, bit_depth)
-    for array in (rgb, samples, alpha):
+    for array in (samples, alpha):
         if array is not None:
             array.flags.writeable = False
     return Photo(
-        rgb=rgb,
         samples=samples,
         alpha=alpha,
         bit_depth=bit_depth,
@@ -213,31 +230,48 @@ def decode_photo(data: bytes, source: Path, *, max_pixels: int = DEFAULT_MAX_PIX
 
 def write_photo(
     photo: Photo,
-    rgb: np.ndarray,
+    pixels: np.ndarray | PhotoDelta,
     dest: str | os.PathLike[str],
     *,
     quality: int | None = None,
     keep_exif: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Write `rgb` (float HxWx3, 0..255 units) as a copy of `photo` at `dest`; return `dest`.
+    """Write a copy of `photo` with new pixels at `dest`; return `dest`.
 
-    JPEGs reuse the source's quantisation tables unless `quality` is given. Pixels equal to
-    `photo.rgb` are written from the original samples. The file appears atomically and never
-    replaces the source photo, nor an existing file unless `overwrite`.
+    `pixels` is the whole new image (float HxWx3, 0..255 units) or a `PhotoDelta` to add to the
+    photo, which costs time and memory only where it changes the photo. JPEGs reuse the source's
+    quantisation tables unless `quality` is given. Unchanged pixels are written from the original
+    samples. The file appears atomically and never replaces the source photo, nor an existing file
+    unless `overwrite`.
     """
+    encoded = encode_photo(photo, pixels, quality=quality, keep_exif=keep_exif)
+    return write_encoded(photo, encoded, dest, overwrite=overwrite)
+
+
+def write_encoded(
+    photo: Photo, encoded: bytes, dest: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Write bytes from `encode_photo(photo, ...)` at `dest` as `write_photo` would; return `dest`."""
     destination = Path(dest)
     _check_destination(photo, destination, overwrite)
-    encoded = encode_photo(photo, rgb, quality=quality, keep_exif=keep_exif)
     _write_atomically(encoded, destination, overwrite=overwrite, mode=_permissions_of(photo.source))
     return destination
 
 
 def encode_photo(
-    photo: Photo, rgb: np.ndarray, *, quality: int | None = None, keep_exif: bool = False
+    photo: Photo,
+    pixels: np.ndarray | PhotoDelta,
+    *,
+    quality: int | None = None,
+    keep_exif: bool = False,
 ) -> bytes:
     """The bytes `write_photo` would write: decoding them shows what a recogniser will see."""
-    return _encode(photo, _samples_from_rgb(photo, rgb), quality=quality, keep_exif=keep_exif)
+    if isinstance(pixels, np.ndarray):
+        samples = _samples_from_rgb(photo, pixels)
+    else:
+        samples = _samples_with_delta(photo, pixels)
+    return _encode(photo, samples, quality=quality, keep_exif=keep_exif)
 
 
 def output_path(
@@ -535,12 +569,33 @@ def _check_destination(photo: Photo, destination: Path, overwrite: bool) -> None
 
 
 def _samples_from_rgb(photo: Photo, rgb: np.ndarray) -> np.ndarray:
-    if rgb.shape != photo.rgb.shape:
-        raise ValueError(f"rgb has shape {rgb.shape}, expected {photo.rgb.shape}")
+    if rgb.shape != (photo.height, photo.width, 3):
+        raise ValueError(f"rgb has shape {rgb.shape}, expected {(photo.height, photo.width, 3)}")
+    return _requantised(photo, rgb, photo.rgb, photo.samples)
+
+
+def _samples_with_delta(photo: Photo, delta: PhotoDelta) -> np.ndarray:
+    if (delta.height, delta.width) != (photo.height, photo.width):
+        raise ValueError(
+            f"the delta is for a {delta.width}x{delta.height} photo, not {photo.width}x{photo.height}"
+        )
+    samples = photo.samples.copy()
+    for patch in delta.patches:
+        region = (slice(patch.y0, patch.y1), slice(patch.x0, patch.x1))
+        original = _float_rgb(photo.samples[region], photo.bit_depth)
+        changed = np.clip(original + patch.delta, 0, 255)
+        samples[region] = _requantised(photo, changed, original, photo.samples[region])
+    return samples
+
+
+def _requantised(
+    photo: Photo, rgb: np.ndarray, original_rgb: np.ndarray, original_samples: np.ndarray
+) -> np.ndarray:
+    """Samples in the photo's layout and bit depth for new `rgb` values of (part of) the photo."""
     if not np.all(np.isfinite(rgb)):
         raise ValueError("rgb contains NaN or infinite values")
     # Unchanged pixels are copied rather than recomputed, so they stay bit-identical by construction.
-    unchanged = np.all(rgb == photo.rgb, axis=2)
+    unchanged = np.all(rgb == original_rgb, axis=2)
     # float32 holds every 16-bit sample exactly and keeps the arithmetic on a 12 MP photo fast.
     values = np.array(rgb, dtype=np.float32)  # a copy: the caller's array is not ours to round
     if photo.is_gray:
@@ -552,7 +607,7 @@ def _samples_from_rgb(photo: Photo, rgb: np.ndarray) -> np.ndarray:
         values = values * np.float32(_SIXTEEN_BIT_SCALE)
     np.rint(values, out=values)
     np.clip(values, 0, 2**photo.bit_depth - 1, out=values)
-    return np.where(unchanged, photo.samples, values.astype(photo.samples.dtype))
+    return np.where(unchanged, original_samples, values.astype(original_samples.dtype))
 
 
 def _encode(photo: Photo, samples: np.ndarray, *, quality: int | None, keep_exif: bool) -> bytes:

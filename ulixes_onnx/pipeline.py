@@ -1,12 +1,16 @@
 """Cloak every face in a photo: detect, align to each model's chip, cloak, paste back, verify.
 
 `Cloaker` is the Python API. It holds the detector and the models' sessions (reused across photos and
-safe to share between threads) and never writes to disk. `Cloaker.cloak(image)` returns the cloaked
-pixels and a report per face. The loop is closed: the cloaked photo is shown to the recognisers the
-way an attacker would see it (quantised to 8 bits, or through the caller's `encode` function that
-round-trips the output file format), faces are re-detected and re-aligned, and a face counts as
-protected only if every model then places it farther than its threshold from the original. Faces
-that are not protected are cloaked further, with a raised target, for up to `max_rounds` rounds.
+safe to share between threads) and never writes to disk. `Cloaker.cloak(image)` returns the cloak as a
+delta over the face regions (and the cloaked pixels on request) and a report per face: work beyond
+decoding and encoding never touches the rest of the photo, so time and memory grow with the faces, not
+with the photo. `Cloaker.cloak_many` cloaks several photos with their faces in the same batches.
+
+The loop is closed: the cloaked photo is shown to the recognisers the way an attacker would see it
+(quantised to 8 bits, or through the caller's `encode` function that round-trips the output file
+format), faces are re-detected and re-aligned, and a face counts as protected only if every model then
+places it farther than its threshold from the original. Faces that are not protected are cloaked
+further, with a raised target, for up to `max_rounds` rounds.
 
 Ensembles (`ensemble`): with "max" and "sum" each model cloaks its own chips and the photo-space
 masks are combined per pixel and channel: "max" keeps the change of largest magnitude (the paper's
@@ -23,10 +27,10 @@ from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
-from skimage.metrics import structural_similarity
 
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.cloak import ChipCloak, CloakSettingsError, LoopSettings, View, cloak_chips
+from ulixes_onnx.dssim import image_dssim
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     AlignedChips,
@@ -40,7 +44,7 @@ from ulixes_onnx.faces import (
     photo_pixels_per_chip_pixel,
     warp_chips,
 )
-from ulixes_onnx.faces.pasteback import PhotoDelta
+from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStore
 
@@ -50,8 +54,11 @@ DEFAULT_MODELS = ("dlib-resnet",)
 TARGET_GROWTH = 1.15
 # A re-detected face is the same face when its box overlaps the original's by at least this IoU.
 SAME_FACE_IOU = 0.5
+# Boxes with that overlap are at least ~0.7 times as large, so re-detection searches down to half size.
+REDETECT_MIN_SIZE_RATIO = 0.5
 
-Encoder = Callable[[np.ndarray], np.ndarray]
+# Maps the photo's cloak to the 8-bit RGB pixels a recogniser would decode from the saved file.
+Encoder = Callable[[PhotoDelta], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -102,11 +109,17 @@ class FaceReport:
 
 @dataclass(frozen=True)
 class CloakResult:
-    """The cloaked photo (float32 HxWx3, 0..255 units) and one report per detected face."""
+    """The cloak of a photo (`delta`, to add to `original`) and one report per detected face."""
 
-    image: np.ndarray
+    original: np.ndarray = field(repr=False)
+    delta: PhotoDelta = field(repr=False)
     faces: list[FaceReport]
     seconds: float
+
+    @property
+    def image(self) -> np.ndarray:
+        """The cloaked photo: float32 HxWx3 in 0..255 units (a new array on every call)."""
+        return self.delta.add_to(_as_rgb(self.original))
 
 
 def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -124,24 +137,88 @@ def face_region_dssim(original: np.ndarray, cloaked: np.ndarray, box: Sequence[f
     height, width = original.shape[:2]
     rows = slice(max(0, int(y0 - grow_y)), min(height, int(np.ceil(y1 + grow_y))))
     cols = slice(max(0, int(x0 - grow_x)), min(width, int(np.ceil(x1 + grow_x))))
-    a = np.asarray(original[rows, cols], np.float32)
-    b = np.asarray(cloaked[rows, cols], np.float32)
-    if min(a.shape[:2]) < 7:  # SSIM's window
-        return float(np.abs(a - b).max() > 0)
-    return float((1.0 - structural_similarity(a, b, channel_axis=2, data_range=255.0)) / 2.0)
+    return image_dssim(original[rows, cols], cloaked[rows, cols])
 
 
-def _as_float_photo(image: np.ndarray) -> np.ndarray:
+def _as_rgb(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:
         raise CloakSettingsError(f"expected an RGB image HxWx3 (or gray HxW), got shape {image.shape}")
-    return image.astype(np.float32)
+    return image
 
 
 def _quantised(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PhotoInput:
+    """One photo for `Cloaker.cloak_many`: its pixels, whether to keep it gray, and its encoder."""
+
+    image: np.ndarray
+    gray: bool = False
+    encode: Encoder | None = None
+
+
+@dataclass(eq=False)
+class _PhotoJob:
+    """A photo on its way through the rounds: its faces, their reports and the cloak so far."""
+
+    photo: PhotoInput
+    original: np.ndarray
+    original8: np.ndarray
+    aligned: dict[str, AlignedChips]
+    reports: list[FaceReport]
+    pending: list[int]
+    started: float
+    total: PhotoDelta | None = None
+    cloaked8: np.ndarray | None = None  # the photo with `total` added, rounded to 8 bits
+    seen: np.ndarray | None = None  # what a recogniser sees of it
+
+    def finish_round(
+        self, delta: PhotoDelta, loop_results: list[ChipCloak], round_index: int, cloaker: Cloaker
+    ) -> None:
+        """Add a round's change, look at the photo as a recogniser would, and update the reports."""
+        patches = delta.patches if self.total is None else [*self.total.patches, *delta.patches]
+        self.total = replace(delta, patches=tuple(merge_patches(patches, "sum")))
+        self.cloaked8 = self.total.apply(self.original8)
+        encode = self.photo.encode
+        self.seen = encode(self.total) if encode else self.cloaked8
+        distances, redetected = cloaker.verify(self.seen, [self.reports[i] for i in self.pending])
+        for row, index in enumerate(self.pending):
+            previous = self.reports[index].models
+            result = loop_results[row]
+            outcomes = {
+                model.name: ModelOutcome(
+                    steps=result.steps + (previous[model.name].steps if previous else 0),
+                    stop_reason=result.stop_reasons[model.name],
+                    chip_dssim=result.dssim,
+                    chip_distance=result.distances[model.name],
+                    distance=float(distances[model.name][row]),
+                    threshold=model.threshold,
+                )
+                for model in cloaker.models
+            }
+            self.reports[index] = replace(
+                self.reports[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
+            )
+        self.pending = [i for i in self.pending if not self.reports[i].protected]
+
+    def result(self, cloaker: Cloaker) -> CloakResult:
+        height, width = self.original8.shape[:2]
+        total = self.total or PhotoDelta(height, width, (), ())
+        seen = self.original8 if self.seen is None else self.seen
+        reports = [
+            replace(report, dssim=face_region_dssim(self.original, seen, report.box))
+            if report.models
+            else report
+            for report in self.reports
+        ]
+        return CloakResult(self.photo.image, total, reports, time.perf_counter() - self.started)
 
 
 class Cloaker:
@@ -203,12 +280,31 @@ class Cloaker:
     def cloak(self, image: np.ndarray, *, gray: bool = False, encode: Encoder | None = None) -> CloakResult:
         """Cloak every face of an RGB image (uint8, or float in 0..255 units).
 
-        `gray` keeps a grayscale photo gray (the cloak changes luminance only). `encode` maps cloaked
-        pixels to what a recogniser would decode from the saved file; by default the pixels are only
+        `gray` keeps a grayscale photo gray (the cloak changes luminance only). `encode` maps the cloak
+        to what a recogniser would decode from the saved file; by default the cloaked pixels are only
         rounded to 8 bits.
         """
+        return self.cloak_many([PhotoInput(image, gray, encode)])[0]
+
+    def cloak_many(self, photos: Sequence[PhotoInput]) -> list[CloakResult]:
+        """Cloak several photos at once: the faces of all of them advance together through the loop,
+        in one batch per model and step, which keeps the cores busier than one face at a time. Each
+        photo's result is the one `cloak` gives it alone."""
+        jobs = [self._prepare(photo) for photo in photos]
+        for round_index in range(self.max_rounds):
+            active = [job for job in jobs if job.pending]
+            if not active:
+                break
+            for job, (round_delta, loop_results) in zip(
+                active, self._cloak_round(active, round_index), strict=True
+            ):
+                job.finish_round(round_delta, loop_results, round_index, self)
+        return [job.result(self) for job in jobs]
+
+    def _prepare(self, photo: PhotoInput) -> _PhotoJob:
+        """Detect and align a photo's faces and embed the originals."""
         started = time.perf_counter()
-        original = _as_float_photo(image)
+        original = _as_rgb(photo.image)
         original8 = _quantised(original)
         faces = self.detector.detect(original8)
         aligned = {model.name: extract_chips(original8, faces, self._spec(model)) for model in self.models}
@@ -229,95 +325,88 @@ class Cloaker:
             )
             for i, face in enumerate(faces)
         ]
-        cloaked = original
-        seen = original  # what a recogniser sees of the latest cloaked photo
-        for round_index in range(self.max_rounds):
-            if not pending:
-                break
-            cloaked, loop_results = self._cloak_round(cloaked, aligned, reports, pending, round_index, gray)
-            seen = encode(cloaked) if encode else _quantised(cloaked)
-            distances, redetected = self.verify(seen, [reports[i] for i in pending])
-            for row, index in enumerate(pending):
-                previous = reports[index].models
-                result = loop_results[row]
-                outcomes = {
-                    model.name: ModelOutcome(
-                        steps=result.steps + (previous[model.name].steps if previous else 0),
-                        stop_reason=result.stop_reasons[model.name],
-                        chip_dssim=result.dssim,
-                        chip_distance=result.distances[model.name],
-                        distance=float(distances[model.name][row]),
-                        threshold=model.threshold,
-                    )
-                    for model in self.models
-                }
-                reports[index] = replace(
-                    reports[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
-                )
-            pending = [i for i in pending if not reports[i].protected]
-
-        reports = [
-            replace(report, dssim=face_region_dssim(original, seen, report.box)) if report.models else report
-            for report in reports
-        ]
-        return CloakResult(cloaked, reports, time.perf_counter() - started)
+        return _PhotoJob(photo, original, original8, aligned, reports, pending, started)
 
     def _cloak_round(
-        self,
-        cloaked: np.ndarray,
-        aligned: dict[str, AlignedChips],
-        reports: list[FaceReport],
-        pending: list[int],
-        round_index: int,
-        gray: bool,
-    ) -> tuple[np.ndarray, list[ChipCloak]]:
-        """One pass of the loop over the pending faces; returns the new photo and, per face, every
-        model's loop outcome (for "max" and "sum" each model cloaks its own chips; for "joint" one
-        loop follows all models' gradients on the chip that covers the most of the face)."""
-        groups = (
-            [[model] for model in self.models]
-            if self.ensemble != "joint"
-            else [sorted(self.models, key=lambda m: -_footprint(aligned[m.name], pending))]
-        )
-        outcomes: list[ChipCloak] = []
-        patches = []
-        for group in groups:
-            lead = aligned[group[0].name]
-            matrices = lead.matrices[pending]
-            originals = lead.chips[pending]
-            start = None
-            if round_index:
-                spec = self._spec(group[0])
-                start = warp_chips(_quantised(cloaked), matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
-            views = [
-                View(
-                    model,
-                    replace(
-                        self.settings[model.name],
-                        target=self.settings[model.name].target * TARGET_GROWTH**round_index,
-                    ),
-                    warps=None
-                    if model is group[0]
-                    else _chip_to_chip(matrices, aligned[model.name].matrices[pending]),
-                    positives=np.stack([reports[i].embeddings[model.name] for i in pending]),
-                    pool=self.pool.get(model.name),
-                )
-                for model in group
-            ]
-            results = cloak_chips(views, originals, start=start)
-            outcomes = _merge_outcomes(outcomes, results)
-            deltas = np.stack([result.chip for result in results]) - (originals if start is None else start)
-            patches += paste_back(deltas, matrices, cloaked.shape).patches
-        height, width = cloaked.shape[:2]
-        delta = PhotoDelta(
-            height,
-            width,
-            tuple(merge_patches(patches, "max" if self.ensemble == "joint" else self.ensemble)),
-            (),
-        )
-        if gray:
-            delta = _luminance_only(delta)
-        return delta.add_to(cloaked), outcomes
+        self, jobs: list[_PhotoJob], round_index: int
+    ) -> list[tuple[PhotoDelta, list[ChipCloak]]]:
+        """One pass of the loop over the pending faces of every photo; returns, per photo, the change
+        to it and, per face, every model's loop outcome (for "max" and "sum" each model cloaks its own
+        chips; for "joint" one loop follows all models' gradients on the chip that covers the most of
+        the face)."""
+        if self.ensemble == "joint":
+            by_lead: dict[tuple[str, ...], list[int]] = {}
+            for position, job in enumerate(jobs):
+                order = sorted(self.models, key=lambda m: -_footprint(job.aligned[m.name], job.pending))
+                by_lead.setdefault(tuple(model.name for model in order), []).append(position)
+            named = {model.name: model for model in self.models}
+            passes = [([named[name] for name in order], members) for order, members in by_lead.items()]
+        else:
+            passes = [([model], list(range(len(jobs)))) for model in self.models]
+        patches: list[list[DeltaPatch]] = [[] for _ in jobs]
+        outcomes: list[list[ChipCloak]] = [[] for _ in jobs]
+        for group, members in passes:
+            chosen = [jobs[position] for position in members]
+            results, starts = self._cloak_faces(group, chosen, round_index)
+            first = 0
+            for position, job in zip(members, chosen, strict=True):
+                rows = slice(first, first + len(job.pending))
+                first = rows.stop
+                outcomes[position] = _merge_outcomes(outcomes[position], results[rows])
+                deltas = np.stack([result.chip for result in results[rows]]) - starts[rows]
+                matrices = job.aligned[group[0].name].matrices[job.pending]
+                patches[position] += paste_back(deltas, matrices, job.original8.shape).patches
+        rule = "max" if self.ensemble == "joint" else self.ensemble
+        per_photo = []
+        for job, photo_patches, photo_outcomes in zip(jobs, patches, outcomes, strict=True):
+            height, width = job.original8.shape[:2]
+            delta = PhotoDelta(height, width, tuple(merge_patches(photo_patches, rule)), ())
+            per_photo.append((_luminance_only(delta) if job.photo.gray else delta, photo_outcomes))
+        return per_photo
+
+    def _cloak_faces(
+        self, group: list[FaceModel], jobs: list[_PhotoJob], round_index: int
+    ) -> tuple[list[ChipCloak], np.ndarray]:
+        """Run the loop once on the pending faces of all `jobs`, in the chips of `group[0]`; returns
+        the outcomes and the chips the loop started from."""
+        lead = group[0]
+        originals = np.concatenate([job.aligned[lead.name].chips[job.pending] for job in jobs])
+        start = np.concatenate([self._warped(job, lead) for job in jobs]) if round_index else None
+        views = [
+            View(
+                model,
+                replace(
+                    self.settings[model.name],
+                    target=self.settings[model.name].target * TARGET_GROWTH**round_index,
+                ),
+                warps=None
+                if model is lead
+                else np.concatenate(
+                    [
+                        _chip_to_chip(
+                            job.aligned[lead.name].matrices[job.pending],
+                            job.aligned[model.name].matrices[job.pending],
+                        )
+                        for job in jobs
+                    ]
+                ),
+                positives=np.stack(
+                    [job.reports[i].embeddings[model.name] for job in jobs for i in job.pending]
+                ),
+                pool=self.pool.get(model.name),
+            )
+            for model in group
+        ]
+        # Seeded by each face's index in its own photo: batching photos together changes no cloak.
+        face_keys = [index for job in jobs for index in job.pending]
+        results = cloak_chips(views, originals, start=start, face_keys=face_keys)
+        return results, originals if start is None else start
+
+    def _warped(self, job: _PhotoJob, model: FaceModel) -> np.ndarray:
+        """The pending faces' chips for `model`, cut from the photo as cloaked so far."""
+        spec = self._spec(model)
+        matrices = job.aligned[model.name].matrices[job.pending]
+        return warp_chips(job.cloaked8, matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
 
     def verify(
         self, seen: np.ndarray, reports: Sequence[FaceReport]
@@ -363,7 +452,11 @@ class Cloaker:
         height, width = photo.shape[:2]
         left, top = max(0, int(x0 - grow_x)), max(0, int(y0 - grow_y))
         right, bottom = min(width, int(np.ceil(x1 + grow_x))), min(height, int(np.ceil(y1 + grow_y)))
-        found = self.detector.detect(np.ascontiguousarray(photo[top:bottom, left:right]))
+        # Only faces of about this one's size matter, which keeps the search cheap on large photos.
+        smallest = max(self.detector.min_face_size, REDETECT_MIN_SIZE_RATIO * min(x1 - x0, y1 - y0))
+        found = self.detector.detect(
+            np.ascontiguousarray(photo[top:bottom, left:right]), min_face_size=smallest
+        )
         shifted = [
             Face(
                 (other.box[0] + left, other.box[1] + top, other.box[2] + left, other.box[3] + top),

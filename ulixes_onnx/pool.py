@@ -31,7 +31,7 @@ def build_pool(photos: Iterable[Path], models: Sequence[FaceModel], detector: MT
     collected: dict[str, list[np.ndarray]] = {model.name: [] for model in models}
     for path in photos:
         photo = read_photo(path)
-        pixels = np.clip(np.rint(photo.rgb), 0, 255).astype(np.uint8)
+        pixels = photo.rgb8
         faces = detector.detect(pixels)
         if not faces:
             continue

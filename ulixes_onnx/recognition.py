@@ -4,7 +4,8 @@ A `FaceModel` takes chips in the canonical space (float32 RGB [N, 3, H, W] in [-
 chip size); the model's own input convention is folded into its graphs (`engine.adapter`). It holds two
 onnxruntime sessions: the plain forward graph for embeddings, and the cloak graph (loss, input gradient,
 embedding and distances in one run). The cloak graph is built once per model and engine version and
-kept in the model store. Sessions are thread-safe, so one `FaceModel` serves concurrent requests.
+kept in the model store, and so are both graphs as onnxruntime optimises them for this machine (see
+`engine.session`). Sessions are thread-safe, so one `FaceModel` serves concurrent requests.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import hashlib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from ulixes_onnx.cards import ModelCard, get_card
 from ulixes_onnx.engine import InputSpec, build_cloak_graph, create_session, with_canonical_input
 from ulixes_onnx.engine import cloak_graph as names
+from ulixes_onnx.engine.session import machine_key, optimised_for_this_machine
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.store import BuiltModel, ModelStore
 
@@ -83,15 +87,34 @@ class FaceModel:
             raise ModelError(f"model {card.name!r} is a {card.kind}, not a face-embedding model")
         self.card = card
         self.built: BuiltModel = store.get(card)
-        forward = with_canonical_input(onnx.load(self.built.path), adapter_spec(card))
-        self._forward = create_session(forward, threads=threads)
+        engine = engine_fingerprint()
+        forward_path = store.derived(
+            self.built,
+            "forward",
+            engine,
+            lambda: with_canonical_input(onnx.load(self.built.path), adapter_spec(card)).SerializeToString(),
+        )
         self.cloak_graph_path = store.derived(
             self.built,
             f"cloak-{self.metric}",
-            engine_fingerprint(),
-            lambda: build_cloak_graph(forward, self.metric).SerializeToString(),
+            engine,
+            lambda: build_cloak_graph(onnx.load(forward_path), self.metric).SerializeToString(),
         )
-        self._cloak = create_session(self.cloak_graph_path, threads=threads)
+        self._forward = self._optimised_session(store, "forward", forward_path, threads)
+        self._cloak = self._optimised_session(store, f"cloak-{self.metric}", self.cloak_graph_path, threads)
+
+    def _optimised_session(
+        self, store: ModelStore, name: str, graph: Path, threads: int | None
+    ) -> ort.InferenceSession:
+        """A session on the graph as optimised for this machine, optimised once and kept in the store."""
+        optimised = store.derived(
+            self.built,
+            f"{name}-optimised",
+            engine_fingerprint() + machine_key(),
+            lambda: optimised_for_this_machine(graph),
+        )
+        unoptimised = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return create_session(optimised, threads=threads, optimization=unoptimised)
 
     @property
     def name(self) -> str:

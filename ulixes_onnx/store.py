@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -216,7 +217,17 @@ class ModelStore:
         data = make()
         _write(path, data)
         _write(sidecar, hashlib.sha256(data).hexdigest().encode())
+        self._remove_other_versions(path, name)
         return path
+
+    @staticmethod
+    def _remove_other_versions(kept: Path, name: str) -> None:
+        """Delete the files derived under `name` for other keys (older engines or other machines),
+        which would otherwise pile up with every upgrade."""
+        version = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.(onnx|sha256)")
+        for candidate in kept.parent.iterdir():
+            if version.fullmatch(candidate.name) and candidate.stem != kept.stem:
+                candidate.unlink(missing_ok=True)
 
     def _verified(self, card: ModelCard) -> BuiltModel | None:
         """The stored model if its manifest and every artifact's sha256 agree with the card."""

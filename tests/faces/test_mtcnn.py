@@ -9,7 +9,7 @@ import pytest
 
 from ulixes_onnx.errors import FaceError, ImageError, ModelError
 from ulixes_onnx.faces import MTCNN
-from ulixes_onnx.faces.mtcnn import non_maximum_suppression
+from ulixes_onnx.faces.mtcnn import MAX_PYRAMID_PIXELS, non_maximum_suppression
 
 
 def _iou(a, b) -> float:
@@ -135,3 +135,18 @@ def test_missing_or_broken_model_files(model_paths, tmp_path):
         MTCNN(pnet, rnet, broken)
     with pytest.raises(ModelError, match="no output of width"):
         MTCNN(pnet, rnet, rnet)
+
+
+def test_pnet_never_sees_more_than_the_pyramid_budget(model_paths, monkeypatch):
+    detector = MTCNN(*model_paths)
+    seen = []
+    pnet_run = detector._pnet.run
+    monkeypatch.setattr(detector._pnet, "run", lambda batch: seen.append(batch.shape) or pnet_run(batch))
+    detector.detect(np.full((3000, 4000, 3), 128, np.uint8))
+    largest = max(height * width for _, height, width, _ in seen)
+    assert MAX_PYRAMID_PIXELS * 0.99 < largest <= MAX_PYRAMID_PIXELS * 1.01
+
+
+def test_min_face_size_can_be_raised_for_one_call(detector, astronaut):
+    assert detector.detect(astronaut)
+    assert detector.detect(astronaut, min_face_size=200) == []

@@ -31,7 +31,7 @@ def sha256_hex(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString()).hexdigest()
 
 
-def gradient_check_errors(model: onnx.ModelProto, card: ModelCard) -> list[float]:
+def gradient_check_errors(model: onnx.ModelProto, card: ModelCard, step: float = 1e-2) -> list[float]:
     """Directional finite-difference errors of the model's cloak graph on a real face chip."""
     forward = with_canonical_input(model, adapter_spec(card))
     session = create_session(build_cloak_graph(forward, card.embedding.metric))
@@ -52,7 +52,7 @@ def gradient_check_errors(model: onnx.ModelProto, card: ModelCard) -> list[float
     # finite differences of models with small gradients.
     (d_pos,) = session.run(["d_pos"], feeds)
     feeds["margin"] = (2 * d_pos).astype(np.float32)
-    # The directions have unit norm over the whole chip, so even this step moves each pixel by far less
-    # than a grey level; smaller steps drown in float32 rounding for random-weight networks, whose
+    # The directions have unit norm over the whole chip, so even the default step moves each pixel by far
+    # less than a grey level; smaller steps drown in float32 rounding for random-weight networks, whose
     # gradients are tiny (|g| ~ 2e-4 for the random InceptionResnetV1).
-    return directional_errors(session, feeds, step=1e-2)
+    return directional_errors(session, feeds, step=step)

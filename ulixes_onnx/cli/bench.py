@@ -65,5 +65,6 @@ def bench(
         console.print(table)
         console.print(
             f"end to end: {model['end_to_end_seconds_per_face']} s per face "
-            f"({model['faces_cloaked_end_to_end']} faces), peak RSS {model['peak_rss_mb']} MB"
+            f"({model['faces_cloaked_end_to_end']} faces), folder in batches: "
+            f"{model['folder_faces_per_second']} faces/s, peak RSS {model['peak_rss_mb']} MB"
         )

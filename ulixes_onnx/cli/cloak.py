@@ -27,7 +27,14 @@ from ulixes_onnx.cli.options import (
 )
 from ulixes_onnx.cloak import STRATEGIES
 from ulixes_onnx.errors import UlixesError
-from ulixes_onnx.files import NO_FACE_ACTIONS, FileReport, cloak_file, expand_inputs
+from ulixes_onnx.files import (
+    BATCH_PHOTOS,
+    NO_FACE_ACTIONS,
+    FileReport,
+    OutputOptions,
+    cloak_files,
+    expand_inputs,
+)
 from ulixes_onnx.pipeline import DEFAULT_MODELS, ENSEMBLES, Cloaker
 from ulixes_onnx.pool import build_pool, load_pool
 
@@ -72,6 +79,9 @@ def cloak(
         str, typer.Option(help="Photos without faces: skip, or copy them as they are.")
     ] = "skip",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    batch: Annotated[
+        int, typer.Option(min=1, help="Photos cloaked together (their faces share the loop's batches).")
+    ] = BATCH_PHOTOS,
     json_report: Annotated[
         Path | None, typer.Option("--json", help="Write a per-face JSON report here.")
     ] = None,
@@ -112,23 +122,13 @@ def cloak(
         )
     console = Console(stderr=True)
     reports: list[FileReport] = []
+    options = OutputOptions(output_dir, suffix, overwrite, quality, keep_exif, no_face)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("cloaking", total=len(sources))
-        for source in sources:
-            progress.update(task, description=f"cloaking {source.path.name}")
-            report = cloak_file(
-                cloaker,
-                source,
-                output_dir=output_dir,
-                suffix=suffix,
-                overwrite=overwrite,
-                quality=quality,
-                keep_exif=keep_exif,
-                no_face=no_face,
-            )
+        for report in cloak_files(cloaker, sources, options, batch_photos=batch):
             reports.append(report)
             _print_file_line(console, report)
-            progress.advance(task)
+            progress.update(task, advance=1, description=f"cloaked {report.source.name}")
     if json_report is not None:
         _write_json(json_report, reports, cloaker, strategy)
     _print_summary(console, reports)

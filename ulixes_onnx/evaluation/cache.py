@@ -29,7 +29,7 @@ import numpy as np
 from ulixes_onnx import __version__
 from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.evaluation.metrics import psnr
-from ulixes_onnx.files import InputPhoto, cloak_file
+from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.pipeline import DEFAULT_MODELS, Cloaker
 from ulixes_onnx.store import ModelStore, sha256_of
@@ -179,7 +179,7 @@ class CloakCache:
         staging = Path(tempfile.mkdtemp(dir=self.directory, prefix=".staging-"))
         try:
             report = cloak_file(
-                self.cloaker, InputPhoto(source), output_dir=staging, suffix="", overwrite=True
+                self.cloaker, InputPhoto(source), OutputOptions(output_dir=staging, suffix="", overwrite=True)
             )
             output = None
             if report.output is not None:

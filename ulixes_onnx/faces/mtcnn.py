@@ -31,6 +31,12 @@ ONET_INPUT = 48
 NMS_WITHIN_LEVEL = 0.5
 NMS_ACROSS_STAGES = 0.7
 NMS_FINAL_MIN = 0.7
+# P-Net's largest pyramid level holds at most this many pixels: on bigger photos the smallest face
+# searched for grows with the photo (about 1/83 of its geometric mean side), so that detection time
+# stops growing with resolution. Such faces are smaller than any model can cloak (see
+# `faces.pasteback.MIN_PHOTO_PIXELS_PER_CHIP_PIXEL`).
+MAX_PYRAMID_PIXELS = 1_000_000
+RESAMPLE_FROM_PHOTO_PIXELS = 4_000_000
 
 ModelSource = str | Path | ort.InferenceSession
 
@@ -135,9 +141,10 @@ def _network_input(rgb: np.ndarray) -> np.ndarray:
 class MTCNN:
     """Multi-task cascaded CNN face detector (Zhang et al. 2016) returning boxes, scores and 5 landmarks.
 
-    `min_face_size` is the smallest face side in pixels searched for, `thresholds` the P-, R- and
-    O-Net score thresholds and `scale_factor` the ratio between pyramid levels (closer to 1 finds
-    more faces, slower).
+    `min_face_size` is the smallest face side in pixels searched for (on photos above a few
+    megapixels, at least the side that keeps P-Net within `MAX_PYRAMID_PIXELS`), `thresholds` the
+    P-, R- and O-Net score thresholds and `scale_factor` the ratio between pyramid levels (closer to 1
+    finds more faces, slower).
     """
 
     def __init__(
@@ -163,11 +170,12 @@ class MTCNN:
         self._rnet = _MtcnnNet(rnet, "R-Net", (4, 2))
         self._onet = _MtcnnNet(onet, "O-Net", (4, 10, 2))
 
-    def detect(self, photo: np.ndarray) -> list[Face]:
-        """Faces in an RGB (or grayscale) uint8 photo, largest first."""
+    def detect(self, photo: np.ndarray, *, min_face_size: float | None = None) -> list[Face]:
+        """Faces in an RGB (or grayscale) uint8 photo, largest first; `min_face_size` overrides the
+        detector's for this call (e.g. to look again for a face of known size)."""
         photo = as_rgb_uint8(photo)
         height, width = photo.shape[:2]
-        boxes = self._propose(photo)
+        boxes = self._propose(photo, min_face_size or self.min_face_size)
         if len(boxes):
             boxes = self._refine(photo, boxes)
         if not len(boxes):
@@ -181,22 +189,27 @@ class MTCNN:
         faces.sort(key=lambda face: face.width * face.height, reverse=True)
         return faces
 
-    def _pyramid_scales(self, height: int, width: int) -> np.ndarray:
+    def _pyramid_scales(self, height: int, width: int, min_face_size: float) -> np.ndarray:
         """Scales at which a face of `min_face_size` up to the photo's short side fills P-Net's window."""
-        first = PNET_WINDOW / self.min_face_size
+        first = min(PNET_WINDOW / min_face_size, np.sqrt(MAX_PYRAMID_PIXELS / (height * width)))
         shortest = min(height, width) * first
         if shortest < PNET_WINDOW:
             return np.empty(0)
         count = int(np.floor(np.log(PNET_WINDOW / shortest) / np.log(self.scale_factor))) + 1
         return first * self.scale_factor ** np.arange(count)
 
-    def _propose(self, photo: np.ndarray) -> np.ndarray:
+    def _propose(self, photo: np.ndarray, min_face_size: float) -> np.ndarray:
         """Stage 1: P-Net over the image pyramid; returns square candidate boxes [N, 4]."""
         height, width = photo.shape[:2]
         proposals = []
-        for scale in self._pyramid_scales(height, width):
+        # Levels are resampled from the photo, as in the reference MTCNN; on photos of many megapixels
+        # that would cost more than P-Net itself, so later levels come from the first one there.
+        source = photo
+        for scale in self._pyramid_scales(height, width, min_face_size):
             level_w, level_h = int(np.ceil(width * scale)), int(np.ceil(height * scale))
-            level = cv2.resize(photo, (level_w, level_h), interpolation=cv2.INTER_AREA)
+            level = cv2.resize(source, (level_w, level_h), interpolation=cv2.INTER_AREA)
+            if source is photo and height * width > RESAMPLE_FROM_PHOTO_PIXELS:
+                source = level
             offsets, probabilities = self._pnet.run(_network_input(level[None]))
             # Back from the swapped axes: maps become [rows, cols].
             face_probability = probabilities[0, :, :, 1].T

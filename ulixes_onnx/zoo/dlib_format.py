@@ -100,10 +100,14 @@ class DlibStream:
             raise DlibFormatError(
                 f"bad integer control byte {run[position]:#04x} at {self.offset + position}"
             )
-        byte_index = np.arange(8)
-        value_bytes = run[starts_in_run[:, None] + 1 + byte_index].astype(np.uint64)
-        value_bytes[byte_index >= widths[:, None]] = 0
-        magnitudes = np.bitwise_or.reduce(value_bytes << (8 * byte_index).astype(np.uint64), axis=1)
+        # Each integer's 8 bytes after its control byte, read as one little-endian word through an
+        # overlapping view of the run, then masked to the integer's width.
+        words = np.lib.stride_tricks.as_strided(run, shape=(len(run) - 7, 8), strides=(1, 1))
+        little_endian = words[starts_in_run + 1].view("<u8").ravel()
+        widths_in_bits = (8 * widths).astype(np.uint64)
+        # A shift by 64 is undefined, so full-width masks come from shifting twice.
+        masks = ((np.uint64(1) << (widths_in_bits - np.uint64(1))) << np.uint64(1)) - np.uint64(1)
+        magnitudes = little_endian & masks
         # The magnitude 2**63 (of int64's minimum) wraps to -2**63, which negation leaves as it is.
         signed = magnitudes.astype(np.int64)
         values = np.where(controls & 0x80, -signed, signed)

@@ -1,0 +1,58 @@
+"""DSSIM with OpenCV's box filter equals scikit-image's SSIM with its defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from ulixes_onnx.dssim import WINDOW, batch_dssim, chip_dssim, image_dssim, plane_ssim
+
+
+def _skimage_dssim(a: np.ndarray, b: np.ndarray, channel_axis: int, data_range: float) -> float:
+    return (1 - structural_similarity(a, b, channel_axis=channel_axis, data_range=data_range)) / 2
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 32, 32), (2, 3, 150, 150), (1, 1, 7, 9)])
+def test_batch_dssim_equals_scikit_image_chip_by_chip(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(5)
+    chips = rng.uniform(-1, 1, shape).astype(np.float32)
+    noisy = np.clip(chips + rng.normal(0, 0.05, chips.shape), -1, 1).astype(np.float32)
+    expected = [_skimage_dssim(a, b, 0, 2.0) for a, b in zip(noisy, chips, strict=True)]
+    np.testing.assert_allclose(batch_dssim(noisy, chips), expected, rtol=1e-5, atol=1e-9)
+    assert chip_dssim(noisy[0], chips[0]) == pytest.approx(expected[0], rel=1e-5)
+
+
+def test_identical_chips_have_zero_dssim() -> None:
+    chips = np.random.default_rng(1).uniform(-1, 1, (2, 3, 20, 20)).astype(np.float32)
+    np.testing.assert_allclose(batch_dssim(chips, chips.copy()), 0.0, atol=1e-12)
+
+
+def test_image_dssim_equals_scikit_image_on_colour_and_gray_images() -> None:
+    rng = np.random.default_rng(2)
+    colour = rng.integers(0, 256, (40, 33, 3)).astype(np.float32)
+    changed = np.clip(colour + rng.normal(0, 4, colour.shape), 0, 255).astype(np.float32)
+    assert image_dssim(colour, changed) == pytest.approx(_skimage_dssim(colour, changed, 2, 255.0), rel=1e-5)
+    gray, gray_changed = colour[:, :, 0], changed[:, :, 0]
+    expected = (1 - structural_similarity(gray, gray_changed, data_range=255.0)) / 2
+    assert image_dssim(gray, gray_changed) == pytest.approx(expected, rel=1e-5)
+
+
+def test_image_dssim_below_the_window_only_says_whether_anything_changed() -> None:
+    small = np.zeros((WINDOW - 1, 20, 3))
+    assert image_dssim(small, small) == 0.0
+    assert image_dssim(small, small + 1) == 1.0
+
+
+def test_plane_ssim_refuses_mismatched_or_tiny_planes() -> None:
+    with pytest.raises(ValueError, match="equal"):
+        plane_ssim(np.zeros((1, 8, 8)), np.zeros((1, 8, 9)), data_range=1.0)
+    with pytest.raises(ValueError, match="H, W >= 7"):
+        plane_ssim(np.zeros((1, 6, 8)), np.zeros((1, 6, 8)), data_range=1.0)
+
+
+def test_tall_planes_computed_in_strips_equal_scikit_image() -> None:
+    rng = np.random.default_rng(6)
+    tall = rng.uniform(0, 255, (700, 40, 3)).astype(np.float32)
+    changed = np.clip(tall + rng.normal(0, 6, tall.shape), 0, 255).astype(np.float32)
+    assert image_dssim(tall, changed) == pytest.approx(_skimage_dssim(tall, changed, 2, 255.0), rel=1e-5)
