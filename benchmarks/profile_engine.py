@@ -67,7 +67,9 @@ def profile_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="dlib-resnet")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=available_cores())
