@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage.data
 
-from ulixes_onnx.store import ModelStore
+from ulixes_onnx.store import MODELS_DIR_ENV, ModelStore
 
 FACES_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "faces-dev"
 
@@ -21,13 +23,20 @@ def faces_dev() -> Path:
     return FACES_DEV
 
 
-@pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    """A store with the default models built, private to this test session."""
+@pytest.fixture(scope="session", autouse=True)
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
+    """A store with the default models built, private to this test session; it is also the default
+    store (`ModelStore()`) while the tests run, so they never touch the user's cache."""
     model_store = ModelStore(tmp_path_factory.mktemp("models"))
+    previous = os.environ.get(MODELS_DIR_ENV)
+    os.environ[MODELS_DIR_ENV] = str(model_store.root)
     model_store.get("dlib-resnet")
     model_store.get("mtcnn")
-    return model_store
+    yield model_store
+    if previous is None:
+        os.environ.pop(MODELS_DIR_ENV, None)
+    else:
+        os.environ[MODELS_DIR_ENV] = previous
 
 
 @pytest.fixture(scope="session")

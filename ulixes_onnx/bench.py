@@ -97,7 +97,7 @@ def face_chips(photos: list[Path], store: ModelStore, alignment: str) -> np.ndar
         pixels = read_photo(path).rgb8
         faces = detector.detect(pixels)
         if faces:
-            chips.append(extract_chips(pixels, faces[:1], chip_spec(alignment)).chips[0])
+            chips.append(extract_chips(pixels, faces[:1], chip_spec(alignment, store)).chips[0])
     return np.stack(chips)
 
 

@@ -93,7 +93,7 @@ class ModelCard:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-_KINDS = ("embedding", "detector")
+_KINDS = ("embedding", "detector", "landmarks")
 _METRICS = ("euclidean", "cosine")
 
 

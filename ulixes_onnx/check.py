@@ -5,7 +5,8 @@ person cut from differently shifted, scaled and mirrored copies of the sample as
 be below the model's threshold) and to another person (the cameraman, which must be above it), that the
 cloak graph uses only standard ONNX operators and returns the plain model's embeddings, and its gradient
 against central finite differences along the gradient and along random directions.
-For a detector: that it finds exactly one face with landmarks in the astronaut photo.
+For a detector: that it finds exactly one face with landmarks in the astronaut photo. For the landmark
+model: that its 5 points on the astronaut's face lie inside the detector's box.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import onnx
 from ulixes_onnx import samples
 from ulixes_onnx.cards import ModelCard, all_cards, get_card
 from ulixes_onnx.engine import default_domain_only
-from ulixes_onnx.faces import MTCNN, chip_spec, detector_from_store, extract_chips
+from ulixes_onnx.faces import (
+    MTCNN,
+    ChipSpec,
+    chip_spec,
+    detector_from_store,
+    dlib_landmarks,
+    extract_chips,
+    five_point_predictor,
+)
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStatus, ModelStore
 
@@ -28,11 +37,11 @@ GRADIENT_TOLERANCE = 2e-2
 EMBEDDING_TOLERANCE = 1e-4
 
 
-def _largest_face_chip(detector: MTCNN, photo: np.ndarray, layout: str) -> np.ndarray:
+def _largest_face_chip(detector: MTCNN, photo: np.ndarray, layout: ChipSpec) -> np.ndarray:
     faces = detector.detect(photo)
     if not faces:
         raise AssertionError("the detector found no face in a sample photo")
-    return extract_chips(photo, faces[:1], chip_spec(layout)).chips[0]
+    return extract_chips(photo, faces[:1], layout).chips[0]
 
 
 def _same_person_photos() -> dict[str, np.ndarray]:
@@ -74,7 +83,7 @@ def _verified_files(sha256: dict[str, str]) -> dict:
 
 def check_embedding_model(store: ModelStore, card: ModelCard, detector: MTCNN) -> dict:
     model = FaceModel(card, store)
-    layout = card.input.alignment
+    layout = chip_spec(card.input.alignment, store)
     anchor = _largest_face_chip(detector, samples.astronaut(), layout)
     same = {
         name: _largest_face_chip(detector, photo, layout) for name, photo in _same_person_photos().items()
@@ -141,6 +150,18 @@ def check_detector(store: ModelStore, card: ModelCard) -> dict:
     }
 
 
+def check_landmarks(store: ModelStore, card: ModelCard, detector: MTCNN) -> dict:
+    photo = samples.astronaut()
+    faces = detector.detect(photo)
+    points = dlib_landmarks(photo, faces[0], five_point_predictor(store)) if faces else np.empty((0, 2))
+    x0, y0, x1, y1 = faces[0].box if faces else (0, 0, 0, 0)
+    inside = bool(len(points)) and bool(np.all((points >= (x0, y0)) & (points <= (x1, y1))))
+    return {
+        "sha256": _verified_files(store.get(card).sha256),
+        "astronaut_landmarks": {"ok": points.shape == (5, 2) and inside, "inside_face_box": inside},
+    }
+
+
 def check_models(store: ModelStore, names: list[str] | None = None) -> list[dict]:
     """Check the named models, or every built one (building the defaults first if needed)."""
     if names:
@@ -150,11 +171,12 @@ def check_models(store: ModelStore, names: list[str] | None = None) -> list[dict
     detector = detector_from_store(store)
     reports = []
     for card in selected:
-        checks = (
-            check_embedding_model(store, card, detector)
-            if card.kind == "embedding"
-            else check_detector(store, card)
-        )
+        if card.kind == "embedding":
+            checks = check_embedding_model(store, card, detector)
+        elif card.kind == "landmarks":
+            checks = check_landmarks(store, card, detector)
+        else:
+            checks = check_detector(store, card)
         reports.append(
             {
                 "model": card.name,

@@ -176,8 +176,12 @@ class _PhotoJob:
     pending: list[int]
     started: float
     total: PhotoDelta | None = None
-    cloaked8: np.ndarray | None = None  # the photo with `total` added, rounded to 8 bits
-    seen: np.ndarray | None = None  # what a recogniser sees of it
+    seen: np.ndarray | None = None  # what a recogniser sees of the photo with `total` added
+
+    def cloaked8(self) -> np.ndarray:
+        """The photo with `total` added, rounded to 8 bits (made when needed: at 12 megapixels it
+        takes 36 MB)."""
+        return self.original8 if self.total is None else self.total.apply(self.original8)
 
     def finish_round(
         self, delta: PhotoDelta, loop_results: list[ChipCloak], round_index: int, cloaker: Cloaker
@@ -185,9 +189,8 @@ class _PhotoJob:
         """Add a round's change, look at the photo as a recogniser would, and update the reports."""
         patches = delta.patches if self.total is None else [*self.total.patches, *delta.patches]
         self.total = replace(delta, patches=tuple(merge_patches(patches, "sum")))
-        self.cloaked8 = self.total.apply(self.original8)
         encode = self.photo.encode
-        self.seen = encode(self.total) if encode else self.cloaked8
+        self.seen = encode(self.total) if encode else self.cloaked8()
         distances, redetected = cloaker.verify(self.seen, [self.reports[i] for i in self.pending])
         for row, index in enumerate(self.pending):
             previous = self.reports[index].models
@@ -255,7 +258,8 @@ class Cloaker:
             raise CloakSettingsError(f"unknown ensemble {ensemble!r}; use one of: {', '.join(ENSEMBLES)}")
         if max_rounds < 1:
             raise CloakSettingsError("max rounds must be at least 1")
-        store = store or ModelStore()
+        self.store = store or ModelStore()
+        store = self.store
         cards = [get_card(name) for name in dict.fromkeys(models)]
         self.models = [FaceModel(card, store, threads=threads) for card in cards]
         self.detector = detector_from_store(store, min_face_size=min_face_size)
@@ -406,7 +410,7 @@ class Cloaker:
         """The pending faces' chips for `model`, cut from the photo as cloaked so far."""
         spec = self._spec(model)
         matrices = job.aligned[model.name].matrices[job.pending]
-        return warp_chips(job.cloaked8, matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
+        return warp_chips(job.cloaked8(), matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
 
     def verify(
         self, seen: np.ndarray, reports: Sequence[FaceReport]
@@ -468,9 +472,8 @@ class Cloaker:
         best = max(shifted, key=lambda other: _box_iou(face.box, other.box), default=None)
         return best if best is not None and _box_iou(face.box, best.box) >= SAME_FACE_IOU else None
 
-    @staticmethod
-    def _spec(model: FaceModel) -> ChipSpec:
-        return chip_spec(model.card.input.alignment)
+    def _spec(self, model: FaceModel) -> ChipSpec:
+        return chip_spec(model.card.input.alignment, self.store)
 
     @staticmethod
     def _too_small(aligned: dict[str, AlignedChips]) -> dict[int, str]:

@@ -36,7 +36,7 @@ def build_pool(photos: Iterable[Path], models: Sequence[FaceModel], detector: MT
         if not faces:
             continue
         for model in models:
-            chips = extract_chips(pixels, faces, chip_spec(model.card.input.alignment)).chips
+            chips = extract_chips(pixels, faces, chip_spec(model.card.input.alignment, model.store)).chips
             collected[model.name].append(model.embed(chips))
     pool = {name: np.concatenate(rows) for name, rows in collected.items() if rows}
     if not pool:

@@ -82,6 +82,7 @@ class FaceModel:
         self, model: str | ModelCard, store: ModelStore | None = None, *, threads: int | None = None
     ) -> None:
         store = store or ModelStore()
+        self.store = store
         card = get_card(model) if isinstance(model, str) else model
         if card.kind != "embedding":
             raise ModelError(f"model {card.name!r} is a {card.kind}, not a face-embedding model")

@@ -30,6 +30,8 @@ from ulixes_onnx.zoo import BUILDER_VERSION, builder_for
 from ulixes_onnx.zoo.npm import cache_folder, npm_available, npm_package_files
 
 MODELS_DIR_ENV = "ULIXES_ONNX_MODELS_DIR"
+# Artifacts are ONNX files, except the landmark model's NumPy arrays.
+ARTIFACT_SUFFIXES = {"landmarks": ".npz"}
 MANIFEST = "manifest.json"
 
 log = logging.getLogger(__name__)
@@ -169,7 +171,7 @@ class ModelStore:
         directory = self.model_dir(card)
         paths = {}
         for name, data in artifacts.items():
-            paths[name] = directory / f"{name}.onnx"
+            paths[name] = directory / f"{name}{ARTIFACT_SUFFIXES.get(card.kind, '.onnx')}"
             _write(paths[name], data)
         manifest = {
             "model": card.name,

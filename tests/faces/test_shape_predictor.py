@@ -8,13 +8,8 @@ import pytest
 
 from tests.dlib_reference import dlib, reference_models
 from tests.test_dlib_format import encode_int, encode_real
-from ulixes_onnx.errors import ModelError
 from ulixes_onnx.faces import dlib_landmarks, face_rectangle, five_point_predictor
-from ulixes_onnx.faces.shape_predictor import (
-    ShapePredictor,
-    bundled_model_path,
-    read_shape_predictor,
-)
+from ulixes_onnx.faces.shape_predictor import ShapePredictor, read_shape_predictor
 from ulixes_onnx.zoo.dlib_format import DlibFormatError
 
 # A two-point predictor with one level of one depth-1 tree: it compares the pixel under point 0 with
@@ -122,12 +117,21 @@ def test_broken_models_are_refused(model: bytes, message: str):
         read_shape_predictor(model)
 
 
-def test_missing_model_files(tmp_path, monkeypatch):
-    with pytest.raises(ModelError, match="not found"):
-        ShapePredictor.from_file(tmp_path / "absent.dat")
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(ModelError, match="pip install face_recognition_models"):
-        bundled_model_path()
+def test_saved_arrays_load_back_to_the_same_predictor(tmp_path):
+    model = read_shape_predictor(_tiny_model())
+    saved = tmp_path / "tiny.npz"
+    saved.write_bytes(model.to_npz())
+    assert model.to_npz() == saved.read_bytes()  # the same bytes every time: the store pins its sha256
+    loaded = ShapePredictor.from_npz(saved)
+    rectangle = np.array([[0.0, 0.0, 99.0, 99.0]])
+    for photo in (_two_tone(121, 100), _two_tone(120, 100)):  # one moves right, the other left
+        np.testing.assert_array_equal(loaded.predict(photo, rectangle), model.predict(photo, rectangle))
+
+
+def test_the_store_keeps_the_parsed_predictor(store):
+    built = store.get("dlib-landmarks")
+    assert built.paths["predictor"].suffix == ".npz"
+    assert five_point_predictor(store) is five_point_predictor(store)
 
 
 def test_bundled_model_is_dlibs_five_point_cascade():

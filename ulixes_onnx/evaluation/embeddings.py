@@ -26,7 +26,7 @@ class FaceEmbedder:
         largest = max(faces, key=lambda face: face.width * face.height)
         return {
             model.name: model.embed(
-                extract_chips(pixels, [largest], chip_spec(model.card.input.alignment)).chips
+                extract_chips(pixels, [largest], chip_spec(model.card.input.alignment, model.store)).chips
             )[0]
             for model in self.models
         }

@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from ulixes_onnx.errors import FaceError, ModelError
 from ulixes_onnx.faces.mtcnn import Face, as_rgb_uint8
-from ulixes_onnx.faces.shape_predictor import dlib_landmarks
+from ulixes_onnx.faces.shape_predictor import dlib_landmarks, five_point_predictor
+from ulixes_onnx.store import ModelStore
 
 
 def similarity_transform(
@@ -81,9 +82,11 @@ class ShapePredictorChipSpec(ChipSpec):
     size: int
     padding: float
     dlib_pyramid: bool = True
+    store: ModelStore | None = None  # where the landmark model is (default: the default store)
 
     def photo_to_chip(self, photo: np.ndarray, face: Face) -> np.ndarray:
-        return dlib_chip_matrix(dlib_landmarks(photo, face), self.size, self.padding)
+        landmarks = dlib_landmarks(photo, face, five_point_predictor(self.store))
+        return dlib_chip_matrix(landmarks, self.size, self.padding)
 
 
 # Where get_face_chip_details puts the 5 points of dlib's shape predictor (outer and inner corner of
@@ -163,13 +166,14 @@ CHIP_SPECS: dict[str, ChipSpec] = {
 }
 
 
-def chip_spec(name: str) -> ChipSpec:
-    """The registered chip layout called `name`."""
+def chip_spec(name: str, store: ModelStore | None = None) -> ChipSpec:
+    """The registered chip layout called `name`, taking any model it needs from `store`."""
     try:
-        return CHIP_SPECS[name]
+        spec = CHIP_SPECS[name]
     except KeyError:
         known = ", ".join(sorted(CHIP_SPECS))
         raise ModelError(f"unknown face chip layout {name!r}; use one of: {known}") from None
+    return replace(spec, store=store) if isinstance(spec, ShapePredictorChipSpec) else spec
 
 
 @dataclass(frozen=True, eq=False)

@@ -297,8 +297,12 @@ class _MtcnnNet:
             path = Path(source)
             if not path.is_file():
                 raise ModelError(f"{stage} model {path} not found; rebuild the model cache")
+            options = ort.SessionOptions()
+            # P-Net's activations on a megapixel pyramid level take about 100 MB, needed once per
+            # photo: an arena would keep them for the life of the detector.
+            options.enable_cpu_mem_arena = False
             try:
-                self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             except Exception as error:  # onnxruntime raises bare pybind11 exception types
                 raise ModelError(
                     f"{stage} model {path} cannot be loaded ({type(error).__name__}); rebuild the model cache"

