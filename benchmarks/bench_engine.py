@@ -162,23 +162,13 @@ def _torch_available() -> bool:
 
 
 def machine_description(threads: int) -> dict:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    packages = ("numpy", "onnx", "onnxruntime", "torch", "onnx2torch")
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    from ulixes_onnx.bench import machine_description as described
+
+    machine = described()
+    machine["versions"] |= {name: _version(name) for name in ("torch", "onnx2torch")}
+    return machine | {
         "threads": threads,
         "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: _version(name) for name in packages},
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 

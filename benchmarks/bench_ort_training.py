@@ -1,20 +1,23 @@
 """Cross-check the engine's input gradient against onnxruntime-training's GradientGraphBuilder.
 
-usage: python benchmarks/bench_ort_training.py [--model dlib-resnet] [--venv /work/venv-ortt]
-       [--batch 8] [--threads 2] [--repeats 20] [--models-dir DIR]
+usage: python benchmarks/bench_ort_training.py [--model dlib-resnet] [--venv DIR] [--batch 8]
+       [--threads 2] [--repeats 20] [--models-dir DIR] [--out benchmarks/results]
 
 onnxruntime-training-cpu 1.19.2 (the last release; Python <= 3.12) cannot share an environment with
 onnxruntime, so it lives in a virtualenv of its own, made on first use; this script runs a worker in
 it. The worker differentiates the cloak graph's loss (the same forward graph, up to the loss) with
 GradientGraphBuilder, which emits com.microsoft contrib ops that only the training runtime can run,
 times the result and returns its input gradient. The engine's gradient is compared with it (max
-abs and max relative error) and timed side by side. Without that runtime the check is skipped.
+abs and max relative error) and timed side by side with it and with the plain forward pass. Results
+go to results/ortt-<model>-<date>.json and .md. Without that runtime the check is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -110,7 +113,10 @@ def loss_model_bytes(cloak_path: Path, scratch: Path) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="dlib-resnet")
-    parser.add_argument("--venv", type=Path, default=Path("/work/venv-ortt"))
+    parser.add_argument(
+        "--venv", type=Path, default=Path.home() / ".cache" / "ulixes-onnx" / "onnxruntime-training"
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
@@ -143,7 +149,9 @@ def main() -> None:
     height, width = card.input.size
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (args.batch, 3, height, width)).astype(np.float32)
-    (emb,) = create_session(network, threads=args.threads).run(None, {"x": x})
+    forward = create_session(network, threads=args.threads)
+    (emb,) = forward.run(None, {"x": x})
+    forward_ms = _median_ms(lambda: forward.run(None, {"x": x}), args.repeats)
     feeds = {
         "x": x,
         # Away from the original embedding, so that the positive distance has a gradient too.
@@ -168,6 +176,7 @@ def main() -> None:
         if completed.returncode != 0:
             reason = (completed.stderr.strip().splitlines() or ["unknown error"])[-1]
             print(f"skipped: onnxruntime-training failed on {args.model}: {reason}")
+            _write_results(args, {"failure": reason, "forward_ms": forward_ms, "engine_ms": ours_ms})
             return
         training = json.loads(completed.stdout.strip().splitlines()[-1])
         theirs = np.load(grad_path)
@@ -179,8 +188,54 @@ def main() -> None:
         f"  onnxruntime-training graph: built in {training['build_s']:.2f} s, domains {training['domains']}"
     )
     their_ms = training["gradient_ms"]
-    print(f"  forward+gradient: ulixes engine {ours_ms:.2f} ms, onnxruntime-training {their_ms:.2f} ms")
+    print(
+        f"  forward {forward_ms:.2f} ms; forward+gradient: ulixes engine {ours_ms:.2f} ms, "
+        f"onnxruntime-training {their_ms:.2f} ms ({their_ms / ours_ms:.2f}x ours)"
+    )
     print(f"  input gradient: max abs error {max_abs:.3e}, max relative error {relative:.3e} (of max |grad|)")
+    _write_results(
+        args,
+        {
+            "forward_ms": forward_ms,
+            "engine_ms": ours_ms,
+            "training_ms": their_ms,
+            "training_over_engine": their_ms / ours_ms,
+            "engine_over_forward": ours_ms / forward_ms,
+            "training_build_s": training["build_s"],
+            "training_domains": training["domains"],
+            "max_abs_error": max_abs,
+            "max_relative_error": relative,
+        },
+    )
+
+
+def _write_results(args: argparse.Namespace, measured: dict) -> None:
+    from ulixes_onnx.bench import machine_description
+
+    report = {
+        "date": dt.date.today().isoformat(),
+        "model": args.model,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "machine": machine_description() | {"threads": args.threads, "load_average": os.getloadavg()},
+        **measured,
+    }
+    stem = args.out / f"ortt-{args.model}-{report['date']}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    if "failure" in measured:
+        table = f"onnxruntime-training failed on {args.model}: {measured['failure']}\n"
+    else:
+        table = (
+            "| model | batch | forward ms | ulixes engine ms | onnxruntime-training ms | training / engine "
+            "| max relative gradient error |\n|---|---|---|---|---|---|---|\n"
+            f"| {args.model} | {args.batch} | {measured['forward_ms']:.2f} | {measured['engine_ms']:.2f} "
+            f"| {measured['training_ms']:.2f} | {measured['training_over_engine']:.2f} "
+            f"| {measured['max_relative_error']:.1e} |\n"
+        )
+    stem.with_suffix(".md").write_text(
+        f"# onnxruntime-training cross-check, {report['date']}\n\n{report['machine']}\n\n{table}"
+    )
 
 
 if __name__ == "__main__":

@@ -175,12 +175,13 @@ class MTCNN:
         detector's for this call (e.g. to look again for a face of known size)."""
         photo = as_rgb_uint8(photo)
         height, width = photo.shape[:2]
-        boxes = self._propose(photo, min_face_size or self.min_face_size)
+        boxes, first_level = self._propose(photo, min_face_size or self.min_face_size)
+        source = _CropSource(photo, first_level if height * width > RESAMPLE_FROM_PHOTO_PIXELS else None)
         if len(boxes):
-            boxes = self._refine(photo, boxes)
+            boxes = self._refine(source, boxes)
         if not len(boxes):
             return []
-        boxes, scores, landmarks = self._output(photo, boxes)
+        boxes, scores, landmarks = self._output(source, boxes)
         clipped = np.clip(boxes, 0, [width, height, width, height])
         faces = [
             Face(box=tuple(float(v) for v in box), score=float(score), landmarks=points)
@@ -198,18 +199,21 @@ class MTCNN:
         count = int(np.floor(np.log(PNET_WINDOW / shortest) / np.log(self.scale_factor))) + 1
         return first * self.scale_factor ** np.arange(count)
 
-    def _propose(self, photo: np.ndarray, min_face_size: float) -> np.ndarray:
-        """Stage 1: P-Net over the image pyramid; returns square candidate boxes [N, 4]."""
+    def _propose(self, photo: np.ndarray, min_face_size: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """Stage 1: P-Net over the image pyramid; returns square candidate boxes [N, 4] and the
+        pyramid's first level."""
         height, width = photo.shape[:2]
         proposals = []
         # Levels are resampled from the photo, as in the reference MTCNN; on photos of many megapixels
         # that would cost more than P-Net itself, so later levels come from the first one there.
-        source = photo
+        source, first_level = photo, None
         for scale in self._pyramid_scales(height, width, min_face_size):
             level_w, level_h = int(np.ceil(width * scale)), int(np.ceil(height * scale))
             level = cv2.resize(source, (level_w, level_h), interpolation=cv2.INTER_AREA)
-            if source is photo and height * width > RESAMPLE_FROM_PHOTO_PIXELS:
-                source = level
+            if first_level is None:
+                first_level = level
+                if height * width > RESAMPLE_FROM_PHOTO_PIXELS:
+                    source = level
             offsets, probabilities = self._pnet.run(_network_input(level[None]))
             # Back from the swapped axes: maps become [rows, cols].
             face_probability = probabilities[0, :, :, 1].T
@@ -229,15 +233,15 @@ class MTCNN:
                 )
             )
         if not proposals:
-            return np.empty((0, 4))
+            return np.empty((0, 4)), first_level
         candidates = np.concatenate(proposals)
         keep = non_maximum_suppression(candidates[:, :4], candidates[:, 4], NMS_ACROSS_STAGES)
         candidates = candidates[keep]
-        return _squared(_regress(candidates[:, :4], candidates[:, 5:9]))
+        return _squared(_regress(candidates[:, :4], candidates[:, 5:9])), first_level
 
-    def _refine(self, photo: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def _refine(self, source: _CropSource, boxes: np.ndarray) -> np.ndarray:
         """Stage 2: R-Net rescores and regresses the candidates; returns square boxes [N, 4]."""
-        boxes, crops = _crops(photo, boxes, RNET_INPUT)
+        boxes, crops = source.crops(boxes, RNET_INPUT)
         if not len(boxes):
             return boxes
         offsets, probabilities = self._rnet.run(_network_input(crops))
@@ -246,9 +250,9 @@ class MTCNN:
         keep = non_maximum_suppression(boxes, scores, NMS_ACROSS_STAGES)
         return _squared(_regress(boxes[keep], offsets[keep]))
 
-    def _output(self, photo: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _output(self, source: _CropSource, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stage 3: O-Net gives final scores, boxes and landmarks (boxes [N, 4], scores [N], [N, 5, 2])."""
-        boxes, crops = _crops(photo, boxes, ONET_INPUT)
+        boxes, crops = source.crops(boxes, ONET_INPUT)
         if not len(boxes):
             return boxes, np.empty(0), np.empty((0, 5, 2))
         offsets, relative_points, probabilities = self._onet.run(_network_input(crops))
@@ -262,25 +266,45 @@ class MTCNN:
         return boxes[keep], scores[keep], landmarks[keep].astype(np.float64)
 
 
-def _crops(photo: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-pixel boxes and their size x size crops; parts outside the photo are black, as in training.
-
-    Boxes smaller than a pixel or entirely outside the photo are dropped.
+class _CropSource:
+    """Where R-Net's and O-Net's crops come from: the photo, or for large boxes a reduced copy of it
+    (in photos of many megapixels, the pyramid's first level): resampling a large box down to a
+    24-pixel crop reads every pixel of it, and P-Net proposes hundreds of boxes.
     """
-    height, width = photo.shape[:2]
-    boxes = np.round(boxes)
-    inside = np.clip(boxes, 0, [width, height, width, height])
-    usable = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-    usable &= (inside[:, 2] > inside[:, 0]) & (inside[:, 3] > inside[:, 1])
-    boxes, inside = boxes[usable], inside[usable].astype(np.intp)
-    crops = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
-    padding = np.abs(boxes - inside).astype(np.intp)
-    for crop, (x0, y0, x1, y1), (left, top, right, bottom) in zip(crops, inside, padding, strict=True):
+
+    def __init__(self, photo: np.ndarray, reduced: np.ndarray | None) -> None:
+        self.photo = photo
+        self.reduced = reduced
+
+    def crops(self, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Whole-pixel boxes and their size x size crops; parts outside the photo are black, as in
+        training. Boxes smaller than a pixel or entirely outside the photo are dropped."""
+        height, width = self.photo.shape[:2]
+        boxes = np.round(boxes)
+        inside = np.clip(boxes, 0, [width, height, width, height])
+        usable = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        usable &= (inside[:, 2] > inside[:, 0]) & (inside[:, 3] > inside[:, 1])
+        boxes = boxes[usable]
+        crops = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+        for crop, box in zip(crops, boxes, strict=True):
+            crop[:] = self._crop(box, size)
+        return boxes, crops
+
+    def _crop(self, box: np.ndarray, size: int) -> np.ndarray:
+        image, ratio = self.photo, np.ones(2)
+        if self.reduced is not None:
+            reduced_ratio = np.array(self.reduced.shape[1::-1]) / self.photo.shape[1::-1]
+            # Only boxes that stay at least twice the crop's size there: smaller ones lose detail.
+            if (box[2] - box[0]) * reduced_ratio[0] >= 2 * size:
+                image, ratio = self.reduced, reduced_ratio
+        height, width = image.shape[:2]
+        scaled = np.round(box * np.tile(ratio, 2))
+        x0, y0, x1, y1 = np.clip(scaled, 0, [width, height, width, height]).astype(np.intp)
+        left, top, right, bottom = np.abs(scaled - (x0, y0, x1, y1)).astype(np.intp)
         patch = cv2.copyMakeBorder(
-            photo[y0:y1, x0:x1], top, bottom, left, right, cv2.BORDER_CONSTANT, value=0
+            image[y0:y1, x0:x1], top, bottom, left, right, cv2.BORDER_CONSTANT, value=0
         )
-        crop[:] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
-    return boxes, crops
+        return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
 
 
 class _MtcnnNet:
