@@ -107,7 +107,7 @@ class OutputOptions:
 # A batch holds at most this many photos and this many decoded pixels: enough faces to fill the
 # loop's batches, without holding many large photos in memory at once.
 BATCH_PHOTOS = 8
-BATCH_PIXELS = 16_000_000
+BATCH_PIXELS = 8_000_000
 
 
 def cloak_files(
