@@ -179,6 +179,7 @@ def benchmark_model(name: str, store_root: Path | None, args: argparse.Namespace
     from ulixes_onnx.cards import get_card
     from ulixes_onnx.engine.adapter import with_canonical_input
     from ulixes_onnx.engine.cloak_graph import build_cloak_graph
+    from ulixes_onnx.engine.rewrite import fold_clamps
     from ulixes_onnx.recognition import adapter_spec
     from ulixes_onnx.store import ModelStore
 
@@ -187,7 +188,8 @@ def benchmark_model(name: str, store_root: Path | None, args: argparse.Namespace
         raise SystemExit(f"{name} is not an embedding model; pick one with an [input] and [embedding] card")
     native = onnx.load(ModelStore(store_root).get(card).path)
     spec = adapter_spec(card)
-    network = with_canonical_input(native, spec)
+    # The forward graph the product runs: clamps folded as the cloak graph folds them.
+    network = fold_clamps(with_canonical_input(native, spec))
     start = time.perf_counter()
     cloak = build_cloak_graph(network, distance=card.embedding.metric)  # type: ignore[arg-type]
     build_seconds = time.perf_counter() - start

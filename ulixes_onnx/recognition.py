@@ -23,6 +23,7 @@ import onnxruntime as ort
 from ulixes_onnx.cards import ModelCard, get_card
 from ulixes_onnx.engine import InputSpec, build_cloak_graph, create_session, with_canonical_input
 from ulixes_onnx.engine import cloak_graph as names
+from ulixes_onnx.engine.rewrite import fold_clamps
 from ulixes_onnx.engine.session import machine_key, optimised_for_this_machine
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.store import BuiltModel, ModelStore
@@ -93,7 +94,9 @@ class FaceModel:
             self.built,
             "forward",
             engine,
-            lambda: with_canonical_input(onnx.load(self.built.path), adapter_spec(card)).SerializeToString(),
+            lambda: fold_clamps(
+                with_canonical_input(onnx.load(self.built.path), adapter_spec(card))
+            ).SerializeToString(),
         )
         self.cloak_graph_path = store.derived(
             self.built,

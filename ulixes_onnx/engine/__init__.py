@@ -3,7 +3,7 @@
 - `adapter.with_canonical_input` folds a model's input convention in front of it;
 - `cloak_graph.build_cloak_graph` builds the one graph a cloaking step runs;
 - `autodiff.add_input_gradient` is the reverse-mode differentiation behind it, with the per-operator
-  backward rules in `rules.py`;
+  backward rules in `rules.py` and value-preserving forward rewrites in `rewrite.py`;
 - `session` runs graphs in onnxruntime on the CPU.
 """
 

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, inliner, numpy_helper, shape_inference, version_converter
 
 from ulixes_onnx.engine.backward_graph import BackwardGraph
+from ulixes_onnx.engine.rewrite import fold_clamps
 from ulixes_onnx.engine.rules import BACKWARD_RULES, NON_DIFFERENTIABLE
 from ulixes_onnx.errors import GraphError
 
@@ -38,7 +39,8 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with local functions inlined and the default opset raised to at least `MIN_OPSET`."""
+    """A copy with local functions inlined, clamps folded into Clip (`rewrite.fold_clamps`) and the
+    default opset raised to at least `MIN_OPSET`."""
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
     if prepared.functions:
@@ -49,6 +51,7 @@ def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
                 f"node '{node.name}' uses operator {node.domain}:{node.op_type}, which is not a "
                 "standard ONNX operator; export the model with default-domain operators only"
             )
+    prepared = fold_clamps(prepared)
     if default_opset(prepared) < MIN_OPSET:
         try:
             prepared = version_converter.convert_version(prepared, MIN_OPSET)
