@@ -1,7 +1,7 @@
 """Where the time of a cloak step goes: onnxruntime's profiler on the forward and cloak graphs of a model.
 
 usage: python benchmarks/profile_engine.py [--model dlib-resnet] [--batch 8] [--threads 2] [--runs 20]
-       [--models-dir DIR] [--top 12] [--json OUT]
+       [--models-dir DIR] [--top 12] [--top-nodes 0] [--json OUT]
 
 Both graphs run `--runs` times after warm-up with onnxruntime's profiler on; the table gives the time per
 run summed by operator type (kernel time only, as onnxruntime reports it), its share of the graph's
@@ -23,6 +23,7 @@ import onnxruntime as ort
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.engine.adapter import with_canonical_input
 from ulixes_onnx.engine.cloak_graph import build_cloak_graph
+from ulixes_onnx.engine.rewrite import fold_clamps
 from ulixes_onnx.engine.session import available_cores
 from ulixes_onnx.recognition import adapter_spec
 from ulixes_onnx.store import ModelStore
@@ -49,12 +50,17 @@ def profile_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads:
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
     per_op: dict[str, float] = defaultdict(float)
+    per_node: dict[str, float] = defaultdict(float)
+    node_ops: dict[str, str] = {}
     nodes: dict[str, set[str]] = defaultdict(set)
     model_runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             op = event["args"]["op_name"]
             per_op[op] += event["dur"] / 1000.0
+            node = event["name"].removesuffix("_kernel_time")
+            per_node[node] += event["dur"] / 1000.0
+            node_ops[node] = op
             nodes[op].add(event["name"])
     total_runs = len(model_runs)
     per_run = {op: ms / total_runs for op, ms in per_op.items()}
@@ -63,6 +69,10 @@ def profile_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads:
         "run_ms_median": run_ms[len(run_ms) // 2],
         "kernel_ms_per_op": dict(sorted(per_run.items(), key=lambda item: -item[1])),
         "nodes_per_op": {op: len(names) for op, names in nodes.items()},
+        "kernel_ms_per_node": {
+            f"{node_ops[node]} {node}": ms / total_runs
+            for node, ms in sorted(per_node.items(), key=lambda item: -item[1])
+        },
     }
 
 
@@ -76,6 +86,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--models-dir", type=Path, default=None)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--top-nodes", type=int, default=0, help="also list this many slowest nodes")
     parser.add_argument("--json", type=Path, default=None, help="write the full profile here")
     args = parser.parse_args()
 
@@ -83,6 +94,7 @@ def main() -> None:
     if card.input is None or card.embedding is None:
         raise SystemExit(f"{args.model} is not an embedding model")
     network = with_canonical_input(onnx.load(ModelStore(args.models_dir).get(card).path), adapter_spec(card))
+    forward_model = fold_clamps(network)
     cloak = build_cloak_graph(network, distance=card.embedding.metric)  # type: ignore[arg-type]
     rng = np.random.default_rng(0)
     height, width = card.input.size
@@ -100,7 +112,7 @@ def main() -> None:
         "batch": args.batch,
         "threads": args.threads,
         "onnxruntime": ort.__version__,
-        "forward": profile_graph(network, {"x": x}, args.threads, args.runs),
+        "forward": profile_graph(forward_model, {"x": x}, args.threads, args.runs),
         "gradient": profile_graph(cloak, cloak_feeds, args.threads, args.runs),
     }
     forward, gradient = report["forward"], report["gradient"]
@@ -115,6 +127,8 @@ def main() -> None:
         print(f"  {'op':22s} {'ms/run':>8s} {'share':>6s} {'nodes':>5s}")
         for op, ms in list(part["kernel_ms_per_op"].items())[: args.top]:
             print(f"  {op:22s} {ms:8.2f} {100 * ms / total:5.1f}% {part['nodes_per_op'][op]:5d}")
+        for node, ms in list(part["kernel_ms_per_node"].items())[: args.top_nodes]:
+            print(f"    {ms:8.2f}  {node}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

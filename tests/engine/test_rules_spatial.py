@@ -35,6 +35,10 @@ CONV_CASES = [
     ({"pads": [1, 1, 1, 1], "group": 2}, 4, 6, 2),
     ({"pads": [1, 1, 1, 1], "group": 4, "strides": [2, 2]}, 4, 8, 4),  # depthwise
     ({"dilations": [2, 1], "pads": [2, 1, 2, 1]}, 4, 6, 1),
+    # 16 input channels and 3x3 kernels with stride 2: the backward pass is a ConvTranspose.
+    ({"pads": [0, 1, 2, 1], "strides": [2, 2]}, 16, 6, 1),
+    ({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, 16, 6, 1),
+    ({"strides": [2, 3], "dilations": [1, 2]}, 16, 6, 1),
 ]
 
 
@@ -62,23 +66,27 @@ def test_conv_by_polyphase_convolution(attributes, kernel, assert_gradient_match
     assert_gradient_matches(model, {"x": images((2, 3, 11, 10))}, "x")
 
 
-def test_strided_conv_backward_is_a_conv_when_cheaper_than_conv_transpose():
+@pytest.mark.parametrize(
+    ("kernel", "channels", "group", "transposed"),
+    [
+        (7, 16, 1, False),  # 4 phases of 4x4 taps: 1.3x the work of the transposed convolution
+        (3, 16, 1, True),  # 4 phases of 2x2 taps: 1.8x the work, onnxruntime's ConvTranspose wins
+        (3, 16, 16, False),  # depthwise: ConvTranspose's GEMM per group loses whatever the work
+        (3, 3, 1, False),  # few input channels (a first layer): ConvTranspose's col2im dominates
+    ],
+)
+def test_strided_conv_backward_is_a_conv_unless_conv_transpose_is_faster(kernel, channels, group, transposed):
     from ulixes_onnx.engine.autodiff import add_input_gradient
 
-    def backward_ops(kernel: int) -> set[str]:
-        model = make_model(
-            [helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2])],
-            {"x": ["N", 3, 15, 15]},
-            ["y"],
-            initializers={"w": images((4, 3, kernel, kernel))},
-            dtype=np.float32,
-        )
-        return {node.op_type for node in add_input_gradient(model, "x", "y").graph.node}
-
-    # 7x7 stride 2: 4 phases of 4x4 taps, 1.3x the work of the transposed convolution.
-    assert "ConvTranspose" not in backward_ops(7)
-    # 3x3 stride 2: 4 phases of 2x2 taps, 1.8x the work: onnxruntime's ConvTranspose is faster.
-    assert "ConvTranspose" in backward_ops(3)
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], group=group)],
+        {"x": ["N", channels, 15, 15]},
+        ["y"],
+        initializers={"w": images((16, channels // group, kernel, kernel))},
+        dtype=np.float32,
+    )
+    backward_ops = {node.op_type for node in add_input_gradient(model, "x", "y").graph.node}
+    assert ("ConvTranspose" in backward_ops) == transposed
 
 
 @pytest.mark.parametrize(("attributes", "channels", "filters", "group"), CONV_CASES)

@@ -5,7 +5,7 @@ Keras' ReLU6, `clip_by_value`: Relu, then Minimum, then Maximum) into one Clip, 
 in front of it when the lower bound is not negative. onnxruntime fuses a Clip into the convolution
 before it, and Clip's backward rule is one mask where Max and Min each need tie-sharing masks: on
 the HSE FaceRes network this halves the time of a cloak step. Only subgradients at the bounds
-themselves can differ (Clip passes the gradient there).
+themselves can differ.
 """
 
 from __future__ import annotations
