@@ -1,21 +1,24 @@
 """Forward vs forward+gradient (the cloak graph) per model, in onnxruntime and, if installed, torch.autograd.
 
 usage: python benchmarks/bench_engine.py [--models dlib-resnet ...] [--batches 1 8] [--threads 2]
-       [--repeats 20] [--rounds 3] [--models-dir DIR] [--out benchmarks/results]
+       [--repeats 10] [--rounds 3] [--models-dir DIR] [--out benchmarks/results]
 
 Each model comes from the ModelStore, gets the canonical input (its card's InputSpec) and its cloak graph.
-Every configuration (engine x step x batch) runs in a subprocess of its own, so that its peak RSS is its
-own; the subprocesses of one model take turns for `--rounds` rounds, so that forward and gradient are
-measured side by side on a shared, noisy machine. A subprocess warms up, then reports the median of
-`--repeats` runs; the table gives the median over rounds. torch (a bench-only dependency, with
-onnx2torch) runs the network converted from the same ONNX, with frozen weights, and differentiates the
-same triplet loss w.r.t. the chip. Results go to results/engine-<date>.json and .md.
+Timing: for each batch size one subprocess holds all four steps (onnxruntime forward and gradient, torch
+forward and backward) and runs them in turn, a block of `--repeats` runs each, for `--rounds` rounds, with
+a pause between blocks so that no thread pool still spins into the next block. Every ratio is taken
+within a round, between blocks run seconds apart, so a machine that is busier in one round than in
+another shifts both sides alike; the table gives medians over rounds. Memory: every step also runs in a
+subprocess of its own, whose peak RSS is then its own. torch (a bench-only dependency, with onnx2torch)
+runs the network converted from the same ONNX, with frozen weights, and differentiates the same triplet
+loss w.r.t. the chip. Results go to results/engine-<date>.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -36,6 +39,9 @@ import numpy as np
 STEPS = ("forward", "gradient")
 ENGINES = ("onnxruntime", "torch")
 WARM_UP_RUNS = 3
+MEMORY_RUNS = 2
+# Long enough for onnxruntime's spinning workers and OpenMP's blocktime (200 ms) to end.
+PAUSE_BETWEEN_BLOCKS_S = 0.3
 MARGIN = 100.0  # large enough that the hinge is active, so the whole backward pass runs
 
 
@@ -64,6 +70,7 @@ def _without_torchvision(*args: object, **kwargs: object) -> object:
     raise NotImplementedError("torchvision is not installed")
 
 
+@functools.cache
 def _import_onnx2torch() -> types.ModuleType:
     """onnx2torch, importable without torchvision.
 
@@ -111,19 +118,39 @@ def _torch_step(config: dict, feeds: dict[str, np.ndarray]) -> Callable[[], obje
     return gradient
 
 
-def run_worker(config: dict) -> dict:
-    """Time one configuration in this process: median ms over the repeats, and peak RSS."""
+def _make_step(config: dict, engine: str, step: str) -> Callable[[], object]:
     feeds = _feeds(config["batch"], config["height"], config["width"], config["features"])
-    make_step = _onnxruntime_step if config["engine"] == "onnxruntime" else _torch_step
-    step = make_step(config, feeds)
-    for _ in range(WARM_UP_RUNS):
+    make = _onnxruntime_step if engine == "onnxruntime" else _torch_step
+    return make(config | {"step": step}, feeds)
+
+
+def measure_memory(config: dict) -> dict:
+    """Peak RSS of one step alone in this process, after warm-up and a few runs."""
+    step = _make_step(config, config["engine"], config["step"])
+    for _ in range(WARM_UP_RUNS + MEMORY_RUNS):
         step()
-    times = []
-    for _ in range(config["repeats"]):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000)
-    return {"ms": statistics.median(times), "min_ms": min(times), "peak_rss_mb": _peak_rss_mb()}
+    return {"peak_rss_mb": _peak_rss_mb()}
+
+
+def measure_times(config: dict) -> dict:
+    """Median ms of every (engine, step) per round, the steps taking turns in blocks."""
+    steps = {
+        (engine, step): _make_step(config, engine, step) for engine in config["engines"] for step in STEPS
+    }
+    for run in steps.values():
+        for _ in range(WARM_UP_RUNS):
+            run()
+    rounds: dict[str, list[float]] = {f"{engine}_{step}": [] for engine, step in steps}
+    for _ in range(config["rounds"]):
+        for (engine, step), run in steps.items():
+            time.sleep(PAUSE_BETWEEN_BLOCKS_S)
+            times = []
+            for _ in range(config["repeats"]):
+                start = time.perf_counter()
+                run()
+                times.append((time.perf_counter() - start) * 1000)
+            rounds[f"{engine}_{step}"].append(statistics.median(times))
+    return rounds
 
 
 def _peak_rss_mb() -> float:
@@ -199,47 +226,37 @@ def benchmark_model(name: str, store_root: Path | None, args: argparse.Namespace
 
     engines = [engine for engine in ENGINES if engine == "onnxruntime" or _torch_available()]
     height, width = card.input.size
-    configs = [
-        {
-            "engine": engine,
-            "step": step,
-            "batch": batch,
-            "threads": args.threads,
-            "repeats": args.repeats,
-            "network": str(network_path),
-            "cloak": str(cloak_path),
-            "height": height,
-            "width": width,
-            "features": card.embedding.size,
-        }
-        for batch in args.batches
-        for engine in engines
-        for step in STEPS
-    ]
-    rounds: dict[tuple[str, str, int], list[dict]] = {}
-    for round_index in range(args.rounds):
-        for config in configs:
-            result = _spawn(config)
-            key = (config["engine"], config["step"], config["batch"])
-            rounds.setdefault(key, []).append(result)
-            print(
-                f"  round {round_index + 1}: {name} {config['engine']:11s} {config['step']:8s} "
-                f"B={config['batch']}: {result['ms']:8.2f} ms, {result['peak_rss_mb']:6.0f} MB",
-                flush=True,
-            )
+    shared = {
+        "threads": args.threads,
+        "network": str(network_path),
+        "cloak": str(cloak_path),
+        "height": height,
+        "width": width,
+        "features": card.embedding.size,
+    }
     rows = []
     for batch in args.batches:
+        config = shared | {"batch": batch}
+        timing = {"mode": "times", "engines": engines, "rounds": args.rounds, "repeats": args.repeats}
+        rounds = _spawn(config | timing)
         row: dict = {"batch": batch}
         for engine in engines:
+            forward, gradient = rounds[f"{engine}_forward"], rounds[f"{engine}_gradient"]
+            row[f"{engine}_forward_ms"] = statistics.median(forward)
+            row[f"{engine}_gradient_ms"] = statistics.median(gradient)
+            row[f"{engine}_ratio"] = statistics.median(g / f for f, g in zip(forward, gradient, strict=True))
             for step in STEPS:
-                results = rounds[(engine, step, batch)]
-                row[f"{engine}_{step}_ms"] = statistics.median(r["ms"] for r in results)
-                row[f"{engine}_{step}_rss_mb"] = max(r["peak_rss_mb"] for r in results)
-            # The ratio of each round's side-by-side pair, then the median: robust to a busy round.
-            pairs = zip(rounds[(engine, "forward", batch)], rounds[(engine, "gradient", batch)], strict=True)
-            row[f"{engine}_ratio"] = statistics.median(grad["ms"] / fwd["ms"] for fwd, grad in pairs)
+                memory = _spawn(config | {"mode": "memory", "engine": engine, "step": step})
+                row[f"{engine}_{step}_rss_mb"] = memory["peak_rss_mb"]
+            print(
+                f"  {name} B={batch} {engine:11s}: forward {row[f'{engine}_forward_ms']:8.2f} ms, "
+                f"gradient {row[f'{engine}_gradient_ms']:8.2f} ms, ratio {row[f'{engine}_ratio']:.2f}",
+                flush=True,
+            )
         if "torch" in engines:
-            row["speedup_vs_torch"] = row["torch_gradient_ms"] / row["onnxruntime_gradient_ms"]
+            pairs = zip(rounds["torch_gradient"], rounds["onnxruntime_gradient"], strict=True)
+            row["speedup_vs_torch"] = statistics.median(t / o for t, o in pairs)
+        row["rounds"] = rounds
         rows.append(row)
     return {"model": name, "cloak_graph_build_s": build_seconds, "engines": engines, "rows": rows}
 
@@ -251,9 +268,10 @@ def markdown(report: dict) -> str:
         f"# Engine benchmark, {report['date']}",
         "",
         f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads; {machine['platform']}, "
-        f"Python {machine['python']}; {versions}. Medians of {report['repeats']} runs after warm-up, "
-        f"median over {report['rounds']} interleaved rounds, each configuration in its own process "
-        "(peak RSS is its own). Ratio: forward+gradient / forward, per round, median.",
+        f"Python {machine['python']}; {versions}. Per batch size one process runs the four steps in turn, "
+        f"{report['repeats']} runs each after warm-up, for {report['rounds']} rounds; times are medians "
+        "over rounds of each block's median, ratios (forward+gradient / forward, torch / onnxruntime) "
+        "are taken within each round, then the median. Peak RSS: each step alone in its own process.",
         "",
         "| model | B | ORT forward ms | ORT fwd+grad ms | ratio | RSS fwd / grad MB "
         "| torch forward ms | torch fwd+bwd ms | torch ratio | torch RSS fwd / bwd MB | ORT vs torch |",
@@ -292,14 +310,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["dlib-resnet"], help="model card names")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models-dir", type=Path, default=None, help="ModelStore root (default: its own)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_worker(json.loads(args.worker))))
+        config = json.loads(args.worker)
+        measure = measure_times if config["mode"] == "times" else measure_memory
+        print(json.dumps(measure(config)))
         return
 
     if not _torch_available():
