@@ -188,6 +188,17 @@ def _torch_available() -> bool:
     return _version("torch") is not None and _version("onnx2torch") is not None
 
 
+def memory_bandwidth_gb_s(megabytes: int = 200, copies: int = 5) -> float:
+    """Copy bandwidth of this machine right now: the gradient graph moves far more memory than the
+    forward pass, so a neighbour that saturates memory inflates its ratio."""
+    source = np.ones(megabytes * 2**20 // 4, np.float32)
+    target = np.empty_like(source)
+    start = time.perf_counter()
+    for _ in range(copies):
+        np.copyto(target, source)
+    return 2 * copies * source.nbytes / (time.perf_counter() - start) / 1e9
+
+
 def machine_description(threads: int) -> dict:
     from ulixes_onnx.bench import machine_description as described
 
@@ -264,6 +275,7 @@ def benchmark_model(name: str, store_root: Path | None, args: argparse.Namespace
 def markdown(report: dict) -> str:
     machine = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    bandwidth = report["memory_bandwidth_gb_s"]
     lines = [
         f"# Engine benchmark, {report['date']}",
         "",
@@ -271,7 +283,9 @@ def markdown(report: dict) -> str:
         f"Python {machine['python']}; {versions}. Per batch size one process runs the four steps in turn, "
         f"{report['repeats']} runs each after warm-up, for {report['rounds']} rounds; times are medians "
         "over rounds of each block's median, ratios (forward+gradient / forward, torch / onnxruntime) "
-        "are taken within each round, then the median. Peak RSS: each step alone in its own process.",
+        "are taken within each round, then the median. Peak RSS: each step alone in its own process. "
+        f"Memory copy bandwidth {bandwidth['start']:.1f} GB/s at the start, {bandwidth['end']:.1f} GB/s "
+        "at the end.",
         "",
         "| model | B | ORT forward ms | ORT fwd+grad ms | ratio | RSS fwd / grad MB "
         "| torch forward ms | torch fwd+bwd ms | torch ratio | torch RSS fwd / bwd MB | ORT vs torch |",
@@ -329,13 +343,15 @@ def main() -> None:
         "machine": machine_description(args.threads),
         "repeats": args.repeats,
         "rounds": args.rounds,
+        "memory_bandwidth_gb_s": {"start": memory_bandwidth_gb_s()},
         "models": [],
     }
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
             report["models"].append(benchmark_model(name, args.models_dir, args, Path(scratch)))
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"engine-{report['date'][:10]}"
+    report["memory_bandwidth_gb_s"]["end"] = memory_bandwidth_gb_s()
+    stem = args.out / f"engine-{report['date'][:16].replace(':', '')}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     stem.with_suffix(".md").write_text(table)
