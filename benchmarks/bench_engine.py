@@ -4,14 +4,15 @@ usage: python benchmarks/bench_engine.py [--models dlib-resnet ...] [--batches 1
        [--repeats 10] [--rounds 3] [--models-dir DIR] [--out benchmarks/results]
 
 Each model comes from the ModelStore, gets the canonical input (its card's InputSpec) and its cloak graph.
-Timing: for each batch size one subprocess holds all four steps (onnxruntime forward and gradient, torch
-forward and backward) and runs them in turn, a block of `--repeats` runs each, for `--rounds` rounds, with
-a pause between blocks so that no thread pool still spins into the next block. Every ratio is taken
-within a round, between blocks run seconds apart, so a machine that is busier in one round than in
-another shifts both sides alike; the table gives medians over rounds. Memory: every step also runs in a
+Timing: for each batch size one subprocess holds all the steps (onnxruntime forward and gradient, torch
+forward and backward) and runs them in turn, a block of `--repeats` runs each, for `--rounds` rounds
+(each round starting one step later), with a pause between blocks so that no thread pool still spins
+into the next block. Every ratio is taken within a round, between blocks run seconds apart, so a
+machine that is busier in one round than in another shifts both sides alike; the table gives medians
+over rounds. Memory: every step also runs in a
 subprocess of its own, whose peak RSS is then its own. torch (a bench-only dependency, with onnx2torch)
 runs the network converted from the same ONNX, with frozen weights, and differentiates the same triplet
-loss w.r.t. the chip. Results go to results/engine-<date>.json and .md.
+loss w.r.t. the chip. Results go to results/engine-<date>T<hhmm>.json and .md.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def _without_torchvision(*args: object, **kwargs: object) -> object:
     raise NotImplementedError("torchvision is not installed")
 
 
+# Once the stand-in torchvision is in sys.modules, find_spec("torchvision") raises (its __spec__ is None).
 @functools.cache
 def _import_onnx2torch() -> types.ModuleType:
     """onnx2torch, importable without torchvision.
@@ -132,24 +134,28 @@ def measure_memory(config: dict) -> dict:
     return {"peak_rss_mb": _peak_rss_mb()}
 
 
-def measure_times(config: dict) -> dict:
-    """Median ms of every (engine, step) per round, the steps taking turns in blocks."""
-    steps = {
-        (engine, step): _make_step(config, engine, step) for engine in config["engines"] for step in STEPS
-    }
-    for run in steps.values():
+def measure_times(config: dict) -> dict[str, list[float]]:
+    """Median ms of every (engine, step) per round, the steps taking turns in blocks; each round starts
+    one step later than the one before, so that no step always follows the same other step."""
+    steps = [
+        (f"{engine}_{step}", _make_step(config, engine, step))
+        for engine in config["engines"]
+        for step in STEPS
+    ]
+    for _, run in steps:
         for _ in range(WARM_UP_RUNS):
             run()
-    rounds: dict[str, list[float]] = {f"{engine}_{step}": [] for engine, step in steps}
-    for _ in range(config["rounds"]):
-        for (engine, step), run in steps.items():
+    rounds: dict[str, list[float]] = {name: [] for name, _ in steps}
+    for round_index in range(config["rounds"]):
+        shift = round_index % len(steps)
+        for name, run in steps[shift:] + steps[:shift]:
             time.sleep(PAUSE_BETWEEN_BLOCKS_S)
             times = []
             for _ in range(config["repeats"]):
                 start = time.perf_counter()
                 run()
                 times.append((time.perf_counter() - start) * 1000)
-            rounds[f"{engine}_{step}"].append(statistics.median(times))
+            rounds[name].append(statistics.median(times))
     return rounds
 
 
@@ -192,7 +198,8 @@ def memory_bandwidth_gb_s(megabytes: int = 200, copies: int = 5) -> float:
     """Copy bandwidth of this machine right now: the gradient graph moves far more memory than the
     forward pass, so a neighbour that saturates memory inflates its ratio."""
     source = np.ones(megabytes * 2**20 // 4, np.float32)
-    target = np.empty_like(source)
+    target = np.zeros_like(source)
+    np.copyto(target, source)  # the first copy would also pay for the target's page faults
     start = time.perf_counter()
     for _ in range(copies):
         np.copyto(target, source)
@@ -280,7 +287,7 @@ def markdown(report: dict) -> str:
         f"# Engine benchmark, {report['date']}",
         "",
         f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads; {machine['platform']}, "
-        f"Python {machine['python']}; {versions}. Per batch size one process runs the four steps in turn, "
+        f"Python {machine['python']}; {versions}. Per batch size one process runs the steps in turn, "
         f"{report['repeats']} runs each after warm-up, for {report['rounds']} rounds; times are medians "
         "over rounds of each block's median, ratios (forward+gradient / forward, torch / onnxruntime) "
         "are taken within each round, then the median. Peak RSS: each step alone in its own process. "

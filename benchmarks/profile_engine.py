@@ -1,5 +1,7 @@
 """Where the time of a cloak step goes: onnxruntime's profiler on the forward and cloak graphs of a model.
 
+The forward graph is the one the product runs, with its clamps folded into Clip (`engine/rewrite.py`).
+
 usage: python benchmarks/profile_engine.py [--model dlib-resnet] [--batch 8] [--threads 2] [--runs 20]
        [--models-dir DIR] [--top 12] [--top-nodes 0] [--json OUT]
 

@@ -141,8 +141,8 @@ def test_cloak_graph_uses_standard_operators_only(cloak):
 
 
 def test_weights_are_stored_at_most_twice(store):
-    # Every convolution keeps its weight and gets at most one transposed copy for its backward pass
-    # (polyphase copies of strided kernels are larger, but only on depthwise and few-channel layers).
+    # Every convolution keeps its weight and gets one copy for its backward pass: flipped for stride 1,
+    # split into stride phases for strided ones (zero-padded sub-kernels, at most 1.8x as large).
     card = get_card("dlib-resnet")
     network = with_canonical_input(onnx.load(store.get(card).path), adapter_spec(card))
     graph = build_cloak_graph(network)

@@ -7,6 +7,8 @@ import pytest
 from onnx import helper
 
 from tests.engine.conftest import make_model
+from ulixes_onnx.engine.autodiff import add_input_gradient
+from ulixes_onnx.engine.session import create_session
 
 
 def away_from_kinks(shape, seed: int = 0) -> np.ndarray:
@@ -113,6 +115,31 @@ def test_clip_passes_the_gradient_inside_the_bounds_only(low, high, assert_gradi
         initializers={name: bounds[name] for name in inputs[1:] if name},
     )
     assert_gradient_matches(model, {"x": away_from_kinks((3, 4))}, "x")
+
+
+def test_clip_backward_does_not_read_the_clip_input():
+    # onnxruntime fuses a Clip into the convolution before it only when nothing else reads the
+    # convolution's output, so the mask is taken from the Clip's output.
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["z"]), helper.make_node("Clip", ["z", "low", "high"], ["y"])],
+        {"x": ["N", 2, 4, 4]},
+        ["y"],
+        initializers={"w": np.ones((2, 2, 1, 1)), "low": np.array(0.0), "high": np.array(6.0)},
+    )
+    graph = add_input_gradient(model, "x", "y").graph
+    assert [node.op_type for node in graph.node if "z" in node.input] == ["Clip"]
+
+
+def test_clip_gradient_is_zero_on_and_beyond_the_bounds():
+    model = make_model(
+        [helper.make_node("Clip", ["x", "low", "high"], ["y"])],
+        {"x": [5]},
+        ["y"],
+        initializers={"low": np.array(0.0), "high": np.array(6.0)},
+    )
+    x = np.array([-1.0, 0.0, 0.5, 6.0, 7.0])
+    (dx,) = create_session(add_input_gradient(model, "x", "y", grad_name="dx")).run(["dx"], {"x": x})
+    np.testing.assert_array_equal(dx, [0.0, 0.0, 1.0, 0.0, 0.0])
 
 
 def test_prelu_with_per_channel_slopes(assert_gradient_matches):

@@ -11,6 +11,8 @@ import pytest
 from onnx import helper
 
 from tests.engine.conftest import make_model
+from ulixes_onnx.engine.autodiff import add_input_gradient
+from ulixes_onnx.engine.session import create_session
 
 
 def images(shape, seed: int = 0) -> np.ndarray:
@@ -35,7 +37,7 @@ CONV_CASES = [
     ({"pads": [1, 1, 1, 1], "group": 2}, 4, 6, 2),
     ({"pads": [1, 1, 1, 1], "group": 4, "strides": [2, 2]}, 4, 8, 4),  # depthwise
     ({"dilations": [2, 1], "pads": [2, 1, 2, 1]}, 4, 6, 1),
-    # 16 input channels and 3x3 kernels with stride 2: the backward pass is a ConvTranspose.
+    # Strided 3x3 kernels on 16 input channels: the backward pass is a ConvTranspose (asserted below).
     ({"pads": [0, 1, 2, 1], "strides": [2, 2]}, 16, 6, 1),
     ({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, 16, 6, 1),
     ({"strides": [2, 3], "dilations": [1, 2]}, 16, 6, 1),
@@ -76,8 +78,6 @@ def test_conv_by_polyphase_convolution(attributes, kernel, assert_gradient_match
     ],
 )
 def test_strided_conv_backward_is_a_conv_unless_conv_transpose_is_faster(kernel, channels, group, transposed):
-    from ulixes_onnx.engine.autodiff import add_input_gradient
-
     model = make_model(
         [helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], group=group)],
         {"x": ["N", channels, 15, 15]},
@@ -101,6 +101,37 @@ def test_conv(attributes, channels, filters, group, batch, assert_gradient_match
         dtype=np.float32,
     )
     assert_gradient_matches(model, {"x": images((batch, channels, 7, 8))}, "x")
+
+
+def test_conv_backward_of_the_strided_16_channel_cases_is_a_conv_transpose():
+    for attributes, channels, filters, group in CONV_CASES:
+        if channels < 16:
+            continue
+        model = make_model(
+            [helper.make_node("Conv", ["x", "w"], ["y"], **attributes)],
+            {"x": ["N", channels, 7, 8]},
+            ["y"],
+            initializers={"w": images((filters, channels // group, 3, 3), seed=1)},
+            dtype=np.float32,
+        )
+        assert "ConvTranspose" in {node.op_type for node in add_input_gradient(model, "x", "y").graph.node}
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_with_a_computed_weight_is_a_conv_transpose(group, assert_gradient_matches):
+    # A weight that is not a constant cannot be rearranged into phases when the graph is built.
+    model = make_model(
+        [
+            helper.make_node("Identity", ["w_input"], ["w"]),
+            helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1], group=group),
+        ],
+        {"x": ["N", 4, 7, 8], "w_input": [6, 4 // group, 3, 3]},
+        ["y"],
+        dtype=np.float32,
+    )
+    feeds = {"x": images((2, 4, 7, 8)), "w_input": images((6, 4 // group, 3, 3), seed=1)}
+    assert_gradient_matches(model, feeds, "x")
+    assert "ConvTranspose" in {node.op_type for node in add_input_gradient(model, "x", "y").graph.node}
 
 
 def test_conv_1d(assert_gradient_matches):
@@ -158,8 +189,6 @@ def test_max_pool(attributes, batch, assert_gradient_matches):
 
 def test_max_pool_shares_a_tied_window_gradient_instead_of_copying_it():
     # Relu zeros make ties common; the gradient must not be counted once per tied element.
-    from ulixes_onnx.engine.autodiff import add_input_gradient
-    from ulixes_onnx.engine.session import create_session
 
     model = make_model(
         [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
@@ -177,8 +206,6 @@ def test_max_pool_shares_a_tied_window_gradient_instead_of_copying_it():
 
 def test_max_pool_padding_is_never_a_maximum():
     # With every input negative, zero padding would win the border windows and swallow their gradient.
-    from ulixes_onnx.engine.autodiff import add_input_gradient
-    from ulixes_onnx.engine.session import create_session
 
     model = make_model(
         [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],

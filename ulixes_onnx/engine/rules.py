@@ -419,8 +419,11 @@ def _scatter_windows(g: BackwardGraph, per_tap: str, channels: int, window: _Win
 
 
 # The polyphase Conv also multiplies by the zeros that pad each phase's sub-kernel to a common size;
-# beyond this much extra work onnxruntime's ConvTranspose (a GEMM, then col2im) is faster.
+# beyond this much extra work onnxruntime's ConvTranspose (a GEMM, then col2im) is faster, on dense
+# convolutions of enough input channels (see `_transposes_slowly`).
 _MAX_POLYPHASE_WORK = 1.5
+# onnxruntime's fast (NCHWc) Conv works on blocks of 16 channels: below that ConvTranspose's col2im
+# dominates (16.9 ms against 5 ms for the polyphase Conv and its Col2Im on FaceRes's first layer).
 _MIN_CONV_TRANSPOSE_CHANNELS = 16
 
 
@@ -437,11 +440,13 @@ def _polyphase_work(window: _Window) -> float:
 def _transposes_slowly(weight: np.ndarray, group: int) -> bool:
     """Whether onnxruntime's ConvTranspose is slow on this weight whatever the polyphase overhead.
 
-    It runs one GEMM per group and then col2im over C * prod(kernel) rows: grouped (depthwise)
-    convolutions and convolutions of few input channels (the first layer, whose input is the chip)
-    spend their time there. On HSE FaceRes at batch 8 the polyphase Conv is 8% faster for the step.
+    It runs one GEMM per group, then col2im over C/group * prod(kernel) rows per group: grouped
+    (depthwise) convolutions and convolutions of few input channels C (the first layer, whose input
+    is the chip) spend their time there. On HSE FaceRes at batch 8 the polyphase Conv makes the whole
+    step 8% faster.
     """
-    return group > 1 or weight.shape[1] * group < _MIN_CONV_TRANSPOSE_CHANNELS
+    input_channels = weight.shape[1] * group
+    return group > 1 or input_channels < _MIN_CONV_TRANSPOSE_CHANNELS
 
 
 def _transposed_convolution(
