@@ -222,19 +222,14 @@ def benchmark_model(name: str, store_root: Path | None, args: argparse.Namespace
     import onnx
 
     from ulixes_onnx.cards import get_card
-    from ulixes_onnx.engine.adapter import with_canonical_input
     from ulixes_onnx.engine.cloak_graph import build_cloak_graph
-    from ulixes_onnx.engine.rewrite import fold_clamps
-    from ulixes_onnx.recognition import adapter_spec
+    from ulixes_onnx.recognition import forward_graph
     from ulixes_onnx.store import ModelStore
 
     card = get_card(name)
     if card.input is None or card.embedding is None:
         raise SystemExit(f"{name} is not an embedding model; pick one with an [input] and [embedding] card")
-    native = onnx.load(ModelStore(store_root).get(card).path)
-    spec = adapter_spec(card)
-    # The forward graph the product runs: clamps folded as the cloak graph folds them.
-    network = fold_clamps(with_canonical_input(native, spec))
+    network = forward_graph(card, ModelStore(store_root).get(card).path)
     start = time.perf_counter()
     cloak = build_cloak_graph(network, distance=card.embedding.metric)  # type: ignore[arg-type]
     build_seconds = time.perf_counter() - start

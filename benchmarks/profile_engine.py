@@ -23,11 +23,9 @@ import onnx
 import onnxruntime as ort
 
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.engine.adapter import with_canonical_input
 from ulixes_onnx.engine.cloak_graph import build_cloak_graph
-from ulixes_onnx.engine.rewrite import fold_clamps
 from ulixes_onnx.engine.session import available_cores
-from ulixes_onnx.recognition import adapter_spec
+from ulixes_onnx.recognition import forward_graph
 from ulixes_onnx.store import ModelStore
 
 WARM_UP_RUNS = 3
@@ -95,8 +93,7 @@ def main() -> None:
     card = get_card(args.model)
     if card.input is None or card.embedding is None:
         raise SystemExit(f"{args.model} is not an embedding model")
-    network = with_canonical_input(onnx.load(ModelStore(args.models_dir).get(card).path), adapter_spec(card))
-    forward_model = fold_clamps(network)
+    network = forward_graph(card, ModelStore(args.models_dir).get(card).path)
     cloak = build_cloak_graph(network, distance=card.embedding.metric)  # type: ignore[arg-type]
     rng = np.random.default_rng(0)
     height, width = card.input.size
@@ -114,7 +111,7 @@ def main() -> None:
         "batch": args.batch,
         "threads": args.threads,
         "onnxruntime": ort.__version__,
-        "forward": profile_graph(forward_model, {"x": x}, args.threads, args.runs),
+        "forward": profile_graph(network, {"x": x}, args.threads, args.runs),
         "gradient": profile_graph(cloak, cloak_feeds, args.threads, args.runs),
     }
     forward, gradient = report["forward"], report["gradient"]

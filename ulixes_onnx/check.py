@@ -138,8 +138,8 @@ def check_embedding_model(store: ModelStore, card: ModelCard, detector: MTCNN) -
     return checks
 
 
-def check_detector(store: ModelStore, card: ModelCard) -> dict:
-    faces = detector_from_store(store).detect(samples.astronaut())
+def check_detector(store: ModelStore, card: ModelCard, detector: MTCNN) -> dict:
+    faces = detector.detect(samples.astronaut())
     return {
         "sha256": _verified_files(store.get(card).sha256),
         "astronaut_faces": {
@@ -153,12 +153,15 @@ def check_detector(store: ModelStore, card: ModelCard) -> dict:
 def check_landmarks(store: ModelStore, card: ModelCard, detector: MTCNN) -> dict:
     photo = samples.astronaut()
     faces = detector.detect(photo)
-    points = dlib_landmarks(photo, faces[0], five_point_predictor(store)) if faces else np.empty((0, 2))
-    x0, y0, x1, y1 = faces[0].box if faces else (0, 0, 0, 0)
-    inside = bool(len(points)) and bool(np.all((points >= (x0, y0)) & (points <= (x1, y1))))
+    inside = five_points = False
+    if faces:
+        points = dlib_landmarks(photo, faces[0], five_point_predictor(store))
+        x0, y0, x1, y1 = faces[0].box
+        five_points = points.shape == (5, 2)
+        inside = bool(np.all((points >= (x0, y0)) & (points <= (x1, y1))))
     return {
         "sha256": _verified_files(store.get(card).sha256),
-        "astronaut_landmarks": {"ok": points.shape == (5, 2) and inside, "inside_face_box": inside},
+        "astronaut_landmarks": {"ok": five_points and inside, "inside_face_box": inside},
     }
 
 
@@ -176,7 +179,7 @@ def check_models(store: ModelStore, names: list[str] | None = None) -> list[dict
         elif card.kind == "landmarks":
             checks = check_landmarks(store, card, detector)
         else:
-            checks = check_detector(store, card)
+            checks = check_detector(store, card, detector)
         reports.append(
             {
                 "model": card.name,

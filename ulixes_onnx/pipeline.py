@@ -34,9 +34,7 @@ from ulixes_onnx.dssim import image_dssim
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     AlignedChips,
-    ChipSpec,
     Face,
-    chip_spec,
     detector_from_store,
     extract_chips,
     merge_patches,
@@ -264,7 +262,7 @@ class Cloaker:
             raise CloakSettingsError(f"unknown ensemble {ensemble!r}; use one of: {', '.join(ENSEMBLES)}")
         if max_rounds < 1:
             raise CloakSettingsError("max rounds must be at least 1")
-        store = self.store = store or ModelStore()
+        store = store or ModelStore()
         cards = [get_card(name) for name in dict.fromkeys(models)]
         self.models = [FaceModel(card, store, threads=threads) for card in cards]
         self.detector = detector_from_store(store, min_face_size=min_face_size)
@@ -316,7 +314,7 @@ class Cloaker:
         original = _as_rgb(photo.image)
         original8 = _quantised(original)
         faces = self.detector.detect(original8)
-        aligned = {model.name: extract_chips(original8, faces, self._spec(model)) for model in self.models}
+        aligned = {model.name: extract_chips(original8, faces, model.chip_spec) for model in self.models}
         skipped = self._too_small(aligned)
         pending = [i for i in range(len(faces)) if i not in skipped]
         embeddings = {
@@ -413,7 +411,7 @@ class Cloaker:
 
     def _warped(self, job: _PhotoJob, model: FaceModel) -> np.ndarray:
         """The pending faces' chips for `model`, cut from the photo as cloaked so far."""
-        spec = self._spec(model)
+        spec = model.chip_spec
         matrices = job.aligned[model.name].matrices[job.pending]
         return warp_chips(job.cloaked8(), matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
 
@@ -430,7 +428,7 @@ class Cloaker:
         faces = [found or report.face for found, report in zip(matched, reports, strict=True)]
         distances = {}
         for model in self.models:
-            embeddings = model.embed(extract_chips(seen8, faces, self._spec(model)).chips)
+            embeddings = model.embed(extract_chips(seen8, faces, model.chip_spec).chips)
             originals = np.stack([report.embeddings[model.name] for report in reports])
             distances[model.name] = model.distance(embeddings, originals)
         return distances, [found is not None for found in matched]
@@ -476,9 +474,6 @@ class Cloaker:
         ]
         best = max(shifted, key=lambda other: _box_iou(face.box, other.box), default=None)
         return best if best is not None and _box_iou(face.box, best.box) >= SAME_FACE_IOU else None
-
-    def _spec(self, model: FaceModel) -> ChipSpec:
-        return chip_spec(model.card.input.alignment, self.store)
 
     @staticmethod
     def _too_small(aligned: dict[str, AlignedChips]) -> dict[int, str]:

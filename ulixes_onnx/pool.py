@@ -15,7 +15,7 @@ import numpy as np
 
 from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.errors import UlixesError
-from ulixes_onnx.faces import MTCNN, chip_spec, extract_chips
+from ulixes_onnx.faces import MTCNN, extract_chips
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.recognition import FaceModel
 
@@ -36,7 +36,7 @@ def build_pool(photos: Iterable[Path], models: Sequence[FaceModel], detector: MT
         if not faces:
             continue
         for model in models:
-            chips = extract_chips(pixels, faces, chip_spec(model.card.input.alignment, model.store)).chips
+            chips = extract_chips(pixels, faces, model.chip_spec).chips
             collected[model.name].append(model.embed(chips))
     pool = {name: np.concatenate(rows) for name, rows in collected.items() if rows}
     if not pool:

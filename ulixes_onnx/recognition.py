@@ -11,8 +11,9 @@ kept in the model store, and so are both graphs as onnxruntime optimises them fo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -20,12 +21,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ulixes_onnx import faces
 from ulixes_onnx.cards import ModelCard, get_card
 from ulixes_onnx.engine import InputSpec, build_cloak_graph, create_session, with_canonical_input
 from ulixes_onnx.engine import cloak_graph as names
 from ulixes_onnx.engine.rewrite import fold_clamps
 from ulixes_onnx.engine.session import machine_key, optimised_for_this_machine
 from ulixes_onnx.errors import ModelError
+from ulixes_onnx.faces import ChipSpec
 from ulixes_onnx.store import BuiltModel, ModelStore
 
 
@@ -65,6 +68,12 @@ def adapter_spec(card: ModelCard) -> InputSpec:
     )
 
 
+def forward_graph(card: ModelCard, model_path: Path) -> onnx.ModelProto:
+    """The graph the product runs for a card's model file: canonical chip in, embedding out, clamps
+    folded into Clip as the cloak graph folds them."""
+    return fold_clamps(with_canonical_input(onnx.load(model_path), adapter_spec(card)))
+
+
 def distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """Row-wise distance between embeddings: Euclidean, or cosine distance (1 - cos)."""
     a = np.asarray(a, np.float64)
@@ -89,33 +98,38 @@ class FaceModel:
             raise ModelError(f"model {card.name!r} is a {card.kind}, not a face-embedding model")
         self.card = card
         self.built: BuiltModel = store.get(card)
-        engine = engine_fingerprint()
-        forward_path = store.derived(
+        # Sessions load the optimised graphs; the graphs they are made from are read (and verified)
+        # only when an optimised one has to be made again.
+        self._forward = self._optimised_session("forward", lambda: self.forward_graph_path, threads)
+        self._cloak = self._optimised_session(f"cloak-{self.metric}", lambda: self.cloak_graph_path, threads)
+
+    @cached_property
+    def forward_graph_path(self) -> Path:
+        return self.store.derived(
             self.built,
             "forward",
-            engine,
-            lambda: fold_clamps(
-                with_canonical_input(onnx.load(self.built.path), adapter_spec(card))
-            ).SerializeToString(),
+            engine_fingerprint(),
+            lambda: forward_graph(self.card, self.built.path).SerializeToString(),
         )
-        self.cloak_graph_path = store.derived(
+
+    @cached_property
+    def cloak_graph_path(self) -> Path:
+        return self.store.derived(
             self.built,
             f"cloak-{self.metric}",
-            engine,
-            lambda: build_cloak_graph(onnx.load(forward_path), self.metric).SerializeToString(),
+            engine_fingerprint(),
+            lambda: build_cloak_graph(onnx.load(self.forward_graph_path), self.metric).SerializeToString(),
         )
-        self._forward = self._optimised_session(store, "forward", forward_path, threads)
-        self._cloak = self._optimised_session(store, f"cloak-{self.metric}", self.cloak_graph_path, threads)
 
     def _optimised_session(
-        self, store: ModelStore, name: str, graph: Path, threads: int | None
+        self, name: str, graph: Callable[[], Path], threads: int | None
     ) -> ort.InferenceSession:
         """A session on the graph as optimised for this machine, optimised once and kept in the store."""
-        optimised = store.derived(
+        optimised = self.store.derived(
             self.built,
             f"{name}-optimised",
             engine_fingerprint() + machine_key(),
-            lambda: optimised_for_this_machine(graph),
+            lambda: optimised_for_this_machine(graph()),
         )
         unoptimised = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return create_session(optimised, threads=threads, optimization=unoptimised)
@@ -123,6 +137,11 @@ class FaceModel:
     @property
     def name(self) -> str:
         return self.card.name
+
+    @property
+    def chip_spec(self) -> ChipSpec:
+        """How a face is aligned to this model's chip."""
+        return faces.chip_spec(self.card.input.alignment, self.store)
 
     @property
     def chip_size(self) -> tuple[int, int]:

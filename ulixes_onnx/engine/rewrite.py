@@ -17,12 +17,12 @@ from onnx import numpy_helper
 _PAIRS = {"Max": "Min", "Min": "Max"}
 
 
-def _scalar_constants(graph: onnx.GraphProto) -> dict[str, float]:
+def _scalar_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return {name: float(value.reshape(())) for name, value in values.items() if value.size == 1}
+    return {name: value.reshape(()) for name, value in values.items() if value.size == 1}
 
 
 def fold_clamps(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -53,7 +53,7 @@ def fold_clamps(model: onnx.ModelProto) -> onnx.ModelProto:
             or uses.get(inner.output[0]) != 1
         ):
             continue
-        bounds = {node.op_type: scalars[node.input[1]], inner.op_type: scalars[inner.input[1]]}
+        bounds = {node.op_type: float(scalars[node.input[1]]), inner.op_type: float(scalars[inner.input[1]])}
         low, high = bounds["Max"], bounds["Min"]
         if low > high:
             continue
@@ -64,7 +64,7 @@ def fold_clamps(model: onnx.ModelProto) -> onnx.ModelProto:
             source = relu.input[0]
         removed.add(id(inner))
         names = [f"{node.output[0]}/clip_{bound}" for bound in ("low", "high")]
-        dtype = _constant_dtype(graph, node.input[1])
+        dtype = scalars[node.input[1]].dtype
         graph.initializer.extend(
             numpy_helper.from_array(np.asarray(value, dtype), name)
             for value, name in zip((low, high), names, strict=True)
@@ -83,13 +83,3 @@ def fold_clamps(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return folded
-
-
-def _constant_dtype(graph: onnx.GraphProto, name: str) -> np.dtype:
-    for tensor in graph.initializer:
-        if tensor.name == name:
-            return onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            return onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].t.data_type)
-    raise KeyError(name)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ulixes_onnx.faces import MTCNN, chip_spec, extract_chips
+from ulixes_onnx.faces import MTCNN, extract_chips
 from ulixes_onnx.recognition import FaceModel
 
 
@@ -25,8 +25,6 @@ class FaceEmbedder:
             return None
         largest = max(faces, key=lambda face: face.width * face.height)
         return {
-            model.name: model.embed(
-                extract_chips(pixels, [largest], chip_spec(model.card.input.alignment, model.store)).chips
-            )[0]
+            model.name: model.embed(extract_chips(pixels, [largest], model.chip_spec).chips)[0]
             for model in self.models
         }

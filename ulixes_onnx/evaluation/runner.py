@@ -260,7 +260,7 @@ class Evaluation:
         self.progress.advance(name)
         if path is None:
             return None
-        return self.embedder.embed(read_photo(path).rgb)
+        return self.embedder.embed(read_photo(path).rgb8)
 
     # Report sections.
 
