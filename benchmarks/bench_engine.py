@@ -89,16 +89,22 @@ def _import_onnx2torch() -> types.ModuleType:
     return importlib.import_module("onnx2torch")
 
 
-def _torch_step(config: dict, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+@functools.cache
+def _torch_network(path: str) -> object:
+    """The ONNX network converted to torch with frozen weights, once per process for both steps."""
     import onnx
-    import torch
 
-    onnx2torch = _import_onnx2torch()
-
-    torch.set_num_threads(config["threads"])
-    network = onnx2torch.convert(onnx.load(config["network"])).eval()
+    network = _import_onnx2torch().convert(onnx.load(path)).eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
+    return network
+
+
+def _torch_step(config: dict, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+    import torch
+
+    torch.set_num_threads(config["threads"])
+    network = _torch_network(config["network"])
     tensors = {name: torch.from_numpy(value) for name, value in feeds.items()}
     if config["step"] == "forward":
 

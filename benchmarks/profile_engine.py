@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -40,35 +40,31 @@ def profile_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(scratch) / "profile")
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        for _ in range(WARM_UP_RUNS):
-            session.run(None, feeds)
-        session.end_profiling()
-        # A second session without warm-up noise: profiling restarts only with a new session.
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        session.run(None, feeds)
-        for _ in range(runs):
+        for _ in range(WARM_UP_RUNS + runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
+    # The warm-up runs are profiled too: keep what starts with the first measured run.
+    model_runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"), key=lambda e: e["ts"]
+    )[WARM_UP_RUNS:]
+    first = model_runs[0]["ts"]
     per_op: dict[str, float] = defaultdict(float)
     per_node: dict[str, float] = defaultdict(float)
     node_ops: dict[str, str] = {}
-    nodes: dict[str, set[str]] = defaultdict(set)
-    model_runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
     for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= first:
             op = event["args"]["op_name"]
             per_op[op] += event["dur"] / 1000.0
             node = event["name"].removesuffix("_kernel_time")
             per_node[node] += event["dur"] / 1000.0
             node_ops[node] = op
-            nodes[op].add(event["name"])
     total_runs = len(model_runs)
     per_run = {op: ms / total_runs for op, ms in per_op.items()}
     run_ms = sorted(e["dur"] / 1000.0 for e in model_runs)
     return {
         "run_ms_median": run_ms[len(run_ms) // 2],
         "kernel_ms_per_op": dict(sorted(per_run.items(), key=lambda item: -item[1])),
-        "nodes_per_op": {op: len(names) for op, names in nodes.items()},
+        "nodes_per_op": dict(Counter(node_ops.values())),
         "kernel_ms_per_node": {
             f"{node_ops[node]} {node}": ms / total_runs
             for node, ms in sorted(per_node.items(), key=lambda item: -item[1])

@@ -7,12 +7,10 @@ import onnx
 import pytest
 
 from tests.engine.tiny_resnet import CHIP_SIZE, INPUT_NAME, tiny_resnet
-from ulixes_onnx.cards import get_card
 from ulixes_onnx.engine.adapter import InputSpec, with_canonical_input
 from ulixes_onnx.engine.cloak_graph import build_cloak_graph
 from ulixes_onnx.engine.session import create_session, default_domain_only
 from ulixes_onnx.errors import GraphError
-from ulixes_onnx.recognition import adapter_spec
 
 BATCH = 3
 OUTPUTS = ["loss", "grad", "emb", "d_pos", "d_neg"]
@@ -138,17 +136,6 @@ def test_cloak_graph_uses_standard_operators_only(cloak):
         "x", "e_pos", "e_neg", "margin", "neg_weight"
     ]  # fmt: skip
     assert {value.name for value in graph.graph.output} == set(OUTPUTS)
-
-
-def test_weights_are_stored_at_most_twice(store):
-    # Every convolution keeps its weight and gets one copy for its backward pass: flipped for stride 1,
-    # split into stride phases for strided ones (zero-padded sub-kernels, at most 1.8x as large).
-    card = get_card("dlib-resnet")
-    network = with_canonical_input(onnx.load(store.get(card).path), adapter_spec(card))
-    graph = build_cloak_graph(network)
-    forward_bytes = sum(len(t.raw_data) for t in network.graph.initializer)
-    cloak_bytes = sum(len(t.raw_data) for t in graph.graph.initializer)
-    assert cloak_bytes < 2 * forward_bytes
 
 
 def test_unknown_distance_is_a_graph_error(network):

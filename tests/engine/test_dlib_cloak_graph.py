@@ -33,10 +33,14 @@ def chip(astronaut) -> np.ndarray:
     return rgb.transpose(2, 0, 1)[None].astype(np.float32)  # [1, 3, 150, 150] in 0..255
 
 
-def test_dlib_cloak_graph_matches_the_model_and_finite_differences(dlib_model, chip):
-    graph = build_cloak_graph(with_canonical_input(dlib_model, DLIB_INPUT))
-    assert default_domain_only(graph)
-    session = create_session(graph)
+@pytest.fixture(scope="module")
+def cloak_graph(dlib_model) -> onnx.ModelProto:
+    return build_cloak_graph(with_canonical_input(dlib_model, DLIB_INPUT))
+
+
+def test_dlib_cloak_graph_matches_the_model_and_finite_differences(dlib_model, cloak_graph, chip):
+    assert default_domain_only(cloak_graph)
+    session = create_session(cloak_graph)
     x = chip / 127.5 - 1
     (plain,) = create_session(dlib_model).run([OUTPUT_NAME], {INPUT_NAME: chip})
     feeds = {
@@ -55,3 +59,11 @@ def test_dlib_cloak_graph_matches_the_model_and_finite_differences(dlib_model, c
     feeds["e_pos"] = plain + np.random.default_rng(0).normal(0, 0.02, plain.shape).astype(np.float32)
     errors = directional_errors(session, feeds, step=1e-3)
     assert max(errors) < 1e-2, errors
+
+
+def test_weights_are_stored_at_most_twice(dlib_model, cloak_graph):
+    # Every convolution keeps its weight and gets one copy for its backward pass: flipped for stride 1,
+    # split into stride phases for strided ones (zero-padded sub-kernels, at most 1.8x as large).
+    forward_bytes = sum(len(t.raw_data) for t in dlib_model.graph.initializer)
+    cloak_bytes = sum(len(t.raw_data) for t in cloak_graph.graph.initializer)
+    assert cloak_bytes < 2 * forward_bytes

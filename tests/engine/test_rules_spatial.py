@@ -103,18 +103,20 @@ def test_conv(attributes, channels, filters, group, batch, assert_gradient_match
     assert_gradient_matches(model, {"x": images((batch, channels, 7, 8))}, "x")
 
 
-def test_conv_backward_of_the_strided_16_channel_cases_is_a_conv_transpose():
-    for attributes, channels, filters, group in CONV_CASES:
-        if channels < 16:
-            continue
-        model = make_model(
-            [helper.make_node("Conv", ["x", "w"], ["y"], **attributes)],
-            {"x": ["N", channels, 7, 8]},
-            ["y"],
-            initializers={"w": images((filters, channels // group, 3, 3), seed=1)},
-            dtype=np.float32,
-        )
-        assert "ConvTranspose" in {node.op_type for node in add_input_gradient(model, "x", "y").graph.node}
+@pytest.mark.parametrize(
+    ("attributes", "channels", "filters", "group"), [case for case in CONV_CASES if case[1] >= 16]
+)
+def test_conv_backward_of_the_strided_16_channel_cases_is_a_conv_transpose(
+    attributes, channels, filters, group
+):
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], **attributes)],
+        {"x": ["N", channels, 7, 8]},
+        ["y"],
+        initializers={"w": images((filters, channels // group, 3, 3), seed=1)},
+        dtype=np.float32,
+    )
+    assert "ConvTranspose" in {node.op_type for node in add_input_gradient(model, "x", "y").graph.node}
 
 
 @pytest.mark.parametrize("group", [1, 2])

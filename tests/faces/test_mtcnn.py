@@ -137,8 +137,7 @@ def test_missing_or_broken_model_files(model_paths, tmp_path):
         MTCNN(pnet, rnet, rnet)
 
 
-def test_pnet_never_sees_more_than_the_pyramid_budget(model_paths, monkeypatch):
-    detector = MTCNN(*model_paths)
+def test_pnet_never_sees_more_than_the_pyramid_budget(detector, monkeypatch):
     seen = []
     pnet_run = detector._pnet.run
     monkeypatch.setattr(detector._pnet, "run", lambda batch: seen.append(batch.shape) or pnet_run(batch))

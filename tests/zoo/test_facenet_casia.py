@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.test_cli import run_cli
 from tests.zoo.conftest import gradient_check_errors, sha256_hex
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.engine import create_session
@@ -110,11 +110,7 @@ def test_wrong_files_are_refused_in_one_line(release, export_python, tmp_path, g
 
 
 def test_models_list_names_both_forms(tmp_path):
-    listed = subprocess.run(
-        [sys.executable, "-m", "ulixes_onnx", "--models-dir", str(tmp_path), "models", "list", "--json"],
-        capture_output=True,
-        text=True,
-    )
+    listed = run_cli("models", "list", "--json", models_dir=tmp_path)
     assert listed.returncode == 0, listed.stderr
     (row,) = [row for row in json.loads(listed.stdout) if row["name"] == CARD.name]
     assert row["status"] == "needs user weights"
