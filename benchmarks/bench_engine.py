@@ -368,4 +368,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ulixes_onnx.errors import UlixesError
+
+    try:
+        main()
+    except UlixesError as error:  # an unknown or unbuildable model: one line, not a traceback
+        raise SystemExit(f"error: {error}") from None
