@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image
 
 from ulixes_onnx import samples
-from ulixes_onnx.cloak import View, cloak_chips
+from ulixes_onnx.cloak import View, cloak_canvases
 from ulixes_onnx.engine.session import available_cores
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
+from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files, expand_inputs
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.pipeline import Cloaker
@@ -89,16 +90,24 @@ def sample_photos(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def face_chips(photos: list[Path], store: ModelStore, alignment: str) -> np.ndarray:
-    """The largest face of every photo as a canonical chip for `alignment`."""
+def face_chips(
+    photos: list[Path], store: ModelStore, alignment: str, canvas_cap: float
+) -> tuple[np.ndarray, list[FaceCanvas]]:
+    """The largest face of every photo as a canonical chip for `alignment`, and as the canvas the
+    cloak loop works on."""
     detector = detector_from_store(store)
-    chips = []
+    layout = chip_spec(alignment, store)
+    chips, canvases = [], []
     for path in photos:
         pixels = read_photo(path).rgb8
         faces = detector.detect(pixels)
         if faces:
-            chips.append(extract_chips(pixels, faces[:1], chip_spec(alignment, store)).chips[0])
-    return np.stack(chips)
+            aligned = extract_chips(pixels, faces[:1], layout)
+            canvas = make_canvas(pixels, aligned.matrices, [layout.size], cap=canvas_cap)
+            if canvas is not None:
+                chips.append(aligned.chips[0])
+                canvases.append(canvas)
+    return np.stack(chips), canvases
 
 
 def bench_model(
@@ -106,7 +115,7 @@ def bench_model(
 ) -> dict:
     cloaker = Cloaker([name], store=store, threads=threads)
     model = cloaker.models[0]
-    chips = face_chips(photos, store, model.card.input.alignment)
+    chips, canvases = face_chips(photos, store, model.card.input.alignment, cloaker.canvas_cap)
     settings = cloaker.settings[name]
     per_batch = {}
     for batch in batches:
@@ -115,7 +124,7 @@ def bench_model(
         forward = median_ms(lambda x=x: model.embed(x), repeats)
         step = median_ms(lambda x=x, e=embeddings: model.step(x, e, e, settings.target, 0.0), repeats)
         started = time.perf_counter()
-        results = cloak_chips([View(model, settings)], x)
+        results = cloak_canvases([View(model, settings)], [canvases[i % len(canvases)] for i in range(batch)])
         loop_seconds = time.perf_counter() - started
         per_batch[str(batch)] = {
             "forward_ms": round(forward, 2),

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ulixes_onnx.dssim import batch_dssim
+from ulixes_onnx.dssim import image_dssim
 from ulixes_onnx.errors import UlixesError
+from ulixes_onnx.faces.canvas import FaceCanvas
+from ulixes_onnx.perceptual import budget_map, to_opponent, to_rgb
 from ulixes_onnx.recognition import FaceModel
 
 STRATEGIES = ("away", "self", "nearest", "farthest", "random", "random-farthest")
@@ -39,6 +41,11 @@ POOL_STRATEGIES = ("nearest", "farthest", "random", "random-farthest")
 SELF_NEGATIVE_OFFSET = 1e-5
 # The away objective starts this far (in step units) from the original so that its gradient exists.
 AWAY_START_NOISE = 0.1
+# Progress is judged over this many steps: with per-pixel bounds and input diversity single steps are
+# uneven (saturating pixels, another random view every step).
+STALL_WINDOW = 5
+# The percentile of the movable elements' step sizes that is scaled to the full step.
+STEP_PERCENTILE = 99
 
 
 class CloakSettingsError(UlixesError):
@@ -50,7 +57,7 @@ class LoopSettings:
     """How one model cloaks its chips; distances are in the model's own units."""
 
     strategy: str = "away"
-    step: float = 0.01
+    step: float = 0.004
     margin: float = 0.6
     target: float = 0.8
     min_progress: float = 0.005
@@ -58,6 +65,11 @@ class LoopSettings:
     max_steps: int = 100
     random_negatives: int = 5
     seed: int = 0
+    budget: float = 8.0
+    chroma: float = 0.2
+    diversity: float = 0.0
+    momentum: float = 0.0
+    smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -70,6 +82,12 @@ class LoopSettings:
             raise CloakSettingsError("max steps and the number of random negatives must be at least 1")
         if not 0 < self.max_dssim <= 1:
             raise CloakSettingsError(f"the DSSIM bound must be in (0, 1], not {self.max_dssim}")
+        if self.budget <= 0 or not 0 <= self.chroma <= 1:
+            raise CloakSettingsError("the budget must be positive and the chroma share in [0, 1]")
+        if not 0 <= self.diversity <= 0.3 or not 0 <= self.momentum < 1 or self.smoothing < 0:
+            raise CloakSettingsError(
+                "diversity must be in [0, 0.3], momentum in [0, 1) and smoothing at least 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -83,50 +101,29 @@ class Objective:
 
 @dataclass(frozen=True)
 class View:
-    """One model's view of the chips being cloaked.
-
-    `warps` [N, 2, 3] map each cloaked chip's pixels to this model's chip when the model wants another
-    chip (the joint ensemble); None means the model sees the cloaked chips themselves. `positives`
-    default to the model's embeddings of the original chips.
-    """
+    """One model's view of the faces being cloaked: its chips are cut from each face's canvas by the
+    canvas's operator number `index`. `positives` are the embeddings to move away from (default: the
+    model's embeddings of the original faces)."""
 
     model: FaceModel
     settings: LoopSettings
-    warps: np.ndarray | None = None
+    index: int = 0
     positives: np.ndarray | None = None
     pool: np.ndarray | None = None
 
-    def chips(self, chips: np.ndarray, rows: list[int]) -> np.ndarray:
-        if self.warps is None:
-            return chips
-        size = self.model.chip_size[0]
-        return np.stack(
-            [
-                cv2.warpAffine(
-                    chip.transpose(1, 2, 0), self.warps[row], (size, size), flags=cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE,
-                ).transpose(2, 0, 1)
-                for chip, row in zip(chips, rows, strict=True)
-            ]
-        )  # fmt: skip
-
-    def gradient_in_chip(self, gradient: np.ndarray, row: int, size: int) -> np.ndarray:
-        """A gradient on this model's chip, brought back onto the cloaked chip (the warp's adjoint,
-        up to a constant factor that the step's normalisation removes)."""
-        if self.warps is None:
-            return gradient
-        back = cv2.warpAffine(
-            np.ascontiguousarray(gradient.transpose(1, 2, 0)), self.warps[row], (size, size),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
-        )  # fmt: skip
-        return back.transpose(2, 0, 1)
-
 
 @dataclass(frozen=True)
-class ChipCloak:
-    """The outcome for one face: the cloaked chip and, per model, why it stopped and how far it got."""
+class CanvasCloak:
+    """The outcome for one face: the change to its canvas and, per model, why it stopped and how far
+    it got.
 
-    chip: np.ndarray
+    `delta` float32 [H, W, 3] is the masked RGB change in canonical units (2.0 spans 0..255), `state`
+    the loop's variable it was made from (opponent coordinates before the mask), from which a later
+    round continues; `dssim` is measured on the canvas, i.e. at (close to) the photo's resolution.
+    """
+
+    delta: np.ndarray
+    state: np.ndarray
     steps: int
     dssim: float
     stop_reasons: dict[str, str]
@@ -145,6 +142,17 @@ def _stalled(model: FaceModel, before: float, after: float, min_progress: float)
         return after - before < min_progress
     chord_min_progress = min_progress / np.sqrt(2 * model.threshold)
     return float(np.sqrt(2 * max(after, 0.0)) - np.sqrt(2 * max(before, 0.0))) < chord_min_progress
+
+
+def _stalled_over(
+    model: FaceModel, seen: list[float], distance: float, window: int, min_progress: float
+) -> bool:
+    """Whether the best distance of the last `window` steps (this one included) beats the best one
+    before them by less than `window` x `min_progress`."""
+    if len(seen) < window:
+        return False
+    split = len(seen) - window + 1
+    return _stalled(model, max(seen[:split]), max([*seen[split:], distance]), window * min_progress)
 
 
 def plan_objectives(
@@ -196,66 +204,129 @@ def plan_objectives(
     return plans
 
 
-def cloak_chips(
-    views: list[View],
-    originals: np.ndarray,
-    *,
-    start: np.ndarray | None = None,
-    face_keys: Sequence[int] | None = None,
-) -> list[ChipCloak]:
-    """Cloak canonical chips [N, 3, H, W]; all faces advance together, one run per model and step.
+def _jitter(rng: np.random.Generator, size: int, amount: float) -> np.ndarray:
+    """A random similarity of the chip about its centre: scale within 1 +- amount, shift within
+    +- amount / 2 of the side, rotation within +- 30 * amount degrees (input diversity)."""
+    scale = 1 + rng.uniform(-amount, amount)
+    angle = np.deg2rad(rng.uniform(-30 * amount, 30 * amount))
+    shift = rng.uniform(-amount / 2, amount / 2, 2) * size
+    centre = (size - 1) / 2
+    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return np.hstack([rotation, (centre - rotation @ [centre, centre] + shift)[:, None]])
 
-    With several views (the joint ensemble) every step follows the sum of the models' gradients, each
-    scaled to unit max-norm so that no model dominates; a model stops contributing to a face once its
-    objectives are done. Step size, DSSIM bound, step limit and seed come from the first view.
-    `start` continues from already cloaked chips (DSSIM is always measured against `originals`).
-    `face_keys` seed each face's random draws (default: its position), so that a face is cloaked the
-    same whatever else is in the batch.
+
+def _chip_blur(chip: np.ndarray, sigma: float) -> np.ndarray:
+    """A [3, S, S] chip blurred by a Gaussian (self-adjoint, so it also carries the gradient back)."""
+    if sigma < 0.3:
+        return chip
+    return cv2.GaussianBlur(chip.transpose(1, 2, 0), (0, 0), sigma, borderType=cv2.BORDER_REFLECT).transpose(
+        2, 0, 1
+    )
+
+
+class _FaceState:
+    """One face in the loop: its canvas in canonical units, the change so far and its bounds."""
+
+    def __init__(
+        self, canvas: FaceCanvas, settings: LoopSettings, start: np.ndarray | None, key: int
+    ) -> None:
+        self.canvas = canvas
+        self.clean = canvas.image * np.float32(1 / 127.5) - np.float32(1)
+        self.mask = canvas.mask[:, :, None]
+        relative = budget_map(canvas.image, canvas.mask, 1 / canvas.scale)[:, :, None]
+        # Per-pixel bound of each opponent axis, in canonical units.
+        self.bound = relative * (
+            np.array([1.0, settings.chroma, settings.chroma], np.float32) * (settings.budget / 127.5)
+        )
+        self.rng = np.random.default_rng([settings.seed, key])
+        if start is None:
+            noise = self.rng.uniform(-1, 1, self.clean.shape).astype(np.float32)
+            self.opponent = np.clip(AWAY_START_NOISE * settings.step * noise, -self.bound, self.bound)
+        else:
+            self.opponent = np.clip(start, -self.bound, self.bound)
+        self.momentum = np.zeros_like(self.opponent)
+
+    def delta(self, opponent: np.ndarray | None = None) -> np.ndarray:
+        """The masked RGB change of a state (default: the current one)."""
+        change = to_rgb(self.opponent if opponent is None else opponent) * self.mask
+        # Keep the cloaked pixels inside the valid range.
+        return np.clip(self.clean + change, -1, 1) - self.clean
+
+    def dssim(self, delta: np.ndarray) -> float:
+        return image_dssim(self.clean, self.clean + delta) if delta.any() else 0.0
+
+
+def cloak_canvases(
+    views: list[View],
+    canvases: Sequence[FaceCanvas],
+    *,
+    start: Sequence[np.ndarray] | None = None,
+    face_keys: Sequence[int] | None = None,
+) -> list[CanvasCloak]:
+    """Cloak faces on their canvases; all faces advance together, one run per model and step.
+
+    Each step cuts every model's chip from the cloaked canvas (through a random jitter and blur when
+    `diversity` is on), runs the models' cloak graphs, brings each gradient back onto the canvas
+    through the operator's adjoint, sums the models' gradients (each scaled to unit max-norm so that
+    no model dominates; a model stops contributing to a face once its objectives are done), smooths
+    it (`smoothing`), accumulates momentum, shapes it by the perceptual budget and moves the change in
+    the opponent basis by `step` in max-norm, within its per-pixel bounds. Step size, bounds, DSSIM
+    bound, step limit and seed come from the first view. `start` continues from earlier states
+    (`CanvasCloak.state`); `face_keys` seed each face's random draws (default: its
+    position), so that a face is cloaked the same whatever else is in the batch.
     """
-    originals = np.asarray(originals, np.float32)
-    count = len(originals)
+    count = len(canvases)
     if count == 0:
         return []
     lead = views[0].settings
-    positives = [
-        view.model.embed(view.chips(originals, list(range(count))))
-        if view.positives is None
-        else view.positives
-        for view in views
-    ]
     keys = list(range(count)) if face_keys is None else list(face_keys)
-    plans = [
-        plan_objectives(
-            view.model, view.chips(originals, list(range(count))), positive, view.settings, view.pool, keys
-        )
-        for view, positive in zip(views, positives, strict=True)
+    faces = [
+        _FaceState(canvas, lead, None if start is None else start[i], key)
+        for i, (canvas, key) in enumerate(zip(canvases, keys, strict=True))
     ]
-    chips = originals.copy() if start is None else np.array(start, np.float32)
-    if any(view.settings.strategy == "away" for view in views):
-        for index, key in enumerate(keys):
-            noise = np.random.default_rng([lead.seed, key]).uniform(-1, 1, chips[index].shape)
-            chips[index] = np.clip(chips[index] + AWAY_START_NOISE * lead.step * noise, -1, 1)
-
+    plain = [[canvas.operator(view.index) for canvas in canvases] for view in views]
+    original_chips = [
+        np.stack([op.forward(face.clean) for op, face in zip(ops, faces, strict=True)]) for ops in plain
+    ]
+    positives = [
+        view.model.embed(chips) if view.positives is None else view.positives
+        for view, chips in zip(views, original_chips, strict=True)
+    ]
+    plans = [
+        plan_objectives(view.model, chips, positive, view.settings, view.pool, keys)
+        for view, chips, positive in zip(views, original_chips, positives, strict=True)
+    ]
     steps = np.zeros(count, int)
     objective = np.zeros((len(views), count), int)
-    previous = np.full((len(views), count), np.nan)
+    history: list[list[list[float]]] = [[[] for _ in range(count)] for _ in views]
     view_reasons: list[list[str | None]] = [[None] * count for _ in views]
     face_reasons: list[str | None] = [None] * count
-    dssim = batch_dssim(chips, originals)
-    size = chips.shape[-1]
+    dssim = [face.dssim(face.delta()) for face in faces]
     while True:
         active = [i for i in range(count) if face_reasons[i] is None]
         if not active:
             break
-        direction = np.zeros((count, *chips.shape[1:]), np.float32)
+        direction: dict[int, np.ndarray] = {}
         advanced: set[int] = set()  # faces where an objective ended: evaluate the next one first
         for v, view in enumerate(views):
             rows = [i for i in active if view_reasons[v][i] is None]
             if not rows:
                 continue
+            operators, chips, blurs = [], [], []
+            for i in rows:
+                face = faces[i]
+                if lead.diversity > 0:
+                    size = face.canvas.chip_sizes[view.index]
+                    operator = face.canvas.operator(view.index, _jitter(face.rng, size, lead.diversity))
+                    blur = float(face.rng.uniform(0, 2 * lead.diversity * 5))
+                else:
+                    operator, blur = plain[v][i], 0.0
+                operators.append(operator)
+                blurs.append(blur)
+                chips.append(_chip_blur(operator.forward(face.clean + face.delta()), blur))
             targets = [plans[v][i][objective[v, i]] for i in rows]
             result = view.model.step(
-                view.chips(chips[rows], rows),
+                np.stack(chips),
                 positives[v][rows],
                 np.stack([target.negative for target in targets]),
                 np.array([target.margin for target in targets], np.float32),
@@ -263,64 +334,85 @@ def cloak_chips(
             )
             for row, index in enumerate(rows):
                 distance = float(result.d_pos[row])
+                seen = history[v][index]
                 ended = None
                 if result.loss[row] <= 0:
                     ended = "target-reached" if view.settings.strategy == "away" else "loss-zero"
-                elif not np.isnan(previous[v, index]) and _stalled(
-                    view.model, previous[v, index], distance, view.settings.min_progress
-                ):
+                elif _stalled_over(view.model, seen, distance, STALL_WINDOW, view.settings.min_progress):
                     ended = "slow-progress"
                 if ended is not None:
                     objective[v, index] += 1
-                    previous[v, index] = np.nan
+                    history[v][index] = []
                     if objective[v, index] == len(plans[v][index]):
                         view_reasons[v][index] = ended
                     else:
                         advanced.add(index)
                     continue
-                gradient = view.gradient_in_chip(result.grad[row], index, size)
+                gradient = operators[row].adjoint(_chip_blur(result.grad[row], blurs[row]))
                 largest = float(np.abs(gradient).max())
                 if largest > 0 and np.isfinite(largest):
-                    direction[index] += gradient / largest
-                previous[v, index] = distance
+                    direction[index] = direction.get(index, 0) + gradient / largest
+                seen.append(distance)
 
-        moving = []
         for index in active:
+            face = faces[index]
             if all(reasons[index] is not None for reasons in view_reasons):
                 face_reasons[index] = "done"
-            elif steps[index] >= lead.max_steps:
+                continue
+            if steps[index] >= lead.max_steps:
                 face_reasons[index] = "max-steps"
-            elif not np.any(direction[index]):
+                continue
+            if index not in direction:
                 if index not in advanced:
                     face_reasons[index] = "no-gradient"
-            else:
-                moving.append(index)
-        if not moving:
-            continue
-        largest = np.abs(direction[moving]).reshape(len(moving), -1).max(axis=1)
-        candidates = np.clip(
-            chips[moving] - (lead.step / largest)[:, None, None, None] * direction[moving], -1, 1
-        )
-        candidate_dssim = batch_dssim(candidates, originals[moving])
-        for row, index in enumerate(moving):
-            if candidate_dssim[row] > lead.max_dssim:
+                continue
+            gradient = to_opponent(direction[index] * face.mask)
+            if lead.smoothing > 0:
+                gradient = cv2.GaussianBlur(gradient, (0, 0), lead.smoothing / face.canvas.scale)
+            scale = float(np.abs(gradient).mean())
+            if scale == 0 or not np.isfinite(scale):
+                face_reasons[index] = "no-gradient"
+                continue
+            face.momentum = lead.momentum * face.momentum + gradient / scale
+            shaped = face.momentum * face.bound
+            # The step is scaled by a high percentile of the elements that can still move (those at their
+            # bound in the step's direction cannot), so a few strong or saturated elements do not shrink
+            # everyone else's step; no element moves by more than `step`.
+            movable = ~(
+                (shaped > 0) & (face.opponent <= -face.bound) | (shaped < 0) & (face.opponent >= face.bound)
+            )
+            if not movable.any():
+                face_reasons[index] = "budget-spent"
+                continue
+            scale = float(np.percentile(np.abs(shaped[movable]), STEP_PERCENTILE))
+            if scale == 0:
+                face_reasons[index] = "budget-spent"
+                continue
+            move = np.clip(shaped / scale, -1, 1) * lead.step
+            candidate = np.clip(face.opponent - move, -face.bound, face.bound)
+            candidate_delta = face.delta(candidate)
+            candidate_dssim = face.dssim(candidate_delta)
+            if candidate_dssim > lead.max_dssim:
                 face_reasons[index] = "dssim-bound"
                 continue
-            chips[index] = candidates[row]
-            dssim[index] = candidate_dssim[row]
+            face.opponent = candidate
+            dssim[index] = candidate_dssim
             steps[index] += 1
 
-    distances = [
-        view.model.distance(view.model.embed(view.chips(chips, list(range(count)))), positive)
-        for view, positive in zip(views, positives, strict=True)
-    ]
+    distances = []
+    for v, view in enumerate(views):
+        chips = np.stack(
+            [op.forward(face.clean + face.delta()) for op, face in zip(plain[v], faces, strict=True)]
+        )
+        distances.append(view.model.distance(view.model.embed(chips), positives[v]))
     return [
-        ChipCloak(
-            chips[i],
+        CanvasCloak(
+            face.delta(),
+            face.opponent,
             int(steps[i]),
             float(dssim[i]),
             {view.model.name: view_reasons[v][i] or face_reasons[i] for v, view in enumerate(views)},
             {view.model.name: float(distances[v][i]) for v, view in enumerate(views)},
         )
-        for i in range(count)
+        for i, face in enumerate(faces)
     ]

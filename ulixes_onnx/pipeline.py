@@ -25,11 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-import cv2
 import numpy as np
 
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloak import ChipCloak, CloakSettingsError, LoopSettings, View, cloak_chips
+from ulixes_onnx.cloak import CanvasCloak, CloakSettingsError, LoopSettings, View, cloak_canvases
 from ulixes_onnx.dssim import image_dssim
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
@@ -38,18 +37,21 @@ from ulixes_onnx.faces import (
     detector_from_store,
     extract_chips,
     merge_patches,
-    paste_back,
     photo_pixels_per_chip_pixel,
-    warp_chips,
 )
+from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStore
 
 ENSEMBLES = ("max", "sum", "joint")
 DEFAULT_MODELS = ("dlib-resnet",)
-# Each verification round that finds a face unprotected raises its models' targets by this factor.
+# Each verification round that finds a face unprotected raises its models' targets and the per-pixel
+# budget by these factors: the budget is what usually stops a face short of its target.
 TARGET_GROWTH = 1.15
+BUDGET_GROWTH = 1.4
+# A face's canvas keeps the photo's resolution up to this many pixels per pixel of the finest chip.
+CANVAS_CAP = 4.0
 # A re-detected face is the same face when its box overlaps the original's by at least this IoU.
 SAME_FACE_IOU = 0.5
 # Boxes with that overlap are at least ~0.7 times as large, so re-detection searches down to half size.
@@ -164,41 +166,29 @@ class PhotoInput:
 
 @dataclass(eq=False)
 class _PhotoJob:
-    """A photo on its way through the rounds: its faces, their reports and the cloak so far."""
+    """A photo on its way through the rounds: its faces, their canvases and reports, and the cloak so
+    far (per face and per loop pass: the canvas change that pass has made)."""
 
     photo: PhotoInput
     original: np.ndarray
     original8: np.ndarray
-    aligned: dict[str, AlignedChips]
+    canvases: dict[int, FaceCanvas]
     reports: list[FaceReport]
     pending: list[int]
     started: float
+    changes: dict[tuple[int, str], CanvasCloak] = field(default_factory=dict)
     total: PhotoDelta | None = None
     seen: np.ndarray | None = None  # what a recogniser sees of the photo with `total` added
-    _cloaked8: np.ndarray | None = None
 
-    def cloaked8(self) -> np.ndarray:
-        """The photo with `total` added, rounded to 8 bits; made once per round, and only when needed
-        (at 12 megapixels it takes 36 MB)."""
-        if self.total is None:
-            return self.original8
-        if self._cloaked8 is None:
-            self._cloaked8 = self.total.apply(self.original8)
-        return self._cloaked8
-
-    def finish_round(
-        self, delta: PhotoDelta, loop_results: list[ChipCloak], round_index: int, cloaker: Cloaker
-    ) -> None:
-        """Add a round's change, look at the photo as a recogniser would, and update the reports."""
-        patches = delta.patches if self.total is None else [*self.total.patches, *delta.patches]
-        self.total = replace(delta, patches=tuple(merge_patches(patches, "sum")))
-        self._cloaked8 = None
+    def finish_round(self, loop_results: dict[int, CanvasCloak], round_index: int, cloaker: Cloaker) -> None:
+        """Paste the faces' changes into the photo, look at it as a recogniser would, update the reports."""
+        self.total = cloaker.photo_delta(self)
         encode = self.photo.encode
-        self.seen = encode(self.total) if encode else self.cloaked8()
+        self.seen = encode(self.total) if encode else self.total.apply(self.original8)
         distances, redetected = cloaker.verify(self.seen, [self.reports[i] for i in self.pending])
         for row, index in enumerate(self.pending):
             previous = self.reports[index].models
-            result = loop_results[row]
+            result = loop_results[index]
             outcomes = {
                 model.name: ModelOutcome(
                     steps=result.steps + (previous[model.name].steps if previous else 0),
@@ -243,7 +233,7 @@ class Cloaker:
         store: ModelStore | None = None,
         strategy: str = "away",
         ensemble: str = "max",
-        step: float = 0.01,
+        step: float = 0.004,
         margin: float | None = None,
         target: float | None = None,
         min_progress: float | None = None,
@@ -255,6 +245,12 @@ class Cloaker:
         pool: dict[str, np.ndarray] | None = None,
         min_face_size: float = 20.0,
         threads: int | None = None,
+        canvas_cap: float = CANVAS_CAP,
+        budget: float = 8.0,
+        chroma: float = 0.2,
+        diversity: float = 0.0,
+        momentum: float = 0.0,
+        smoothing: float = 0.0,
     ) -> None:
         if not models:
             raise CloakSettingsError("give at least one model to cloak with")
@@ -268,6 +264,7 @@ class Cloaker:
         self.detector = detector_from_store(store, min_face_size=min_face_size)
         self.ensemble = ensemble
         self.max_rounds = max_rounds
+        self.canvas_cap = canvas_cap
         self.pool = pool or {}
         self.settings = {
             model.name: LoopSettings(
@@ -280,6 +277,11 @@ class Cloaker:
                 max_steps=max_steps,
                 random_negatives=random_negatives,
                 seed=seed,
+                budget=budget,
+                chroma=chroma,
+                diversity=diversity,
+                momentum=momentum,
+                smoothing=smoothing,
             )
             for model in self.models
         }
@@ -302,20 +304,32 @@ class Cloaker:
             active = [job for job in jobs if job.pending]
             if not active:
                 break
-            for job, (round_delta, loop_results) in zip(
-                active, self._cloak_round(active, round_index), strict=True
-            ):
-                job.finish_round(round_delta, loop_results, round_index, self)
+            for job, loop_results in zip(active, self._cloak_round(active, round_index), strict=True):
+                job.finish_round(loop_results, round_index, self)
         return [job.result() for job in jobs]
 
     def _prepare(self, photo: PhotoInput) -> _PhotoJob:
-        """Detect and align a photo's faces and embed the originals."""
+        """Detect and align a photo's faces, embed the originals and lay out each face's canvas."""
         started = time.perf_counter()
         original = _as_rgb(photo.image)
         original8 = _quantised(original)
         faces = self.detector.detect(original8)
         aligned = {model.name: extract_chips(original8, faces, model.chip_spec) for model in self.models}
         skipped = self._too_small(aligned)
+        canvases = {}
+        for index in range(len(faces)):
+            if index in skipped:
+                continue
+            canvas = make_canvas(
+                original8,
+                [aligned[model.name].matrices[index] for model in self.models],
+                [model.chip_size[0] for model in self.models],
+                cap=self.canvas_cap,
+            )
+            if canvas is None:
+                skipped[index] = "the face lies outside the photo"
+            else:
+                canvases[index] = canvas
         pending = [i for i in range(len(faces)) if i not in skipped]
         embeddings = {
             model.name: model.embed(aligned[model.name].chips[pending]) if pending else None
@@ -332,88 +346,77 @@ class Cloaker:
             )
             for i, face in enumerate(faces)
         ]
-        return _PhotoJob(photo, original, original8, aligned, reports, pending, started)
+        return _PhotoJob(photo, original, original8, canvases, reports, pending, started)
 
-    def _cloak_round(
-        self, jobs: list[_PhotoJob], round_index: int
-    ) -> list[tuple[PhotoDelta, list[ChipCloak]]]:
-        """One pass of the loop over the pending faces of every photo; returns, per photo, the change
-        to it and, per face, every model's loop outcome (for "max" and "sum" each model cloaks its own
-        chips; for "joint" one loop follows all models' gradients on the chip that covers the most of
-        the face)."""
+    def _passes(self) -> list[list[int]]:
+        """The loop passes of a round, as positions in `models`: one joint pass, or one per model."""
         if self.ensemble == "joint":
-            by_lead: dict[tuple[str, ...], list[int]] = {}
-            for position, job in enumerate(jobs):
-                order = sorted(self.models, key=lambda m: -_footprint(job.aligned[m.name], job.pending))
-                by_lead.setdefault(tuple(model.name for model in order), []).append(position)
-            named = {model.name: model for model in self.models}
-            passes = [([named[name] for name in order], members) for order, members in by_lead.items()]
-        else:
-            passes = [([model], list(range(len(jobs)))) for model in self.models]
-        patches: list[list[DeltaPatch]] = [[] for _ in jobs]
-        outcomes: list[list[ChipCloak]] = [[] for _ in jobs]
-        for group, members in passes:
-            chosen = [jobs[position] for position in members]
-            results, starts = self._cloak_faces(group, chosen, round_index)
-            first = 0
-            for position, job in zip(members, chosen, strict=True):
-                rows = slice(first, first + len(job.pending))
-                first = rows.stop
-                outcomes[position] = _merge_outcomes(outcomes[position], results[rows])
-                deltas = np.stack([result.chip for result in results[rows]]) - starts[rows]
-                matrices = job.aligned[group[0].name].matrices[job.pending]
-                patches[position] += paste_back(deltas, matrices, job.original8.shape).patches
-        rule = "max" if self.ensemble == "joint" else self.ensemble
-        per_photo = []
-        for job, photo_patches, photo_outcomes in zip(jobs, patches, outcomes, strict=True):
-            height, width = job.original8.shape[:2]
-            delta = PhotoDelta(height, width, tuple(merge_patches(photo_patches, rule)), ())
-            per_photo.append((_luminance_only(delta) if job.photo.gray else delta, photo_outcomes))
-        return per_photo
+            return [list(range(len(self.models)))]
+        return [[position] for position in range(len(self.models))]
 
-    def _cloak_faces(
-        self, group: list[FaceModel], jobs: list[_PhotoJob], round_index: int
-    ) -> tuple[list[ChipCloak], np.ndarray]:
-        """Run the loop once on the pending faces of all `jobs`, in the chips of `group[0]`; returns
-        the outcomes and the chips the loop started from."""
-        lead = group[0]
-        originals = np.concatenate([job.aligned[lead.name].chips[job.pending] for job in jobs])
-        start = np.concatenate([self._warped(job, lead) for job in jobs]) if round_index else None
-        views = [
-            View(
-                model,
-                replace(
-                    self.settings[model.name],
-                    target=self.settings[model.name].target * TARGET_GROWTH**round_index,
-                ),
-                warps=None
-                if model is lead
-                else np.concatenate(
-                    [
-                        _chip_to_chip(
-                            job.aligned[lead.name].matrices[job.pending],
-                            job.aligned[model.name].matrices[job.pending],
-                        )
-                        for job in jobs
-                    ]
-                ),
-                positives=np.stack(
-                    [job.reports[i].embeddings[model.name] for job in jobs for i in job.pending]
-                ),
-                pool=self.pool.get(model.name),
+    @staticmethod
+    def _pass_key(members: list[int]) -> str:
+        return "+".join(map(str, members))
+
+    def _cloak_round(self, jobs: list[_PhotoJob], round_index: int) -> list[dict[int, CanvasCloak]]:
+        """One pass of the loop per model (or one joint pass) over the pending faces of every photo;
+        returns, per photo and face, every model's loop outcome. Each pass continues from the change
+        it made in earlier rounds, with its targets raised."""
+        outcomes: list[dict[int, CanvasCloak]] = [{} for _ in jobs]
+        for members in self._passes():
+            key = self._pass_key(members)
+            faces = [(job, index) for job in jobs for index in job.pending]
+            views = [
+                View(
+                    self.models[position],
+                    _escalated(self.settings[self.models[position].name], round_index),
+                    index=position,
+                    positives=np.stack(
+                        [job.reports[i].embeddings[self.models[position].name] for job, i in faces]
+                    ),
+                    pool=self.pool.get(self.models[position].name),
+                )
+                for position in members
+            ]
+            starts = [job.changes[(index, key)].state if round_index else None for job, index in faces]
+            results = cloak_canvases(
+                views,
+                [job.canvases[index] for job, index in faces],
+                start=starts if round_index else None,
+                # Seeded by each face's index in its own photo: batching photos together changes no cloak.
+                face_keys=[index for _, index in faces],
             )
-            for model in group
-        ]
-        # Seeded by each face's index in its own photo: batching photos together changes no cloak.
-        face_keys = [index for job in jobs for index in job.pending]
-        results = cloak_chips(views, originals, start=start, face_keys=face_keys)
-        return results, originals if start is None else start
+            for (job, index), result in zip(faces, results, strict=True):
+                job.changes[(index, key)] = result
+                position = jobs.index(job)
+                outcomes[position][index] = _merge_outcomes(outcomes[position].get(index), result)
+        return outcomes
 
-    def _warped(self, job: _PhotoJob, model: FaceModel) -> np.ndarray:
-        """The pending faces' chips for `model`, cut from the photo as cloaked so far."""
-        spec = model.chip_spec
-        matrices = job.aligned[model.name].matrices[job.pending]
-        return warp_chips(job.cloaked8(), matrices, spec.size, dlib_pyramid=spec.dlib_pyramid)
+    def photo_delta(self, job: _PhotoJob) -> PhotoDelta:
+        """The photo-resolution change of every cloaked face of a job, its passes combined by the
+        ensemble rule (faces that overlap keep the change of largest magnitude)."""
+        rule = "sum" if self.ensemble == "sum" else "max"
+        patches = []
+        for index, canvas in job.canvases.items():
+            changes = [
+                job.changes[(index, key)].delta
+                for key in map(self._pass_key, self._passes())
+                if (index, key) in job.changes
+            ]
+            if not changes:
+                continue
+            combined = changes[0]
+            for change in changes[1:]:
+                combined = (
+                    combined + change
+                    if rule == "sum"
+                    else np.where(np.abs(change) > np.abs(combined), change, combined)
+                )
+            delta, mask = canvas.to_photo(combined * np.float32(127.5))
+            patches.append(DeltaPatch(canvas.x0, canvas.y0, delta, mask))
+        height, width = job.original8.shape[:2]
+        photo_delta = PhotoDelta(height, width, tuple(merge_patches(patches)), ())
+        return _luminance_only(photo_delta) if job.photo.gray else photo_delta
 
     def verify(
         self, seen: np.ndarray, reports: Sequence[FaceReport]
@@ -489,41 +492,28 @@ class Cloaker:
         return skipped
 
 
-def _footprint(chips: AlignedChips, faces: list[int]) -> float:
-    """Mean side, in photo pixels, of the photo region the chips cover."""
-    size = chips.chips.shape[-1]
-    return float(np.mean([size * photo_pixels_per_chip_pixel(chips.matrices[i]) for i in faces]))
+def _escalated(settings: LoopSettings, round_index: int) -> LoopSettings:
+    """A model's loop settings for a later round: a higher target and a larger budget."""
+    return replace(
+        settings,
+        target=settings.target * TARGET_GROWTH**round_index,
+        budget=settings.budget * BUDGET_GROWTH**round_index,
+    )
 
 
-def _chip_to_chip(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """[N, 2, 3] matrices from source-chip pixels to target-chip pixels, given both photo -> chip."""
-    warps = []
-    for photo_to_source, photo_to_target in zip(source, target, strict=True):
-        source_to_photo = cv2.invertAffineTransform(photo_to_source)
-        linear = photo_to_target[:, :2] @ source_to_photo[:, :2]
-        warps.append(
-            np.hstack(
-                [linear, (photo_to_target[:, :2] @ source_to_photo[:, 2] + photo_to_target[:, 2])[:, None]]
-            )
-        )
-    return np.array(warps)
-
-
-def _merge_outcomes(merged: list[ChipCloak], results: list[ChipCloak]) -> list[ChipCloak]:
-    """Per face, one outcome with every model's stop reason and distance (the largest DSSIM and step
-    count of the separate loops, which is what the combined mask can reach at most)."""
-    if not merged:
-        return results
-    return [
-        ChipCloak(
-            chip=old.chip,
-            steps=max(old.steps, new.steps),
-            dssim=max(old.dssim, new.dssim),
-            stop_reasons={**old.stop_reasons, **new.stop_reasons},
-            distances={**old.distances, **new.distances},
-        )
-        for old, new in zip(merged, results, strict=True)
-    ]
+def _merge_outcomes(merged: CanvasCloak | None, result: CanvasCloak) -> CanvasCloak:
+    """One outcome per face with every model's stop reason and distance (the largest DSSIM and step
+    count of the separate passes, which is what the combined change can reach at most)."""
+    if merged is None:
+        return result
+    return CanvasCloak(
+        delta=merged.delta,
+        state=merged.state,
+        steps=max(merged.steps, result.steps),
+        dssim=max(merged.dssim, result.dssim),
+        stop_reasons={**merged.stop_reasons, **result.stop_reasons},
+        distances={**merged.distances, **result.distances},
+    )
 
 
 def _luminance_only(delta: PhotoDelta) -> PhotoDelta:

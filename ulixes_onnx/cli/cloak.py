@@ -61,7 +61,7 @@ def cloak(
     max_dssim: MaxDssim = 0.03,
     max_steps: MaxSteps = 100,
     max_rounds: MaxRounds = 3,
-    step: Annotated[float, typer.Option(help="Step size in [-1, 1] pixel units.")] = 0.01,
+    step: Annotated[float, typer.Option(help="Step size in [-1, 1] pixel units.")] = 0.004,
     seed: Annotated[int, typer.Option(help="Random seed (results are deterministic).")] = 0,
     min_face_size: Annotated[float, typer.Option(help="Smallest face searched for, in pixels.")] = 20.0,
     output_dir: Annotated[

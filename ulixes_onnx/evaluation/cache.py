@@ -48,7 +48,7 @@ class CloakConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     ensemble: str = "max"
     strategy: str = "away"
-    step: float = 0.01
+    step: float = 0.004
     margin: float | None = None
     target: float | None = None
     min_progress: float | None = None

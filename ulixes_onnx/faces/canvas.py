@@ -1,0 +1,208 @@
+"""Face canvases: the region of the photo a cloak may change, held at (close to) the photo's resolution.
+
+A cloak is made on the canvas, not on a model's chip: the canvas covers every model's chip footprint of
+one face and keeps the photo's own pixels up to `cap` canvas pixels per pixel of the finest chip (a face
+larger than that is area-downsampled). Each model's chip is derived from the canvas by a linear
+operator (an anti-aliasing Gaussian blur, then bilinear sampling through the chip's affine map), whose
+exact adjoint carries that model's gradient back onto the canvas. So a perturbation is shaped at the
+resolution people look at, instead of being computed on a 150-pixel chip and stretched onto the face.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import sparse
+
+from ulixes_onnx.faces.align import chip_corners_in_photo, photo_pixels_per_chip_pixel
+
+# How far, as a share of the chip's side, the mask falls from 1 to 0 at the chip's border.
+DEFAULT_FEATHER = 0.08
+
+
+def feathered_mask(
+    region_to_chip: np.ndarray, width: int, height: int, size: int, feather: float
+) -> np.ndarray:
+    """[height, width] weights: 1 deep inside the chip, 0 outside it, a smoothstep over `feather` x
+    `size` chip pixels in between; `region_to_chip` maps the region's pixel centres to the chip's."""
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    (a, b, c), (d, e, f) = np.asarray(region_to_chip, np.float32)
+    chip_x = a * xs + b * ys + c
+    chip_y = d * xs + e * ys + f
+    # Distance (in chip pixels) to the nearest edge of the chip, whose edges sit at -0.5 and S - 0.5.
+    inset = np.minimum(np.minimum(chip_x, chip_y), np.minimum(size - 1 - chip_x, size - 1 - chip_y))
+    ramp = np.clip((inset + 0.5) / (feather * size), 0, 1)
+    return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 affine map `outer` after `inner`."""
+    return np.hstack([outer[:, :2] @ inner[:, :2], (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]])
+
+
+def anti_alias_sigma(shrink: float) -> float:
+    """Gaussian blur (in source pixels) before sampling `shrink` times more coarsely."""
+    return max(shrink - 1.0, 0.0) / 2
+
+
+class ChipOperator:
+    """The linear map from a canvas [H, W, 3] to a chip [3, S, S]: blur, then bilinear sampling.
+
+    `forward` cuts the chip; `adjoint` is its exact transpose (the blur is symmetric and applied with
+    a reflected border, which is self-adjoint up to the outermost pixels; sampling is a sparse matrix).
+    """
+
+    def __init__(self, canvas_to_chip: np.ndarray, canvas_shape: tuple[int, int], size: int) -> None:
+        height, width = canvas_shape
+        self.size = size
+        self.shape = canvas_shape
+        self.sigma = anti_alias_sigma(photo_pixels_per_chip_pixel(canvas_to_chip))
+        chip_to_canvas = cv2.invertAffineTransform(np.asarray(canvas_to_chip, np.float64))
+        rows, cols = np.mgrid[0:size, 0:size]
+        points = np.stack([cols.ravel(), rows.ravel(), np.ones(size * size)])
+        x, y = chip_to_canvas @ points
+        left, top = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+        fx, fy = x - left, y - top
+        entries_row, entries_col, entries_weight = [], [], []
+        index = np.arange(size * size)
+        for dx, dy, weight in (
+            (0, 0, (1 - fx) * (1 - fy)),
+            (1, 0, fx * (1 - fy)),
+            (0, 1, (1 - fx) * fy),
+            (1, 1, fx * fy),
+        ):
+            cx, cy = left + dx, top + dy
+            inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height) & (weight > 0)
+            entries_row.append(index[inside])
+            entries_col.append((cy * width + cx)[inside])
+            entries_weight.append(weight[inside])
+        self.sampling = sparse.csr_matrix(
+            (
+                np.concatenate(entries_weight).astype(np.float32),
+                (np.concatenate(entries_row), np.concatenate(entries_col)),
+            ),
+            shape=(size * size, height * width),
+        )
+        self.sampling_t = self.sampling.T.tocsr()
+
+    def _blur(self, image: np.ndarray) -> np.ndarray:
+        if self.sigma < 0.3:
+            return image
+        return cv2.GaussianBlur(image, (0, 0), self.sigma, borderType=cv2.BORDER_REFLECT)
+
+    def forward(self, canvas: np.ndarray) -> np.ndarray:
+        """A chip [3, S, S] from a canvas [H, W, 3] (same units)."""
+        flat = self._blur(np.ascontiguousarray(canvas, np.float32)).reshape(-1, 3)
+        return np.ascontiguousarray((self.sampling @ flat).T.reshape(3, self.size, self.size))
+
+    def adjoint(self, chip: np.ndarray) -> np.ndarray:
+        """A canvas [H, W, 3] from a chip-shaped gradient [3, S, S]: the transpose of `forward`."""
+        flat = np.ascontiguousarray(chip.reshape(3, -1).T, np.float32)
+        canvas = np.asarray(self.sampling_t @ flat, np.float32).reshape(*self.shape, 3)
+        return self._blur(canvas)
+
+
+@dataclass(frozen=True, eq=False)
+class FaceCanvas:
+    """One face's canvas: the photo region [y0:y1, x0:x1] at `scale` canvas pixels per photo pixel.
+
+    `image` float32 [H, W, 3] is the original region in 0..255 units at canvas resolution, `mask`
+    [H, W] the feathered union of the models' chip footprints (where the cloak may change the photo),
+    `to_chip` one canvas -> chip matrix per model (in the order the canvas was made with).
+    """
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    scale: float
+    image: np.ndarray
+    mask: np.ndarray
+    to_chip: tuple[np.ndarray, ...]
+    chip_sizes: tuple[int, ...]
+
+    @property
+    def photo_to_canvas(self) -> np.ndarray:
+        """Region pixel centres (relative to x0, y0) -> canvas pixel centres."""
+        s = self.scale
+        return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
+
+    def operator(self, model_index: int, jitter: np.ndarray | None = None) -> ChipOperator:
+        """The canvas -> chip operator of one model, optionally followed by a chip-space `jitter`."""
+        matrix = self.to_chip[model_index]
+        size = self.chip_sizes[model_index]
+        if jitter is not None:
+            matrix = compose(jitter, matrix)
+        return ChipOperator(matrix, self.image.shape[:2], size)
+
+    def to_photo(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A canvas-resolution change [H, W, 3] (already masked) and the mask, resampled to the photo
+        region at full resolution: ([h, w, 3], [h, w])."""
+        size = (self.x1 - self.x0, self.y1 - self.y0)
+        if self.scale == 1.0:
+            return delta, self.mask
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        warp = self.photo_to_canvas
+        photo_delta = cv2.warpAffine(delta, warp, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        photo_mask = cv2.warpAffine(self.mask, warp, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        return photo_delta, photo_mask
+
+
+def make_canvas(
+    photo: np.ndarray,
+    matrices: Sequence[np.ndarray],
+    sizes: Sequence[int],
+    *,
+    cap: float,
+    feather: float = DEFAULT_FEATHER,
+) -> FaceCanvas | None:
+    """The canvas of one face from its photo -> chip matrices (one per model, chips of `sizes`).
+
+    The canvas keeps photo resolution up to `cap` canvas pixels per pixel of the finest chip. Returns
+    None when the chips lie outside the photo.
+    """
+    height, width = photo.shape[:2]
+    corners = np.concatenate(
+        [chip_corners_in_photo(matrix, size) for matrix, size in zip(matrices, sizes, strict=True)]
+    )
+    x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
+    x1 = min(int(np.ceil(corners[:, 0].max())) + 1, width)
+    y1 = min(int(np.ceil(corners[:, 1].max())) + 1, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    finest = min(photo_pixels_per_chip_pixel(matrix) for matrix in matrices)
+    scale = min(1.0, cap / finest)
+    region = np.asarray(photo[y0:y1, x0:x1], np.float32)
+    if scale < 1.0:
+        canvas_size = (max(1, math.ceil((x1 - x0) * scale)), max(1, math.ceil((y1 - y0) * scale)))
+        # Exactly the map photo_to_canvas describes (cv2.resize would round the scale to the sizes).
+        image = cv2.warpAffine(
+            cv2.GaussianBlur(region, (0, 0), anti_alias_sigma(1 / scale)) if scale < 0.5 else region,
+            np.array([[scale, 0.0, 0.5 * scale - 0.5], [0.0, scale, 0.5 * scale - 0.5]]),
+            canvas_size,
+            flags=cv2.INTER_AREA if scale >= 0.5 else cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    else:
+        image = region.copy()
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    canvas_to_region = cv2.invertAffineTransform(
+        np.array([[scale, 0.0, 0.5 * scale - 0.5], [0.0, scale, 0.5 * scale - 0.5]])
+    )
+    to_chip = []
+    mask = np.zeros(image.shape[:2], np.float32)
+    for matrix, size in zip(matrices, sizes, strict=True):
+        region_to_chip = np.array(matrix, np.float64)
+        region_to_chip[:, 2] += region_to_chip[:, :2] @ np.array([x0, y0], np.float64)
+        canvas_to_chip = compose(region_to_chip, canvas_to_region)
+        to_chip.append(canvas_to_chip)
+        np.maximum(
+            mask, feathered_mask(canvas_to_chip, image.shape[1], image.shape[0], size, feather), out=mask
+        )
+    return FaceCanvas(int(x0), int(y0), int(x1), int(y1), scale, image, mask, tuple(to_chip), tuple(sizes))
