@@ -23,7 +23,6 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -157,8 +156,6 @@ async def cloak(request: Request) -> Response:
     try:
         async with request.form(max_files=1, max_fields=len(FORM_FIELDS)) as form:
             job = await anyio.to_thread.run_sync(_submit, form, service)
-    except MultiPartException as error:
-        raise BadRequestError(f"malformed multipart form: {error.message}") from None
     except QueueFullError as busy:
         return _error(str(busy), 503, {"Retry-After": str(busy.retry_after)})
     except ShuttingDownError as stopping:
