@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -211,8 +213,6 @@ def test_serve_without_the_extra_says_what_to_install(tmp_path):
     # A site directory that hides uvicorn, as on an installation without the extra.
     hide = tmp_path / "sitecustomize.py"
     hide.write_text("import sys\nsys.modules['uvicorn'] = None\n")
-    import os
-    import subprocess
 
     result = subprocess.run(
         [sys.executable, "-m", "ulixes_onnx", "serve"],
