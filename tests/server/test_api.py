@@ -227,3 +227,12 @@ def test_serve_without_the_extra_says_what_to_install(tmp_path):
         == "ulixes-onnx: error: serve needs the serve extra: pip install 'ulixes-onnx[serve]'"
     )
     assert run_cli("serve", "--help").returncode == 0
+
+
+def test_with_target_shares_the_sessions(store):
+    cloaker = Cloaker(store=store)
+    raised = cloaker.with_target(1.0)
+    assert raised.models is cloaker.models and raised.detector is cloaker.detector
+    assert raised.settings["dlib-resnet"].target == 1.0
+    assert cloaker.settings["dlib-resnet"].target == pytest.approx(0.8)
+    assert raised.with_target(None).settings["dlib-resnet"].target == pytest.approx(0.8)
