@@ -25,4 +25,7 @@ def test_every_module_and_card_is_installed() -> None:
     installed = {str(path) for path in distribution.files or []}
     expected = {str(path.relative_to(SOURCE)) for path in (SOURCE / "ulixes_onnx").rglob("*.py")}
     expected |= {f"ulixes_onnx/model_cards/{card.name}" for card in (SOURCE / "models").glob("*.toml")}
+    expected |= {
+        str(path.relative_to(SOURCE)) for path in (SOURCE / "ulixes_onnx" / "server" / "static").iterdir()
+    }
     assert expected - installed == set()

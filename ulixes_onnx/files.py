@@ -21,6 +21,7 @@ import numpy as np
 from ulixes_onnx.errors import ImageError, UlixesError
 from ulixes_onnx.faces.pasteback import PhotoDelta
 from ulixes_onnx.imageio import (
+    DEFAULT_MAX_PIXELS,
     Photo,
     decode_photo,
     encode_photo,
@@ -117,20 +118,22 @@ def cloak_files(
     *,
     batch_photos: int = BATCH_PHOTOS,
     batch_pixels: int = BATCH_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[FileReport]:
     """Cloak photo files, yielding one report per file in order; errors become `FileReport.error`
-    (one line), never exceptions.
+    (one line), never exceptions. Photos of more than `max_pixels` are refused unread (a guard against
+    decompression bombs).
 
     Photos are cloaked in batches (`Cloaker.cloak_many`), and the next photo is decoded in a thread
     while the current batch is cloaked.
     """
     with ThreadPoolExecutor(max_workers=1) as reader:
         upcoming = iter(sources)
-        prefetched = _read_next(reader, upcoming, options)
+        prefetched = _read_next(reader, upcoming, options, max_pixels)
         batch: list[_Pending] = []
         while prefetched is not None:
             item = prefetched.result()
-            prefetched = _read_next(reader, upcoming, options)
+            prefetched = _read_next(reader, upcoming, options, max_pixels)
             if batch and (len(batch) >= batch_photos or _pixels([*batch, item]) > batch_pixels):
                 yield from _cloak_batch(cloaker, batch, options)
                 batch = []
@@ -139,9 +142,15 @@ def cloak_files(
             yield from _cloak_batch(cloaker, batch, options)
 
 
-def cloak_file(cloaker: Cloaker, source: InputPhoto, options: OutputOptions = OutputOptions()) -> FileReport:
+def cloak_file(
+    cloaker: Cloaker,
+    source: InputPhoto,
+    options: OutputOptions = OutputOptions(),
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> FileReport:
     """Cloak one photo file (see `cloak_files`)."""
-    return next(cloak_files(cloaker, [source], options))
+    return next(cloak_files(cloaker, [source], options, max_pixels=max_pixels))
 
 
 @dataclass
@@ -162,20 +171,20 @@ def _pixels(batch: list[_Pending]) -> int:
 
 
 def _read_next(
-    reader: ThreadPoolExecutor, upcoming: Iterator[InputPhoto], options: OutputOptions
+    reader: ThreadPoolExecutor, upcoming: Iterator[InputPhoto], options: OutputOptions, max_pixels: int
 ) -> Future[_Pending] | None:
     source = next(upcoming, None)
-    return None if source is None else reader.submit(_read, source, options)
+    return None if source is None else reader.submit(_read, source, options, max_pixels)
 
 
-def _read(source: InputPhoto, options: OutputOptions) -> _Pending:
+def _read(source: InputPhoto, options: OutputOptions, max_pixels: int) -> _Pending:
     started = time.perf_counter()
     folder = None if options.output_dir is None else options.output_dir / source.subfolder
     with _as_file_error(source.path) as failure:
         destination = output_path(source.path, output_dir=folder, suffix=options.suffix)
         if destination.exists() and not options.overwrite:
             raise ImageError(f"{destination}: already exists; use --overwrite to replace it")
-        photo = read_photo(source.path)
+        photo = read_photo(source.path, max_pixels=max_pixels)
         return _Pending(source.path, destination, photo, seconds=time.perf_counter() - started)
     return _Pending(source.path, error=failure.message, seconds=time.perf_counter() - started)
 

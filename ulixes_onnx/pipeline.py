@@ -21,6 +21,7 @@ other models see that chip warped to their own layout.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -285,6 +286,19 @@ class Cloaker:
             )
             for model in self.models
         }
+
+    def with_target(self, target: float | None) -> Cloaker:
+        """A Cloaker that shares this one's sessions (models and detector) but climbs to `target`
+        (None: each model's card default); loading sessions takes seconds and memory, this takes
+        neither."""
+        variant = copy.copy(self)
+        variant.settings = {
+            model.name: replace(
+                self.settings[model.name], target=model.card.cloak.away_target if target is None else target
+            )
+            for model in self.models
+        }
+        return variant
 
     def cloak(self, image: np.ndarray, *, gray: bool = False, encode: Encoder | None = None) -> CloakResult:
         """Cloak every face of an RGB image (uint8, or float in 0..255 units).

@@ -19,6 +19,7 @@ from ulixes_onnx.cli.cloak import cloak
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.demo import demo
 from ulixes_onnx.cli.evaluate import evaluate
+from ulixes_onnx.cli.serve import serve
 from ulixes_onnx.errors import UlixesError
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.command()(cloak)
 app.command()(demo)
 app.command(name="eval")(evaluate)
 app.command()(bench)
+app.command()(serve)
 
 
 def _print_version(value: bool) -> None:
