@@ -3,7 +3,8 @@
 The folder holds `identity/*.jpg` and `pairs.csv` (columns a, b, same). Each photo's largest MTCNN face
 is aligned to the model card's chip layout and embedded; the printed threshold is the one where the
 false-accept and false-reject rates are closest (the midpoint between the two neighbouring distances),
-with the verification accuracy there and at the card's current threshold.
+with the verification accuracy, true-accept (TP) and false-accept (FP) rates there, and the accuracy at
+the card's current threshold.
 
 usage: python tools/verification_eer.py MODEL [PAIRS_FOLDER]   (default ../shared/faces-dev)
 """
@@ -56,7 +57,8 @@ def main(model_name: str, folder: Path) -> None:
     distances = np.array([model.distance(embeddings[a][None], embeddings[b][None])[0] for a, b, _ in usable])
     same = np.array([same for _, _, same in usable])
     threshold, eer = equal_error_threshold(distances, same)
-    accuracy = float(np.mean((distances < threshold) == same))
+    accepted = distances < threshold
+    accuracy = float(np.mean(accepted == same))
     card_accuracy = float(np.mean((distances < model.threshold) == same))
     report = {
         "model": model_name,
@@ -65,6 +67,8 @@ def main(model_name: str, folder: Path) -> None:
         "eer_threshold": round(threshold, 4),
         "eer": round(eer, 4),
         "accuracy_at_eer_threshold": round(accuracy, 4),
+        "tp_rate_at_eer_threshold": round(float(np.mean(accepted[same])), 4),
+        "fp_rate_at_eer_threshold": round(float(np.mean(accepted[~same])), 4),
         "card_threshold": model.threshold,
         "accuracy_at_card_threshold": round(card_accuracy, 4),
     }

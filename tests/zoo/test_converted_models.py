@@ -1,4 +1,4 @@
-"""The two real converted models: FaceNet VGGFace2 (TF GraphDef) and FaceRes (TFJS).
+"""The real converted models: FaceNet VGGFace2 (TF GraphDef) and FaceRes and FaceRes-deep (TFJS).
 
 Each is converted once per session in the export toolchain; the conversion itself checks the ONNX model
 against the source framework (TensorFlow) on real face chips and fails above 1e-4. Here: that difference,
@@ -20,7 +20,7 @@ from ulixes_onnx.zoo.conversion import ConvertedModel, convert, native_input, pr
 from ulixes_onnx.zoo.npm import npm_available
 
 
-@pytest.fixture(scope="session", params=["facenet-vggface2", "faceres"])
+@pytest.fixture(scope="session", params=["facenet-vggface2", "faceres", "faceres-deep"])
 def converted(request, export_python, tmp_path_factory) -> tuple[str, ConvertedModel]:
     card = get_card(request.param)
     if card.source.package and importlib.util.find_spec(card.source.package) is None:

