@@ -6,6 +6,7 @@ Every command is a small module of its own; this module only assembles them and 
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +61,13 @@ def root(
 
 
 def main() -> None:
+    # Model builds take long on first use: say so on stderr, one line each, rather than sit silent.
+    announcer = logging.StreamHandler(sys.stderr)
+    announcer.setFormatter(logging.Formatter("ulixes-onnx: %(message)s"))
+    store_log = logging.getLogger("ulixes_onnx.store")
+    store_log.addHandler(announcer)
+    store_log.setLevel(logging.INFO)
+    store_log.propagate = False
     try:
         app()
     except UlixesError as error:
