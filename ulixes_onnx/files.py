@@ -150,9 +150,9 @@ def _left_out(candidate: Path, exclude_suffix: str | None) -> str | None:
         return f"{file_kind(status.st_mode)}, not a regular file"
     if candidate.suffix.lower() not in PHOTO_SUFFIXES:
         kind = f"{candidate.suffix} files" if candidate.suffix else "files without an extension"
-        return f"{kind} are not cloaked (photo extensions: {', '.join(PHOTO_SUFFIXES)})"
+        return f"{kind} are not cloaked; photo extensions: {' '.join(PHOTO_SUFFIXES)}"
     if exclude_suffix and candidate.stem.endswith(exclude_suffix):
-        return f"the name ends with {exclude_suffix}: taken for an earlier output (rename it to cloak it)"
+        return f"the name ends with {exclude_suffix}: taken for an earlier output; rename it to cloak it"
     return None
 
 

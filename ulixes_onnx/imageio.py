@@ -366,11 +366,6 @@ def _read_file(source: Path, *, max_bytes: int) -> bytes:
             raise ImageError(f"{source}: is a {file_kind(status.st_mode)}, not a regular file; refused")
         if status.st_size == 0:
             raise ImageError(f"{source}: the file is empty (0 bytes); it is not a photo")
-        if status.st_size > max_bytes:
-            raise ImageError(
-                f"{source}: {status.st_size:,} bytes is more than a photo within the pixel limit can "
-                f"take ({max_bytes:,} bytes); refused (cloak --max-pixels raises the limit)"
-            )
         try:
             header = stream.read(_HEADER_BYTES)
             if sniff_format(header) is None:
@@ -378,12 +373,17 @@ def _read_file(source: Path, *, max_bytes: int) -> bytes:
                     f"{source}: not a photo (its first bytes are no JPEG, PNG, WebP, TIFF or BMP "
                     "header); use one of those formats"
                 )
-            # One byte past the size cap, in case the file grew since fstat.
-            data = header + stream.read(max_bytes + 1 - len(header))
+            if status.st_size > max_bytes:
+                raise ImageError(
+                    f"{source}: {status.st_size:,} bytes is more than a photo within the pixel limit can "
+                    f"take ({max_bytes:,} bytes); refused (cloak --max-pixels raises the limit)"
+                )
+            # One byte past the size, to notice a file that grew since fstat.
+            data = header + stream.read(status.st_size + 1 - len(header))
         except OSError as error:
             raise ImageError(f"{source}: cannot read ({_os_reason(error)}); check the file") from None
-    if len(data) > max_bytes:
-        raise ImageError(f"{source}: the file grew past {max_bytes:,} bytes while being read; refused")
+    if len(data) > status.st_size:
+        raise ImageError(f"{source}: the file grew while being read; try again once it is complete")
     return data
 
 
@@ -869,9 +869,10 @@ def _write_atomically(data: bytes, destination: Path, *, overwrite: bool, mode: 
         raise ImageError(f"{destination}: is one of the input photos; refusing to write over it") from None
     except FileExistsError:
         raise ImageError(f"{destination}: already exists; remove it or use --overwrite") from None
-    except PermissionError:
-        raise ImageError(
-            f"{destination.parent}: output folder is not writable; choose another folder"
-        ) from None
     except OSError as error:
+        if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+            raise ImageError(
+                f"{destination.parent}: output folder is not writable ({_os_reason(error)}); "
+                "choose another folder"
+            ) from None
         raise ImageError(f"{destination}: cannot write ({_os_reason(error)})") from None
