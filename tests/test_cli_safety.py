@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -16,6 +17,9 @@ from PIL import Image
 
 from tests.test_cli import run_cli
 from ulixes_onnx import samples
+from ulixes_onnx.errors import ImageError
+from ulixes_onnx.faces.pasteback import too_small_reason
+from ulixes_onnx.imageio import read_photo, write_photo
 from ulixes_onnx.store import ModelStore
 
 COFFEE = np.ascontiguousarray(skimage.data.coffee())  # no face: cheap to process
@@ -354,3 +358,23 @@ def test_an_interrupted_batch_resumes(tmp_path: Path, store: ModelStore, stop: s
     resumed = run_cli("cloak", *arguments[:-2], "--skip-existing", models_dir=store.root)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert sorted(path.name for path in out.iterdir()) == [f"{index:02d}_cloaked.png" for index in range(5)]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photo = read_photo(_photo(tmp_path / "x.png"))
+    before = (tmp_path / "x.png").read_bytes()
+
+    def full(descriptor: int) -> None:
+        del descriptor
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(ImageError, match=r"x_cloaked.png: cannot write \(No space left on device\)"):
+        write_photo(photo, photo.rgb, tmp_path / "x_cloaked.png")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["x.png"] and (tmp_path / "x.png").read_bytes() == before
+
+
+def test_too_small_never_reads_as_equal_to_its_minimum() -> None:
+    reason = too_small_reason(0.3329, 1 / 3)
+    assert reason == "one chip pixel covers 0.332 photo pixels, less than the 0.334 needed"
