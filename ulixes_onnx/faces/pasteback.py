@@ -28,7 +28,7 @@ MIN_PHOTO_PIXELS_PER_CHIP_PIXEL = 1 / 3
 def too_small_reason(scale: float, minimum: float) -> str:
     """Why a face whose chip pixel covers `scale` photo pixels is under `minimum`: the scale rounded
     down and the minimum rounded up, so the two never print as equal."""
-    shown_scale = math.floor(scale * 1000) / 1000
+    shown_scale = math.floor(scale * 1000 + 1e-6) / 1000  # the epsilon keeps 0.3 from printing as 0.299
     shown_minimum = math.ceil(minimum * 1000) / 1000
     return f"one chip pixel covers {shown_scale:.3f} photo pixels, less than the {shown_minimum:.3f} needed"
 
