@@ -73,6 +73,10 @@ def main() -> None:
     except UlixesError as error:
         print(f"ulixes-onnx: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        # Outside `cloak`'s loop (e.g. during a model build) there is nothing to report yet.
+        print("ulixes-onnx: interrupted", file=sys.stderr)
+        sys.exit(130)
     except OSError as error:
         where = f": {error.filename}" if error.filename else ""
         print(f"ulixes-onnx: error: {error.strerror or error}{where}", file=sys.stderr)
