@@ -65,10 +65,13 @@ def test_unwritable_models_dir_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     result = run_cli("models", "build", "mtcnn", models_dir=blocker / "models")
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        f"ulixes-onnx: error: Not a directory: {blocker / 'models' / 'mtcnn'}"
+    assert result.returncode == 3
+    *announcements, error = result.stderr.strip().splitlines()
+    assert announcements == [
+        f"ulixes-onnx: building model mtcnn into {blocker / 'models'} (first use; this can take a minute)"
     ]
+    assert error.startswith(f"ulixes-onnx: error: cannot write {blocker / 'models' / 'mtcnn'}")
+    assert "Not a directory" in error and "--models-dir" in error
 
 
 def test_models_check_json(store: ModelStore) -> None:

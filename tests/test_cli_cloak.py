@@ -63,7 +63,7 @@ def test_no_face_writes_nothing_by_default(tmp_path: Path, store: ModelStore) ->
     photo = _write(tmp_path / "coffee.jpg", np.ascontiguousarray(__import__("skimage.data").data.coffee()))
     result = run_cli("cloak", str(photo), models_dir=store.root)
     assert result.returncode == 8
-    assert "no face" in result.stderr
+    assert "no face" in result.stdout and "--no-face copy" in result.stdout
     assert sorted(os.listdir(tmp_path)) == ["coffee.jpg"]
 
 
@@ -75,7 +75,7 @@ def test_bad_files_are_one_line_each_and_others_still_run(tmp_path: Path, store:
     result = run_cli("cloak", str(broken), str(empty), str(tmp_path / "missing.png"), models_dir=store.root)
     assert result.returncode == 5
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    errors = [line for line in result.stdout.splitlines() if line.startswith("error")]
     assert len(errors) == 3
     assert broken.read_bytes().startswith(b"\xff\xd8") and empty.read_bytes() == b""
 
@@ -85,7 +85,8 @@ def test_existing_output_needs_overwrite(tmp_path: Path, store: ModelStore) -> N
     existing = tmp_path / "coffee_cloaked.png"
     existing.write_bytes(b"keep me")
     result = run_cli("cloak", str(photo), models_dir=store.root)
-    assert result.returncode == 5 and "already exists; use --overwrite" in result.stderr
+    assert result.returncode == 5 and "already exists; use --skip-existing" in result.stdout
+    assert "--overwrite to replace it" in result.stdout
     assert existing.read_bytes() == b"keep me"
 
 

@@ -12,6 +12,12 @@ class UlixesError(Exception):
     exit_code = 1
 
 
+class UsageError(UlixesError):
+    """The command line asks for something that cannot be done (e.g. two inputs with one output)."""
+
+    exit_code = 2
+
+
 class ModelError(UlixesError):
     """A model is unknown, cannot be built, or its file on disk is damaged."""
 

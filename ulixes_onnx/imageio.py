@@ -33,6 +33,7 @@ Format policy (each conversion is also recorded in `Photo.notes` so the caller c
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
@@ -49,7 +50,7 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
-from ulixes_onnx.atomic import write_atomically
+from ulixes_onnx.atomic import ProtectedFileError, same_file, write_atomically
 from ulixes_onnx.errors import ImageError
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
 DEFAULT_MAX_PIXELS = 100_000_000
+# Our own limit (`max_pixels`, checked right after the header is parsed) governs; Pillow's global one
+# would refuse photos over 179 megapixels with advice no option of ours can follow.
+Image.MAX_IMAGE_PIXELS = None
 DEFAULT_JPEG_QUALITY = 95
 LOSSY_WEBP_QUALITY = 90
 
@@ -194,21 +198,33 @@ class Photo:
 def read_photo(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     """Decode a photo, apply its EXIF orientation and keep what `write_photo` needs to copy it.
 
-    Raises `ImageError` for unreadable paths, unsupported, corrupt, animated or oversized files.
+    Only a regular file is read (never a FIFO or a device, which could block or never end), and only
+    after its header names a supported format and its size is plausible for `max_pixels`: memory stays
+    bounded by the largest photo allowed. Raises `ImageError` for unreadable paths, unsupported,
+    corrupt, animated or oversized files.
     """
     source = Path(path)
-    return decode_photo(_read_file(source), source, max_pixels=max_pixels)
+    return decode_photo(
+        _read_file(source, max_bytes=max_file_bytes(max_pixels)), source, max_pixels=max_pixels
+    )
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file read for a photo of at most `max_pixels`: uncompressed 16-bit RGBA (the
+    largest sample layout we read), plus room for metadata."""
+    return max_pixels * 8 + (64 << 20)
 
 
 def decode_photo(data: bytes, source: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     """Decode a photo's bytes (named `source` in messages) like `read_photo` does."""
     notes: list[str] = []
-    with _open_image(data, source, max_pixels) as image:
+    with _library_warnings_as_notes(notes), _open_image(data, source, max_pixels) as image:
         image_format = _check_format(image, source, notes)
-        with _decoding_errors(source):
+        with _decoding_errors(source, image_format):
             image.load()
         samples, alpha, bit_depth = _decode_samples(image, data, source, notes)
-        metadata = _read_metadata(image, data, image_format)
+        with _decoding_errors(source, image_format):
+            metadata = _read_metadata(image, data, image_format)
     if metadata.source_orientation != 1:
         samples = _orient(samples, metadata.source_orientation)
         alpha = None if alpha is None else _orient(alpha, metadata.source_orientation)
@@ -285,8 +301,9 @@ def output_path(
     """`<stem><suffix><ext>` next to the input or in `output_dir`; never the input itself."""
     source = Path(input_path)
     directory = source.parent if output_dir is None else Path(output_dir)
+    check_suffix(suffix)
     candidate = directory / f"{source.stem}{suffix}{source.suffix}"
-    if candidate.resolve() == source.resolve():
+    if same_file(candidate, source):
         raise ImageError(
             f"{source}: the output path would be the input itself; use a non-empty suffix "
             "or another output directory"
@@ -294,63 +311,156 @@ def output_path(
     return candidate
 
 
+def check_suffix(suffix: str) -> str:
+    """`suffix` if it keeps an output name in its folder (no separator, no NUL), else `ImageError`."""
+    separators = {"/", "\0", os.sep, os.altsep or "/"}
+    if any(separator in suffix for separator in separators):
+        raise ImageError(f"the suffix {suffix!r} contains a path separator; it may only add to a file's name")
+    return suffix
+
+
 # --- reading --------------------------------------------------------------------------------------
 
+# The first bytes of each supported format (GIF only to refuse it with its own message).
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"II*\0", "TIFF"),
+    (b"MM\0*", "TIFF"),
+    (b"II+\0", "TIFF"),  # BigTIFF
+    (b"MM\0+", "TIFF"),
+    (b"BM", "BMP"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+)
+_HEADER_BYTES = 16
 
-def _read_file(source: Path) -> bytes:
+
+def sniff_format(header: bytes) -> str | None:
+    """The format whose signature `header` (the file's first bytes) starts with, if any."""
+    if header[:4] == b"RIFF" and header[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for signature, name in _SIGNATURES if header.startswith(signature)), None)
+
+
+def _read_file(source: Path, *, max_bytes: int) -> bytes:
     # Reading the bytes once and decoding from memory keeps the input closed and untouched from
-    # here on.
-    if source.is_dir():
-        raise ImageError(f"{source}: is a directory, not a photo; give the path of an image file")
+    # here on. The checks come before the body is read: a huge or endless input costs nothing.
     try:
-        data = source.read_bytes()
+        # O_NONBLOCK: a FIFO swapped in after the check must not block the open.
+        descriptor = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise ImageError(f"{source}: no such file; check the path") from None
+        raise ImageError(f"{source}: no such file or folder; check the path") from None
     except PermissionError:
         raise ImageError(f"{source}: permission denied; make the file readable") from None
+    except IsADirectoryError:
+        raise ImageError(f"{source}: is a folder, not a photo; give the path of an image file") from None
     except OSError as error:
-        raise ImageError(f"{source}: cannot read ({error.strerror}); check the path") from None
-    if not data:
-        raise ImageError(f"{source}: the file is empty (0 bytes); it is not a photo")
+        raise ImageError(f"{source}: cannot open ({_os_reason(error)}); check the path") from None
+    status = os.fstat(descriptor)
+    if stat.S_ISDIR(status.st_mode):
+        os.close(descriptor)
+        raise ImageError(f"{source}: is a folder, not a photo; give the path of an image file")
+    with os.fdopen(descriptor, "rb") as stream:
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageError(f"{source}: is a {file_kind(status.st_mode)}, not a regular file; refused")
+        if status.st_size == 0:
+            raise ImageError(f"{source}: the file is empty (0 bytes); it is not a photo")
+        try:
+            header = stream.read(_HEADER_BYTES)
+            if sniff_format(header) is None:
+                raise ImageError(
+                    f"{source}: not a photo (its first bytes are no JPEG, PNG, WebP, TIFF or BMP "
+                    "header); use one of those formats"
+                )
+            if status.st_size > max_bytes:
+                raise ImageError(
+                    f"{source}: {status.st_size:,} bytes is more than a photo within the pixel limit can "
+                    f"take ({max_bytes:,} bytes); refused (cloak --max-pixels raises the limit)"
+                )
+            # One byte past the size, to notice a file that grew since fstat.
+            data = header + stream.read(status.st_size + 1 - len(header))
+        except OSError as error:
+            raise ImageError(f"{source}: cannot read ({_os_reason(error)}); check the file") from None
+    if len(data) > status.st_size:
+        raise ImageError(f"{source}: the file grew while being read; try again once it is complete")
     return data
+
+
+def file_kind(mode: int) -> str:
+    """A name for what a non-regular file is, for messages."""
+    kinds = (
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISDIR, "folder"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _os_reason(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "a symlink loop"
+    return error.strerror or str(error)
+
+
+@contextlib.contextmanager
+def _library_warnings_as_notes(notes: list[str]) -> Iterator[None]:
+    """Pillow's warnings about a file (corrupt EXIF, oversized tags) become one-line notes of the
+    file instead of multi-line messages on stderr; warnings from elsewhere are passed on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Our own pixel limit governs; Pillow would only warn under it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+    for warning in caught:
+        if f"{os.sep}PIL{os.sep}" in warning.filename:
+            text = " ".join(str(warning.message).split())
+            if f"Pillow: {text}" not in notes:
+                notes.append(f"Pillow: {text}")
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 @contextlib.contextmanager
 def _open_image(data: bytes, source: Path, max_pixels: int) -> Iterator[Image.Image]:
-    with warnings.catch_warnings():
-        # Our own pixel limit below governs; Pillow would only warn under it.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ImageError(
-                f"{source}: not an image Pillow can read; use JPEG, PNG, WebP, TIFF or BMP"
-            ) from None
-        except Image.DecompressionBombError as error:
-            raise ImageError(f"{source}: refused as a possible decompression bomb ({error})") from None
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ImageError(f"{source}: corrupt image header ({error}); re-export the photo") from None
+    sniffed = sniff_format(data[:_HEADER_BYTES])
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, IndexError) as error:
+        raise ImageError(
+            f"{source}: damaged or truncated {sniffed or 'image'} file ({_first_line(error)}); "
+            "re-export the photo"
+        ) from None
     with image:
         pixel_count = image.width * image.height
         if pixel_count > max_pixels:
             raise ImageError(
                 f"{source}: {image.width}x{image.height} is {pixel_count:,} pixels, over the "
-                f"limit of {max_pixels:,} (possible decompression bomb); raise the limit if you "
-                "trust the file"
+                f"limit of {max_pixels:,} (possible decompression bomb); if you trust the file, "
+                "raise the limit with cloak --max-pixels"
             )
         yield image
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @contextlib.contextmanager
-def _decoding_errors(source: Path) -> Iterator[None]:
+def _decoding_errors(source: Path, image_format: str = "image") -> Iterator[None]:
     try:
         yield
     # Pillow's decoders report malformed data with many exception types (OSError, SyntaxError,
     # struct.error, IndexError, ...); any of them means the file cannot be decoded, never a bug the
     # user should see.
+    except ImageError:
+        raise
     except Exception as error:
         raise ImageError(
-            f"{source}: truncated or corrupt image data ({error}); re-export the photo"
+            f"{source}: damaged or truncated {image_format} data ({_first_line(error)}); re-export the photo"
         ) from None
 
 
@@ -562,12 +672,12 @@ def _as_tuple(value: object) -> tuple:
 
 
 def _check_destination(photo: Photo, destination: Path, overwrite: bool) -> None:
-    if destination.resolve() == photo.source.resolve():
+    if same_file(destination, photo.source):
         raise ImageError(f"{destination}: refusing to write over the input photo; choose another path")
     if not destination.parent.is_dir():
-        raise ImageError(f"{destination.parent}: output directory does not exist; create it first")
+        raise ImageError(f"{destination.parent}: output folder does not exist; create it first")
     if destination.exists() and not overwrite:
-        raise ImageError(f"{destination}: already exists; remove it or allow overwriting")
+        raise ImageError(f"{destination}: already exists; remove it or use --overwrite")
 
 
 def _samples_from_rgb(photo: Photo, rgb: np.ndarray) -> np.ndarray:
@@ -755,11 +865,14 @@ def _permissions_of(source: Path) -> int:
 def _write_atomically(data: bytes, destination: Path, *, overwrite: bool, mode: int) -> None:
     try:
         write_atomically(data, destination, overwrite=overwrite, mode=mode)
+    except ProtectedFileError:
+        raise ImageError(f"{destination}: is one of the input photos; refusing to write over it") from None
     except FileExistsError:
-        raise ImageError(f"{destination}: already exists; remove it or allow overwriting") from None
-    except PermissionError:
-        raise ImageError(
-            f"{destination.parent}: output directory is not writable; choose another directory"
-        ) from None
+        raise ImageError(f"{destination}: already exists; remove it or use --overwrite") from None
     except OSError as error:
-        raise ImageError(f"{destination}: cannot write ({error.strerror or error})") from None
+        if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+            raise ImageError(
+                f"{destination.parent}: output folder is not writable ({_os_reason(error)}); "
+                "choose another folder"
+            ) from None
+        raise ImageError(f"{destination}: cannot write ({_os_reason(error)})") from None

@@ -41,7 +41,7 @@ from ulixes_onnx.faces import (
     photo_pixels_per_chip_pixel,
 )
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
-from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta
+from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta, too_small_reason
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStore
 
@@ -499,10 +499,8 @@ class Cloaker:
             for index, matrix in enumerate(chips.matrices):
                 scale = photo_pixels_per_chip_pixel(matrix)
                 if scale < MIN_PHOTO_PIXELS_PER_CHIP_PIXEL and index not in skipped:
-                    skipped[index] = (
-                        f"face too small for {name}: one chip pixel covers {scale:.2f} photo pixels "
-                        f"(minimum {MIN_PHOTO_PIXELS_PER_CHIP_PIXEL:.2f})"
-                    )
+                    reason = too_small_reason(scale, MIN_PHOTO_PIXELS_PER_CHIP_PIXEL)
+                    skipped[index] = f"face too small for {name}: {reason}"
         return skipped
 
 

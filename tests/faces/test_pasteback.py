@@ -85,7 +85,7 @@ def test_tiny_faces_and_faces_off_the_photo_are_skipped_with_a_reason():
     matrices = np.stack([_matrix(0.3, 10.0, 10.0), _matrix(1.0, 500.0, 500.0), _matrix(1.0, 10.0, 10.0)])
     delta = paste_back(_constant(0.1, 3), matrices, (300, 300, 3))
     assert [skip.index for skip in delta.skipped] == [0, 1]
-    assert "too small" in delta.skipped[0].reason and "0.30" in delta.skipped[0].reason
+    assert "too small" in delta.skipped[0].reason and "0.300 photo pixels" in delta.skipped[0].reason
     assert "outside the photo" in delta.skipped[1].reason
     assert len(delta.patches) == 1
     assert not paste_back(

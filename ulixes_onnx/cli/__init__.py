@@ -6,6 +6,7 @@ Every command is a small module of its own; this module only assembles them and 
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -62,11 +63,22 @@ def root(
 
 
 def main() -> None:
+    # Model builds take long on first use: say so on stderr, one line each, rather than sit silent.
+    announcer = logging.StreamHandler(sys.stderr)
+    announcer.setFormatter(logging.Formatter("ulixes-onnx: %(message)s"))
+    store_log = logging.getLogger("ulixes_onnx.store")
+    store_log.addHandler(announcer)
+    store_log.setLevel(logging.INFO)
+    store_log.propagate = False
     try:
         app()
     except UlixesError as error:
         print(f"ulixes-onnx: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        # Outside `cloak`'s loop (e.g. during a model build) there is nothing to report yet.
+        print("ulixes-onnx: interrupted", file=sys.stderr)
+        sys.exit(130)
     except OSError as error:
         where = f": {error.filename}" if error.filename else ""
         print(f"ulixes-onnx: error: {error.strerror or error}{where}", file=sys.stderr)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ulixes_onnx.atomic import protect_inputs, same_file, write_atomically
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.options import (
     Ensemble,
@@ -26,15 +29,20 @@ from ulixes_onnx.cli.options import (
     model_names,
 )
 from ulixes_onnx.cloak import STRATEGIES
-from ulixes_onnx.errors import UlixesError
+from ulixes_onnx.errors import UlixesError, UsageError
 from ulixes_onnx.files import (
     BATCH_PHOTOS,
     NO_FACE_ACTIONS,
     FileReport,
+    FoundInputs,
     OutputOptions,
+    PlannedPhoto,
     cloak_files,
     expand_inputs,
+    find_inputs,
+    plan_outputs,
 )
+from ulixes_onnx.imageio import DEFAULT_MAX_PIXELS, check_suffix
 from ulixes_onnx.pipeline import DEFAULT_MODELS, ENSEMBLES, Cloaker
 from ulixes_onnx.pool import build_pool, load_pool
 
@@ -42,6 +50,7 @@ from ulixes_onnx.pool import build_pool, load_pool
 EXIT_NO_FACE = 8
 EXIT_NOT_PROTECTED = 9
 EXIT_FILE_ERROR = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def cloak(
@@ -68,7 +77,13 @@ def cloak(
         Path | None, typer.Option(help="Write copies here instead of next to each photo.")
     ] = None,
     suffix: Annotated[str, typer.Option(help="Added to each output's name.")] = "_cloaked",
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (never an input).")] = False,
+    skip_existing: Annotated[
+        bool, typer.Option(help="Skip photos whose copy exists already: resume an interrupted run.")
+    ] = False,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Refuse photos of more pixels (decompression bombs).")
+    ] = DEFAULT_MAX_PIXELS,
     quality: Annotated[
         int | None, typer.Option(min=1, max=100, help="JPEG/WebP quality (default: the input's own).")
     ] = None,
@@ -83,19 +98,33 @@ def cloak(
         int, typer.Option(min=1, help="Photos cloaked together (their faces share the loop's batches).")
     ] = BATCH_PHOTOS,
     json_report: Annotated[
-        Path | None, typer.Option("--json", help="Write a per-face JSON report here.")
+        Path | None, typer.Option("--json", help="Write a per-face JSON report here ('-': stdout).")
     ] = None,
 ) -> None:
-    """Cloak every face in the photos; write `<name>_cloaked.<ext>` copies and verify them."""
+    """Cloak every face in the photos; write `<name>_cloaked.<ext>` copies and verify them.
+
+    One line per photo or skipped entry goes to stdout (to stderr with --json -); progress and the
+    summary go to stderr.
+    """
     choice(strategy, STRATEGIES, "--strategy")
     choice(ensemble, ENSEMBLES, "--ensemble")
     choice(no_face, NO_FACE_ACTIONS, "--no-face")
+    try:
+        check_suffix(suffix)
+    except UlixesError as error:
+        raise typer.BadParameter(str(error), param_hint="--suffix") from None
     state = ctx.ensure_object(CliState)
-    sources = expand_inputs(paths, exclude_suffix=suffix)
-    if not sources:
+    found = find_inputs(paths, exclude_suffix=suffix)
+    results = sys.stderr if str(json_report) == "-" else sys.stdout
+    if not found.photos:
+        for report in found.skipped:
+            _print_file_line(results, report)
         raise typer.BadParameter("no photos found", param_hint="PATHS")
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    options = OutputOptions(
+        output_dir, suffix, overwrite, quality, keep_exif, no_face, skip_existing, max_pixels
+    )
+    planned = plan_outputs(found.photos, options)  # two inputs for one output: refused before any work
+    json_path = _json_destination(json_report, found, planned, overwrite)
     cloaker = Cloaker(
         model_names(models, "--models"),
         store=state.store(),
@@ -120,37 +149,98 @@ def cloak(
                 [photo.path for photo in expand_inputs([str(pool)])], cloaker.models, cloaker.detector
             )
         )
-    console = Console(stderr=True)
-    reports: list[FileReport] = []
-    options = OutputOptions(output_dir, suffix, overwrite, quality, keep_exif, no_face)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("cloaking", total=len(sources))
-        for report in cloak_files(cloaker, sources, options, batch_photos=batch):
-            reports.append(report)
-            _print_file_line(console, report)
-            progress.update(task, advance=1, description=f"cloaked {report.source.name}")
+    console = Console(stderr=True, highlight=False, markup=False)
+    reports: list[FileReport] = list(found.skipped)
+    for report in found.skipped:
+        _print_file_line(results, report)
+    interrupted = False
+    # On a terminal, result lines are printed above the progress bar; otherwise they go out untouched.
+    live_results = results is sys.stdout and results.isatty()
+    try:
+        with (
+            protect_inputs([photo.path for photo in found.photos]),
+            Progress(console=console, transient=True, redirect_stdout=live_results) as progress,
+        ):
+            task = progress.add_task("cloaking", total=len(found.photos))
+            for report in cloak_files(cloaker, found.photos, options, batch_photos=batch):
+                reports.append(report)
+                _print_file_line(sys.stdout if live_results else results, report)
+                progress.update(task, advance=1, description=f"cloaked {_literal(report.source.name)}")
+    except KeyboardInterrupt:
+        interrupted = True
     if json_report is not None:
-        _write_json(json_report, reports, cloaker, strategy)
+        _write_json(json_path, reports, cloaker, strategy, interrupted=interrupted, overwrite=overwrite)
     _print_summary(console, reports)
+    if interrupted:
+        done = sum(report.skipped is None for report in reports)
+        console.print(
+            f"interrupted after {done} of {len(found.photos)} photos; run the same command with "
+            "--skip-existing to cloak the rest"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(_exit_code(reports))
 
 
-def _print_file_line(console: Console, report: FileReport) -> None:
+def _json_destination(
+    path: Path | None, found: FoundInputs, planned: list[PlannedPhoto], overwrite: bool
+) -> Path | None:
+    """The report's file, checked before any cloaking; None for none or stdout ('-')."""
+    if path is None or str(path) == "-":
+        return None
+    entries = [photo.path for photo in found.photos] + [report.source for report in found.skipped]
+    clash = next((entry for entry in entries if same_file(path, entry)), None)
+    if clash is not None:
+        raise UsageError(f"--json {path} is the input {clash}; the report needs a path of its own")
+    outputs = [item.destination for item in planned if item.destination is not None]
+    if any(os.path.abspath(path) == os.path.abspath(output) for output in outputs):
+        raise UsageError(f"--json {path} is where a cloaked copy goes; give the report another path")
+    if path.is_dir():
+        raise UsageError(f"--json {path} is a folder; give the path of a file (or - for stdout)")
+    if not path.parent.is_dir():
+        raise UsageError(f"--json {path}: the folder {path.parent} does not exist; create it first")
+    if os.path.lexists(path) and not overwrite:
+        raise UsageError(f"--json {path} exists already; remove it or use --overwrite")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"--json {path}: the folder {path.parent} is not writable")
+    return path
+
+
+def _print_file_line(stream: TextIO, report: FileReport) -> None:
+    """One line per entry, its path and message printed literally (no markup, no wrapping)."""
+    print(_literal(_file_line(report)), file=stream, flush=True)
+
+
+def _file_line(report: FileReport) -> str:
+    source = str(report.source)
     if report.error:
-        console.print(f"[red]error[/red] {report.error}", markup=True, highlight=False)
-        return
-    for note in report.notes:
-        console.print(f"note {report.source}: {note}", highlight=False)
-    where = f" -> {report.output}" if report.output else " (nothing written)"
-    protected = sum(face.protected for face in report.faces)
-    cloakable = sum(face.skipped is None for face in report.faces)
-    console.print(
-        f"{report.status}: {report.source}{where}, {protected}/{cloakable} faces protected",
-        highlight=False,
-    )
-    for face in report.faces:
-        if face.skipped:
-            console.print(f"  face {face.index}: skipped, {face.skipped}", highlight=False)
+        message = report.error.removeprefix(f"{source}: ")
+        return f"error: {source}: {message}"
+    if report.skipped:
+        return f"skipped: {source} ({report.skipped})"
+    details = []
+    if report.output:
+        protected = sum(face.protected for face in report.faces)
+        cloakable = sum(face.skipped is None for face in report.faces)
+        details.append(f"-> {report.output}, {protected}/{cloakable} faces protected")
+    elif report.status == "no face":
+        details.append("(nothing written; --no-face copy writes it unchanged)")
+    details += [f"face {face.index} skipped: {face.skipped}" for face in report.faces if face.skipped]
+    details += [f"note: {note}" for note in report.notes]
+    return f"{report.status}: {source} " + "; ".join(details)
+
+
+# Line breaks and other control characters inside a path would split or garble its line.
+_CONTROL_CHARACTERS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, 0x85)} | {
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def _literal(text: str) -> str:
+    """`text` safe to print as one line: undecodable bytes of file names (kept by Python as
+    surrogates) as backslash escapes, control characters escaped."""
+    printable = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return printable.translate(_CONTROL_CHARACTERS)
 
 
 def _face_json(report: FileReport, face, cloaker: Cloaker, strategy: str) -> dict:  # noqa: ANN001
@@ -172,23 +262,42 @@ def _face_json(report: FileReport, face, cloaker: Cloaker, strategy: str) -> dic
     }
 
 
-def _write_json(path: Path, reports: list[FileReport], cloaker: Cloaker, strategy: str) -> None:
+def _write_json(
+    path: Path | None,
+    reports: list[FileReport],
+    cloaker: Cloaker,
+    strategy: str,
+    *,
+    interrupted: bool,
+    overwrite: bool,
+) -> None:
+    """The report, atomically at `path` or on stdout for None."""
     document = {
+        "interrupted": interrupted,
         "files": [
             {
                 "file": str(r.source),
                 "output": str(r.output) if r.output else None,
                 "status": r.status,
                 "error": r.error,
+                "skipped": r.skipped,
+                "notes": list(r.notes),
             }
             for r in reports
         ],
         "faces": [_face_json(r, face, cloaker, strategy) for r in reports for face in r.faces],
     }
+    text = json.dumps(document, indent=2) + "\n"
+    if path is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     try:
-        path.write_text(json.dumps(document, indent=2))
+        write_atomically(text.encode(), path, overwrite=overwrite)
+    except FileExistsError:
+        raise UlixesError(f"{path} appeared while cloaking; the JSON report was not written") from None
     except OSError as error:
-        raise UlixesError(f"cannot write the JSON report {path}: {error.strerror}") from None
+        raise UlixesError(f"cannot write the JSON report {path}: {error.strerror or error}") from None
 
 
 def _print_summary(console: Console, reports: list[FileReport]) -> None:
@@ -199,7 +308,7 @@ def _print_summary(console: Console, reports: list[FileReport]) -> None:
     for column in ("photos", "written", "errors", "faces", "protected", "too small", "mean DSSIM", "s/face"):
         table.add_column(column, justify="right")
     table.add_row(
-        str(len(reports)),
+        str(sum(report.skipped is None for report in reports)),
         str(sum(report.output is not None for report in reports)),
         str(sum(report.error is not None for report in reports)),
         str(len(faces)),
@@ -209,6 +318,9 @@ def _print_summary(console: Console, reports: list[FileReport]) -> None:
         f"{seconds / len(faces):.2f}" if faces else "-",
     )
     console.print(table)
+    skipped = sum(report.skipped is not None for report in reports)
+    if skipped:
+        console.print(f"{skipped} entries skipped (each has a line saying why)")
 
 
 def _exit_code(reports: list[FileReport]) -> int:

@@ -9,6 +9,7 @@ rule the Ulixes paper also uses to ensemble models), so overlapping cloaks never
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,16 @@ from ulixes_onnx.faces.align import chip_corners_in_photo, photo_pixels_per_chip
 # chip): most of a cloak built at chip resolution would be averaged away by the photo's coarser
 # pixels, so such faces are skipped. Above it the closed loop checks what survives.
 MIN_PHOTO_PIXELS_PER_CHIP_PIXEL = 1 / 3
+
+
+def too_small_reason(scale: float, minimum: float) -> str:
+    """Why a face whose chip pixel covers `scale` photo pixels is under `minimum`: the scale rounded
+    down and the minimum rounded up, so the two never print as equal."""
+    shown_scale = math.floor(scale * 1000 + 1e-6) / 1000  # the epsilon keeps 0.3 from printing as 0.299
+    shown_minimum = math.ceil(minimum * 1000) / 1000
+    return f"one chip pixel covers {shown_scale:.3f} photo pixels, less than the {shown_minimum:.3f} needed"
+
+
 DEFAULT_FEATHER = 0.08
 
 
@@ -123,8 +134,7 @@ def paste_back(
             skipped.append(
                 SkippedFace(
                     index,
-                    f"face too small: one chip pixel covers {scale:.2f} photo pixels "
-                    f"(minimum {min_photo_pixels_per_chip_pixel})",
+                    f"face too small: {too_small_reason(scale, min_photo_pixels_per_chip_pixel)}",
                 )
             )
             continue

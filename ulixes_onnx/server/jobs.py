@@ -265,8 +265,7 @@ class JobQueue:
             report = cloak_file(
                 cloaker,
                 InputPhoto(job.upload),
-                OutputOptions(output_dir=job.folder),
-                max_pixels=self.limits.max_pixels,
+                OutputOptions(output_dir=job.folder, max_pixels=self.limits.max_pixels),
             )
         except UlixesError as error:
             self._fail(job, str(error), 500)
