@@ -7,14 +7,15 @@ import pytest
 
 from ulixes_onnx import samples
 from ulixes_onnx.cloak import (
+    STALL_WINDOW,
     CloakSettingsError,
     LoopSettings,
     View,
-    cloak_chips,
+    cloak_canvases,
     plan_objectives,
 )
-from ulixes_onnx.dssim import chip_dssim
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
+from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.recognition import FaceModel, distances
 from ulixes_onnx.store import ModelStore
 
@@ -27,66 +28,93 @@ def dlib_model(store: ModelStore) -> FaceModel:
 
 
 @pytest.fixture(scope="module")
-def chips(store: ModelStore) -> np.ndarray:
+def canvases(store: ModelStore) -> list[FaceCanvas]:
     detector = detector_from_store(store)
-    photos = [samples.astronaut(), samples.cameraman()]
     layout = chip_spec("dlib-150-pad0.25")
-    return np.concatenate([extract_chips(p, detector.detect(p)[:1], layout).chips for p in photos])
+    made = []
+    for photo in (samples.astronaut(), samples.cameraman()):
+        aligned = extract_chips(photo, detector.detect(photo)[:1], layout)
+        made.append(make_canvas(photo, aligned.matrices, [150], cap=4.0))
+    return made
 
 
-def test_away_reaches_its_target_within_the_dssim_bound(dlib_model: FaceModel, chips: np.ndarray) -> None:
-    settings = LoopSettings(strategy="away", target=0.8, max_dssim=0.03)
-    results = cloak_chips([View(dlib_model, settings)], chips)
-    originals = dlib_model.embed(chips)
-    for result, chip, original in zip(results, chips, originals, strict=True):
+def _distance(model: FaceModel, canvas: FaceCanvas, delta: np.ndarray | None = None) -> float:
+    operator = canvas.operator(0)
+    clean = canvas.image / 127.5 - 1
+    chip = operator.forward(clean if delta is None else clean + delta)
+    return float(model.distance(model.embed(chip[None]), model.embed(operator.forward(clean)[None]))[0])
+
+
+def test_away_reaches_its_target_within_the_per_pixel_budget(dlib_model, canvases) -> None:
+    settings = LoopSettings(strategy="away", target=0.7, budget=16.0, chroma=0.2)
+    results = cloak_canvases([View(dlib_model, settings)], canvases)
+    for result, canvas in zip(results, canvases, strict=True):
         assert result.stop_reasons[NAME] == "target-reached"
-        assert result.distances[NAME] >= 0.79
-        assert dlib_model.distance(dlib_model.embed(result.chip[None]), original[None])[0] >= 0.79
-        assert 0 < result.dssim <= 0.03
-        assert result.dssim == pytest.approx(chip_dssim(result.chip, chip))
-        assert np.abs(result.chip).max() <= 1.0
-        # every step moves each element by at most the step size
-        assert np.abs(result.chip - chip).max() <= 0.01 * (result.steps + 0.1) + 1e-6
+        assert result.distances[NAME] >= 0.69
+        assert _distance(dlib_model, canvas, result.delta) >= 0.69
+        assert 0 < result.dssim <= settings.max_dssim
+        # nothing changes outside the mask, and no element moves past its bound (in 0..255 units:
+        # the budget at most BUDGET_RANGE[1] times, colour axes at the chroma share of it)
+        assert not result.delta[canvas.mask == 0].any()
+        change = result.state * 127.5  # opponent coordinates
+        assert np.abs(change[..., 0]).max() <= 16.0 * 4.0 + 1e-3
+        assert np.abs(change[..., 1:]).max() <= 16.0 * 0.2 * 4.0 + 1e-3
 
 
-def test_results_are_deterministic_for_a_seed(dlib_model: FaceModel, chips: np.ndarray) -> None:
-    settings = LoopSettings(strategy="away", target=0.5, seed=3)
-    first = cloak_chips([View(dlib_model, settings)], chips[:1])[0]
-    second = cloak_chips([View(dlib_model, settings)], chips[:1])[0]
-    np.testing.assert_array_equal(first.chip, second.chip)
-    other_seed = cloak_chips(
-        [View(dlib_model, LoopSettings(strategy="away", target=0.5, seed=4))], chips[:1]
-    )[0]
-    assert not np.array_equal(first.chip, other_seed.chip)
+def test_results_are_deterministic_for_a_seed(dlib_model, canvases) -> None:
+    settings = LoopSettings(strategy="away", target=0.5, seed=3, diversity=0.1, momentum=0.5)
+    first = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
+    second = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
+    np.testing.assert_array_equal(first.delta, second.delta)
+    other_seed = cloak_canvases([View(dlib_model, LoopSettings(target=0.5, seed=4))], canvases[:1])[0]
+    assert not np.array_equal(first.delta, other_seed.delta)
 
 
-def test_a_batch_gives_each_face_its_own_result(dlib_model: FaceModel, chips: np.ndarray) -> None:
+def test_a_batch_gives_each_face_its_own_result(dlib_model, canvases) -> None:
     settings = LoopSettings(strategy="away", target=0.5)
-    together = cloak_chips([View(dlib_model, settings)], chips)
-    alone = cloak_chips([View(dlib_model, settings)], chips[:1])[0]
+    together = cloak_canvases([View(dlib_model, settings)], canvases)
+    alone = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
     assert together[0].steps == alone.steps
-    np.testing.assert_allclose(together[0].chip, alone.chip, atol=1e-5)
+    np.testing.assert_allclose(together[0].delta, alone.delta, atol=1e-5)
 
 
-def test_self_is_inert_on_dlib_and_stops_on_slow_progress(dlib_model: FaceModel, chips: np.ndarray) -> None:
-    results = cloak_chips(
-        [View(dlib_model, LoopSettings(strategy="self", margin=0.6, min_progress=0.005))], chips
+def test_self_is_inert_on_dlib_and_stops_on_slow_progress(dlib_model, canvases) -> None:
+    results = cloak_canvases(
+        [View(dlib_model, LoopSettings(strategy="self", margin=0.6, min_progress=0.005))], canvases
     )
     assert {result.stop_reasons[NAME] for result in results} <= {"slow-progress", "loss-zero"}
-    assert all(result.steps < 10 and result.distances[NAME] < 0.6 for result in results)
+    assert all(result.steps < 3 * STALL_WINDOW and result.distances[NAME] < 0.6 for result in results)
 
 
-def test_dssim_bound_and_step_limit_stop_faces(dlib_model: FaceModel, chips: np.ndarray) -> None:
-    bounded = cloak_chips([View(dlib_model, LoopSettings(target=2.0, max_dssim=0.001))], chips[:1])[0]
-    assert bounded.stop_reasons[NAME] == "dssim-bound" and bounded.dssim <= 0.001
-    limited = cloak_chips([View(dlib_model, LoopSettings(target=2.0, max_steps=3))], chips[:1])[0]
+def test_dssim_bound_and_step_limit_stop_faces(dlib_model, canvases) -> None:
+    bounded = cloak_canvases(
+        [
+            View(
+                dlib_model,
+                LoopSettings(target=2.0, max_dssim=0.0002, budget=64.0, min_progress=-1.0, step=0.02),
+            )
+        ],
+        canvases[:1],
+    )[0]
+    assert bounded.stop_reasons[NAME] == "dssim-bound" and bounded.dssim <= 0.0002
+    limited = cloak_canvases([View(dlib_model, LoopSettings(target=2.0, max_steps=3))], canvases[:1])[0]
     assert limited.stop_reasons[NAME] == "max-steps" and limited.steps == 3
 
 
-def test_continuing_from_a_cloaked_start(dlib_model: FaceModel, chips: np.ndarray) -> None:
-    first = cloak_chips([View(dlib_model, LoopSettings(target=0.4))], chips[:1])[0]
-    more = cloak_chips([View(dlib_model, LoopSettings(target=0.7))], chips[:1], start=first.chip[None])[0]
+def test_continuing_from_an_earlier_state(dlib_model, canvases) -> None:
+    first = cloak_canvases([View(dlib_model, LoopSettings(target=0.4))], canvases[:1])[0]
+    more = cloak_canvases([View(dlib_model, LoopSettings(target=0.7))], canvases[:1], start=[first.state])[0]
     assert more.distances[NAME] >= 0.69 and more.dssim > first.dssim
+
+
+def test_input_diversity_and_momentum_still_reach_the_target(dlib_model, canvases) -> None:
+    settings = LoopSettings(
+        target=0.7, budget=16.0, diversity=0.1, momentum=0.5, smoothing=1.0, min_progress=0.0
+    )
+    result = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
+    assert result.stop_reasons[NAME] == "target-reached"
+    # judged on jittered views during the loop; the plain view lands close to it
+    assert result.distances[NAME] >= 0.6
 
 
 class _EuclideanModel:
@@ -153,6 +181,9 @@ def test_pool_strategies_need_a_pool() -> None:
         ({"step": 0}, "the step must be in"),
         ({"max_steps": 0}, "at least 1"),
         ({"max_dssim": 0}, "DSSIM bound"),
+        ({"budget": 0}, "budget must be positive"),
+        ({"diversity": 0.5}, "diversity must be in"),
+        ({"momentum": 1.0}, "momentum in"),
     ],
 )
 def test_bad_settings(settings: dict, message: str) -> None:
@@ -160,20 +191,21 @@ def test_bad_settings(settings: dict, message: str) -> None:
         LoopSettings(**settings)
 
 
-def test_joint_views_follow_both_models(dlib_model: FaceModel, chips: np.ndarray) -> None:
-    # the same model seen through a mirror is a second, differently aligned view of the face
-    mirror = np.tile(np.array([[-1.0, 0.0, 149.0], [0.0, 1.0, 0.0]]), (1, 1, 1))
+def test_joint_views_follow_both_models(dlib_model, store: ModelStore) -> None:
+    photo = samples.astronaut()
+    face = detector_from_store(store).detect(photo)[:1]
+    # dlib's chip and a mirrored copy of it are two differently aligned views of the same face
+    matrix = extract_chips(photo, face, chip_spec("dlib-150-pad0.25")).matrices[0]
+    mirrored = np.array([[-1.0, 0.0, 149.0], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0.0, 0.0, 1.0]])
+    canvas = make_canvas(photo, [matrix, mirrored], [150, 150], cap=4.0)
     views = [
-        View(dlib_model, LoopSettings(target=0.5)),
-        View(dlib_model, LoopSettings(target=0.5), warps=mirror),
+        View(dlib_model, LoopSettings(target=0.5), index=0),
+        View(dlib_model, LoopSettings(target=0.5), index=1),
     ]
-    (result,) = cloak_chips(views, chips[:1])
-    mirrored = result.chip[:, :, ::-1]
-    original = dlib_model.embed(chips[:1])
-    assert dlib_model.distance(dlib_model.embed(result.chip[None]), original)[0] >= 0.49
-    assert (
-        dlib_model.distance(
-            dlib_model.embed(mirrored[None].copy()), dlib_model.embed(chips[:1, :, :, ::-1].copy())
-        )[0]
-        >= 0.49
-    )
+    (result,) = cloak_canvases(views, [canvas])
+    assert set(result.stop_reasons.values()) == {"target-reached"}
+    clean = canvas.image / 127.5 - 1
+    for index in (0, 1):
+        operator = canvas.operator(index)
+        moved = dlib_model.embed(operator.forward(clean + result.delta)[None])
+        assert dlib_model.distance(moved, dlib_model.embed(operator.forward(clean)[None]))[0] >= 0.45

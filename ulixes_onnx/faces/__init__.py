@@ -20,7 +20,6 @@ from ulixes_onnx.faces.pasteback import (
     PhotoDelta,
     SkippedFace,
     merge_patches,
-    paste_back,
 )
 from ulixes_onnx.faces.shape_predictor import (
     ShapePredictor,
@@ -51,7 +50,6 @@ __all__ = [
     "five_point_predictor",
     "merge_patches",
     "mtcnn_paths",
-    "paste_back",
     "photo_pixels_per_chip_pixel",
     "similarity_transform",
     "warp_chips",

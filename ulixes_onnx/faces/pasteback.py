@@ -1,10 +1,9 @@
-"""Paste-back: bring perturbations computed on chips into the photo at its full resolution.
+"""A photo's cloak as patches over its face regions, and how patches of overlapping faces combine.
 
-Each chip perturbation is resampled through the inverse of its photo -> chip matrix and weighted by a
-mask that is 1 inside the chip and falls smoothly to 0 over `feather` of the chip side at its border,
-so the photo changes only under the chip. Work and memory stay within each face's footprint; where
-footprints overlap, every element keeps the contribution of largest magnitude (the element-wise MAX
-rule the Ulixes paper also uses to ensemble models), so overlapping cloaks never add up.
+Work and memory stay within each face's footprint (the faces' canvases bring their changes to the
+photo's resolution, see `canvas`); where footprints overlap, every element keeps the contribution of
+largest magnitude (the element-wise MAX rule the Ulixes paper also uses to ensemble models), so
+overlapping cloaks never add up.
 """
 
 from __future__ import annotations
@@ -13,11 +12,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from ulixes_onnx.errors import FaceError, ImageError
-from ulixes_onnx.faces.align import chip_corners_in_photo, photo_pixels_per_chip_pixel
 
 # Below this the chip is upsampled more than 3x from the photo (a face under ~45 px for a 150 px
 # chip): most of a cloak built at chip resolution would be averaged away by the photo's coarser
@@ -31,9 +28,6 @@ def too_small_reason(scale: float, minimum: float) -> str:
     shown_scale = math.floor(scale * 1000 + 1e-6) / 1000  # the epsilon keeps 0.3 from printing as 0.299
     shown_minimum = math.ceil(minimum * 1000) / 1000
     return f"one chip pixel covers {shown_scale:.3f} photo pixels, less than the {shown_minimum:.3f} needed"
-
-
-DEFAULT_FEATHER = 0.08
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,92 +90,6 @@ class PhotoDelta:
             changed = np.rint(region.astype(np.float32) + patch.delta)
             region[:] = np.clip(changed, 0, 255).astype(np.uint8)
         return result
-
-
-def paste_back(
-    perturbations: np.ndarray,
-    matrices: np.ndarray,
-    photo_shape: Sequence[int],
-    *,
-    feather: float = DEFAULT_FEATHER,
-    min_photo_pixels_per_chip_pixel: float = MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
-) -> PhotoDelta:
-    """Map chip perturbations [N, 3, S, S] (canonical units: 2.0 spans 0..255) into the photo.
-
-    `matrices` [N, 2, 3] are the photo -> chip matrices the chips were extracted with, `photo_shape`
-    the photo's (height, width, ...). Faces too small for their chip or outside the photo are skipped
-    and reported in `PhotoDelta.skipped`.
-    """
-    perturbations = np.asarray(perturbations, dtype=np.float32)
-    matrices = np.asarray(matrices, dtype=np.float64)
-    if perturbations.ndim != 4 or perturbations.shape[1] != 3:
-        raise FaceError(f"perturbations must be [N, 3, S, S], not {perturbations.shape}")
-    if perturbations.shape[2] != perturbations.shape[3]:
-        raise FaceError(f"chips must be square, not {perturbations.shape[2:]}")
-    if matrices.shape != (len(perturbations), 2, 3):
-        raise FaceError(f"need one 2x3 matrix per perturbation, got shape {matrices.shape}")
-    if not 0 < feather <= 0.5:
-        raise FaceError(f"feather must be in (0, 0.5] of the chip side, not {feather}")
-    if not np.isfinite(perturbations).all():
-        raise FaceError("a perturbation contains NaN or infinity; the cloak step failed")
-    height, width = int(photo_shape[0]), int(photo_shape[1])
-
-    face_patches: list[DeltaPatch] = []
-    skipped: list[SkippedFace] = []
-    for index, (perturbation, matrix) in enumerate(zip(perturbations, matrices, strict=True)):
-        scale = photo_pixels_per_chip_pixel(matrix)
-        if scale < min_photo_pixels_per_chip_pixel:
-            skipped.append(
-                SkippedFace(
-                    index,
-                    f"face too small: {too_small_reason(scale, min_photo_pixels_per_chip_pixel)}",
-                )
-            )
-            continue
-        patch = _face_patch(perturbation, matrix, height, width, feather)
-        if patch is None:
-            skipped.append(SkippedFace(index, "the chip lies outside the photo"))
-            continue
-        face_patches.append(patch)
-    return PhotoDelta(height, width, tuple(merge_patches(face_patches)), tuple(skipped))
-
-
-def _face_patch(
-    perturbation: np.ndarray, matrix: np.ndarray, height: int, width: int, feather: float
-) -> DeltaPatch | None:
-    size = perturbation.shape[-1]
-    corners = chip_corners_in_photo(matrix, size)
-    x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
-    x1 = min(int(np.ceil(corners[:, 0].max())) + 1, width)
-    y1 = min(int(np.ceil(corners[:, 1].max())) + 1, height)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    region_to_chip = matrix.copy()
-    region_to_chip[:, 2] += matrix[:, :2] @ np.array([x0, y0], dtype=np.float64)
-    delta = cv2.warpAffine(
-        np.ascontiguousarray(perturbation.transpose(1, 2, 0)),
-        region_to_chip,
-        (x1 - x0, y1 - y0),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-    mask = _feathered_mask(region_to_chip, x1 - x0, y1 - y0, size, feather)
-    return DeltaPatch(int(x0), int(y0), delta * (mask * np.float32(127.5))[:, :, None], mask)
-
-
-def _feathered_mask(
-    region_to_chip: np.ndarray, width: int, height: int, size: int, feather: float
-) -> np.ndarray:
-    """1 deep inside the chip, 0 outside it, a smoothstep over `feather` x size pixels in between."""
-    xs = np.arange(width, dtype=np.float32)[None, :]
-    ys = np.arange(height, dtype=np.float32)[:, None]
-    (a, b, c), (d, e, f) = region_to_chip.astype(np.float32)
-    chip_x = a * xs + b * ys + c
-    chip_y = d * xs + e * ys + f
-    # Distance (in chip pixels) to the nearest edge of the chip, whose edges sit at -0.5 and S - 0.5.
-    inset = np.minimum(np.minimum(chip_x, chip_y), np.minimum(size - 1 - chip_x, size - 1 - chip_y))
-    ramp = np.clip((inset + 0.5) / (feather * size), 0, 1)
-    return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)
 
 
 def merge_patches(patches: Sequence[DeltaPatch], rule: str = "max") -> list[DeltaPatch]:
