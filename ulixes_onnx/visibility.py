@@ -123,7 +123,7 @@ def _linear_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.dtype == np.uint8:
-        return _SRGB_TO_LINEAR[image]
+        return cv2.LUT(image, _SRGB_TO_LINEAR)
     return _srgb_to_linear(image)
 
 
