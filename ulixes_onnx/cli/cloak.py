@@ -144,8 +144,11 @@ def _print_file_line(console: Console, report: FileReport) -> None:
     where = f" -> {report.output}" if report.output else " (nothing written)"
     protected = sum(face.protected for face in report.faces)
     cloakable = sum(face.skipped is None for face in report.faces)
+    cloaked = [face for face in report.faces if face.models]
+    # The most visible face decides how the photo looks.
+    visibility = f", min SSIMULACRA2 {min(face.ssimulacra2 for face in cloaked):.1f}" if cloaked else ""
     console.print(
-        f"{report.status}: {report.source}{where}, {protected}/{cloakable} faces protected",
+        f"{report.status}: {report.source}{where}, {protected}/{cloakable} faces protected{visibility}",
         highlight=False,
     )
     for face in report.faces:
@@ -165,6 +168,7 @@ def _face_json(report: FileReport, face, cloaker: Cloaker, strategy: str) -> dic
         "rounds": face.rounds,
         "skipped": face.skipped,
         "redetected": face.redetected,
+        "ssimulacra2": round(face.ssimulacra2, 2),
         "dssim": round(face.dssim, 5),
         "per_model": {name: asdict(outcome) for name, outcome in face.models.items()},
         "protected": face.protected,
@@ -209,6 +213,13 @@ def _print_summary(console: Console, reports: list[FileReport]) -> None:
         f"{seconds / len(faces):.2f}" if faces else "-",
     )
     console.print(table)
+    if cloaked:
+        scores = [face.ssimulacra2 for face in cloaked]
+        console.print(
+            f"SSIMULACRA2 of the cloaked faces as saved: mean {sum(scores) / len(scores):.1f}, "
+            f"min {min(scores):.1f} (100 identical, 90 visually lossless, 70 high quality)",
+            highlight=False,
+        )
 
 
 def _exit_code(reports: list[FileReport]) -> int:
