@@ -265,7 +265,7 @@ class Ssimulacra2Reference:
 
     def scores(self, changed: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """SSIMULACRA2 of several changed copies at once ([N, H, W, 3] or a sequence of images); memory
-        grows with N, about 60 bytes per pixel of each copy."""
+        grows with N, about 100 bytes per pixel of each copy."""
         images = [_checked_image(image, "changed image") for image in changed]
         for image in images:
             if image.shape[:2] != self.shape or image.ndim != self._original.ndim:
