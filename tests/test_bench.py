@@ -34,8 +34,10 @@ def test_bench_command_writes_every_measurement(tmp_path: Path, store: ModelStor
         assert row["step_ms"] > 0 and row["forward_ms"] > 0 and row["faces_per_second"] > 0
         assert row["mean_steps_per_face"] >= 1
     assert model["end_to_end_seconds_per_face"] > 0 and model["faces_cloaked_end_to_end"] >= 5
+    assert len(model["faces"]) == model["faces_cloaked_end_to_end"]
+    assert all(0 < face["ssimulacra2"] < 100 and face["face_width"] > 0 for face in model["faces"])
     assert model["peak_rss_mb"] > 0
-    assert "end to end" in result.stdout
+    assert "end to end" in result.stdout and "SSIMULACRA2 per face" in result.stdout
 
 
 def test_bad_batch_list_is_a_usage_error() -> None:

@@ -43,7 +43,10 @@ def test_cloak_writes_a_verified_copy_and_a_json_report(tmp_path: Path, store: M
     assert outcome["distance"] > outcome["threshold"] == 0.6
     assert {"steps", "stop_reason", "chip_dssim"} <= set(outcome)
     assert face["strategy"] == "away" and 0 < face["dssim"] <= 0.03
+    assert 0 < face["ssimulacra2"] < 100
+    assert f"min SSIMULACRA2 {face['ssimulacra2']:.1f}" in result.stderr
     assert "summary" in result.stderr
+    assert f"SSIMULACRA2 of the cloaked faces as saved: mean {face['ssimulacra2']:.1f}" in result.stderr
 
 
 def test_folders_are_mirrored_under_the_output_dir(tmp_path: Path, store: ModelStore) -> None:

@@ -9,8 +9,9 @@ from PIL import Image
 from ulixes_onnx import samples
 from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files
 from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import Cloaker, PhotoInput, face_region_dssim
+from ulixes_onnx.pipeline import Cloaker, PhotoInput
 from ulixes_onnx.store import ModelStore
+from ulixes_onnx.visibility import face_visibility
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def test_the_face_is_protected_within_the_dssim_bound(astronaut_result) -> None:
     assert face.protected and face.redetected
     assert outcome.distance > outcome.threshold == 0.6
     assert 0 < face.dssim <= 0.03 and outcome.chip_dssim <= 0.03
+    assert 0 < face.ssimulacra2 < 100
 
 
 def test_pixels_outside_the_face_are_unchanged(astronaut_result) -> None:
@@ -87,7 +89,10 @@ def test_saved_file_is_verified_and_protected(cloaker: Cloaker, tmp_path) -> Non
     # measured again on the written file: the recogniser's view of the saved JPEG
     again = cloaker.remeasure(saved.rgb, report.faces)[0].models["dlib-resnet"].distance
     assert again == pytest.approx(face.models["dlib-resnet"].distance, abs=1e-6)
-    assert face_region_dssim(read_photo(source).rgb, saved.rgb, face.box) <= 0.03
+    # the face's visibility is that of the file as written, at the photo's resolution
+    visibility = face_visibility(read_photo(source).rgb8, saved.rgb8, face.box)
+    assert face.ssimulacra2 == pytest.approx(visibility.ssimulacra2, abs=1e-6)
+    assert face.dssim == pytest.approx(visibility.dssim, abs=1e-9) and face.dssim <= 0.03
 
 
 def test_a_folder_is_cloaked_in_batches_with_reports_in_order(cloaker: Cloaker, tmp_path) -> None:

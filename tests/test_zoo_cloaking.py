@@ -21,9 +21,10 @@ from ulixes_onnx.cards import get_card
 from ulixes_onnx.cloak import LoopSettings, View, cloak_chips
 from ulixes_onnx.faces import Face, chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.align import chip_corners_in_photo
-from ulixes_onnx.pipeline import Cloaker, CloakResult, FaceReport, face_region_dssim
+from ulixes_onnx.pipeline import Cloaker, CloakResult, FaceReport
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStore
+from ulixes_onnx.visibility import face_visibility
 from ulixes_onnx.zoo.npm import npm_available
 from ulixes_onnx.zoo.toolchain import installed_toolchain
 
@@ -121,7 +122,9 @@ def test_a_fresh_detection_of_the_cloaked_photo_is_not_matched(cloaked: Cloaked)
 def test_face_dssim_is_within_the_bound(cloaked: Cloaked) -> None:
     for face in cloaked.cloaked_faces:
         assert 0 < face.dssim <= MAX_DSSIM
-        assert face.dssim == pytest.approx(face_region_dssim(cloaked.original, cloaked.image8, face.box))
+        visibility = face_visibility(cloaked.original, cloaked.image8, face.box)
+        assert face.dssim == pytest.approx(visibility.dssim)
+        assert face.ssimulacra2 == pytest.approx(visibility.ssimulacra2, abs=1e-6) and face.ssimulacra2 < 100
         assert all(outcome.chip_dssim <= MAX_DSSIM for outcome in face.models.values())
 
 

@@ -138,11 +138,19 @@ def bench_model(
         options = OutputOptions(output_dir=Path(output), overwrite=True)
         cloak_file(cloaker, InputPhoto(photos[0]), options)  # warm-up
         end_to_end = []
-        faces = 0
+        visibility = []
         for photo in photos:
             report = cloak_file(cloaker, InputPhoto(photo), options)
             cloaked = [face for face in report.faces if face.models]
-            faces += len(cloaked)
+            visibility += [
+                {
+                    "photo": photo.name,
+                    "face_width": round(face.face.width),
+                    "ssimulacra2": round(face.ssimulacra2, 2),
+                    "dssim": round(face.dssim, 5),
+                }
+                for face in cloaked
+            ]
             if cloaked:
                 end_to_end.append(report.seconds / len(cloaked))
         # The folder as `ulixes-onnx cloak` does it: photos in batches, the next one decoded meanwhile.
@@ -155,7 +163,9 @@ def bench_model(
         "threads": threads or available_cores(),
         "batches": per_batch,
         "end_to_end_seconds_per_face": round(statistics.median(end_to_end), 3) if end_to_end else None,
-        "faces_cloaked_end_to_end": faces,
+        "faces_cloaked_end_to_end": len(visibility),
+        # How visible the cloaks of the end-to-end run are, per face of the saved copies.
+        "faces": visibility,
         "folder_faces_per_second": round(folder_faces / folder_seconds, 2),
         "folder_seconds_per_face": round(folder_seconds / max(1, folder_faces), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -24,13 +24,12 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.cloak import CanvasCloak, CloakSettingsError, LoopSettings, View, cloak_canvases
-from ulixes_onnx.dssim import image_dssim
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     AlignedChips,
@@ -44,6 +43,7 @@ from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta, too_small_reason
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStore
+from ulixes_onnx.visibility import face_visibility
 
 ENSEMBLES = ("max", "sum", "joint")
 DEFAULT_MODELS = ("dlib-resnet",)
@@ -83,13 +83,15 @@ class FaceReport:
     """One detected face: where it is, what each model measured, and whether it is protected.
 
     `embeddings` are the original face's embeddings per model, kept so that a saved copy can be
-    measured against them again.
+    measured against them again. `ssimulacra2` and `dssim` say how visible the cloak is on the face's
+    region (`ulixes_onnx.visibility.face_region`) of the photo as saved, at its own resolution.
     """
 
     index: int
     face: Face
     embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     models: dict[str, ModelOutcome] = field(default_factory=dict)
+    ssimulacra2: float = 100.0
     dssim: float = 0.0
     rounds: int = 0
     redetected: bool = True
@@ -129,16 +131,6 @@ def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     overlap = width * height
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap
     return overlap / union if union > 0 else 0.0
-
-
-def face_region_dssim(original: np.ndarray, cloaked: np.ndarray, box: Sequence[float]) -> float:
-    """DSSIM = (1 - SSIM) / 2 over the face's box grown by a quarter on each side."""
-    x0, y0, x1, y1 = box
-    grow_x, grow_y = (x1 - x0) / 4, (y1 - y0) / 4
-    height, width = original.shape[:2]
-    rows = slice(max(0, int(y0 - grow_y)), min(height, int(np.ceil(y1 + grow_y))))
-    cols = slice(max(0, int(x0 - grow_x)), min(width, int(np.ceil(x1 + grow_x))))
-    return image_dssim(original[rows, cols], cloaked[rows, cols])
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -211,7 +203,7 @@ class _PhotoJob:
         total = self.total or PhotoDelta(height, width, (), ())
         seen = self.original8 if self.seen is None else self.seen
         reports = [
-            replace(report, dssim=face_region_dssim(self.original, seen, report.box))
+            replace(report, **asdict(face_visibility(self.original, seen, report.box)))
             if report.models
             else report
             for report in self.reports

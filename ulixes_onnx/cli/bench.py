@@ -68,3 +68,7 @@ def bench(
             f"({model['faces_cloaked_end_to_end']} faces), folder in batches: "
             f"{model['folder_faces_per_second']} faces/s, peak RSS {model['peak_rss_mb']} MB"
         )
+        scores = [face["ssimulacra2"] for face in model["faces"]]
+        if scores:
+            mean = sum(scores) / len(scores)
+            console.print(f"visibility: SSIMULACRA2 per face mean {mean:.1f}, min {min(scores):.1f}")

@@ -221,7 +221,10 @@ def _file_line(report: FileReport) -> str:
     if report.output:
         protected = sum(face.protected for face in report.faces)
         cloakable = sum(face.skipped is None for face in report.faces)
-        details.append(f"-> {report.output}, {protected}/{cloakable} faces protected")
+        cloaked = [face for face in report.faces if face.models]
+        # The most visible face decides how the photo looks.
+        visibility = f", min SSIMULACRA2 {min(face.ssimulacra2 for face in cloaked):.1f}" if cloaked else ""
+        details.append(f"-> {report.output}, {protected}/{cloakable} faces protected{visibility}")
     elif report.status == "no face":
         details.append("(nothing written; --no-face copy writes it unchanged)")
     details += [f"face {face.index} skipped: {face.skipped}" for face in report.faces if face.skipped]
@@ -255,6 +258,7 @@ def _face_json(report: FileReport, face, cloaker: Cloaker, strategy: str) -> dic
         "rounds": face.rounds,
         "skipped": face.skipped,
         "redetected": face.redetected,
+        "ssimulacra2": round(face.ssimulacra2, 2),
         "dssim": round(face.dssim, 5),
         "per_model": {name: asdict(outcome) for name, outcome in face.models.items()},
         "protected": face.protected,
@@ -321,6 +325,13 @@ def _print_summary(console: Console, reports: list[FileReport]) -> None:
     skipped = sum(report.skipped is not None for report in reports)
     if skipped:
         console.print(f"{skipped} entries skipped (each has a line saying why)")
+    if cloaked:
+        scores = [face.ssimulacra2 for face in cloaked]
+        console.print(
+            f"SSIMULACRA2 of the cloaked faces as saved: mean {sum(scores) / len(scores):.1f}, "
+            f"min {min(scores):.1f} (100 identical, 90 visually lossless, 70 high quality)",
+            highlight=False,
+        )
 
 
 def _exit_code(reports: list[FileReport]) -> int:

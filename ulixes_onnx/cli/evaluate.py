@@ -146,6 +146,13 @@ def _print_headline(console: Console, document: dict) -> None:
             f"{cloaked['fp_rate']:.3f}",
         )
     console.print(table)
+    scores = document["perceptibility"]["face_ssimulacra2"]
+    if scores["count"]:
+        console.print(
+            f"SSIMULACRA2 per face: mean {scores['mean']:.1f}, 5th percentile {scores['p5']:.1f}, "
+            f"min {scores['min']:.1f}",
+            highlight=False,
+        )
     dssim = document["perceptibility"]["face_dssim"]
     if dssim["count"]:
         console.print(f"DSSIM per face: mean {dssim['mean']:.4f}, max {dssim['max']:.4f}", highlight=False)

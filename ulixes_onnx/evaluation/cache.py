@@ -35,7 +35,7 @@ from ulixes_onnx.pipeline import DEFAULT_MODELS, Cloaker
 from ulixes_onnx.store import ModelStore, sha256_of
 
 # Bumped when the record format changes, so older records are made again instead of misread.
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 # The code that decides what a cloaked file contains (files and subpackages of ulixes_onnx): editing any
 # of it, even within one release, gives new cache keys instead of stale copies.
 CLOAK_CODE = ("cloak.py", "pipeline.py", "files.py", "imageio.py", "recognition.py", "faces", "engine")
@@ -89,6 +89,7 @@ class CloakedFace:
     """One face of a cloaked copy: where it is and what the cloak achieved, as `cloak` reports it."""
 
     box: tuple[float, float, float, float]
+    ssimulacra2: float
     dssim: float
     psnr: float
     protected: bool
@@ -196,6 +197,7 @@ class CloakCache:
             faces = [
                 CloakedFace(
                     box=tuple(round(float(v), 2) for v in face.box),
+                    ssimulacra2=float(face.ssimulacra2),
                     dssim=float(face.dssim),
                     psnr=psnr(*(_box_region(image, face.box) for image in (original, cloaked))),
                     protected=face.protected,

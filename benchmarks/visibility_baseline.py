@@ -1,0 +1,153 @@
+"""How visible the default cloak is on the largest faces of a photo folder, next to a JPEG q90 re-encode.
+
+Finds every face of the folder with the detector, takes the photos of the COUNT largest, cloaks each
+with the default Cloaker the way `ulixes-onnx cloak` saves it (the copy re-encoded like its source) and
+measures each of those faces' regions (box grown by a quarter per side) at the photo's resolution:
+SSIMULACRA2 and DSSIM of the saved copy, SSIMULACRA2 of the cloak alone (added to the 8-bit original,
+no re-encoding), and SSIMULACRA2 of the original re-encoded as JPEG at quality 90 (Pillow's defaults,
+4:2:0), the yardstick of "looks unchanged". It also times SSIMULACRA2 per region on one OpenCV thread.
+
+usage: python benchmarks/visibility_baseline.py [FOLDER] [--count 20] [--extra PHOTO ...] [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ulixes_onnx.faces import detector_from_store
+from ulixes_onnx.files import expand_inputs
+from ulixes_onnx.imageio import decode_photo, encode_photo, read_photo
+from ulixes_onnx.pipeline import Cloaker, PhotoInput
+from ulixes_onnx.store import ModelStore
+from ulixes_onnx.visibility import face_region, face_visibility, ssimulacra2
+
+DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "faces-dev"
+
+
+def jpeg_q90(pixels: np.ndarray) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def largest_faces(folder: Path, count: int, store: ModelStore) -> list[tuple[Path, float]]:
+    """(photo, face width) of the `count` largest detected faces."""
+    detector = detector_from_store(store)
+    faces = []
+    for photo in expand_inputs([str(folder)]):
+        for face in detector.detect(read_photo(photo.path).rgb8):
+            faces.append((photo.path, face.width))
+    return sorted(faces, key=lambda found: -found[1])[:count]
+
+
+def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dict]:
+    """The rows of the faces of `path` whose widths are listed (each the nearest detected face)."""
+    photo = read_photo(path)
+
+    def saved(delta) -> np.ndarray:
+        return decode_photo(encode_photo(photo, delta), path).rgb8
+
+    started = time.perf_counter()
+    (result,) = cloaker.cloak_many([PhotoInput(photo.rgb8, photo.is_gray, saved)])
+    cloak_seconds = time.perf_counter() - started
+    original = photo.rgb8
+    saved_copy = saved(result.delta)
+    cloak_alone = np.clip(np.rint(result.image), 0, 255).astype(np.uint8)
+    reencoded = jpeg_q90(original)
+    rows = []
+    for width in widths:
+        face = min(result.faces, key=lambda report: abs(report.face.width - width))
+        visibility = face_visibility(original, saved_copy, face.box)
+        region_rows, region_cols = face_region(face.box, original.shape)
+        region = np.ascontiguousarray(original[region_rows, region_cols])
+        started = time.perf_counter()
+        ssimulacra2(region, saved_copy[region_rows, region_cols])
+        metric_seconds = time.perf_counter() - started
+        rows.append(
+            {
+                "photo": str(path.relative_to(path.parents[1])),
+                "face_width": round(face.face.width),
+                "region": f"{region.shape[1]}x{region.shape[0]}",
+                "protected": face.protected,
+                "reported": face.ssimulacra2,
+                "saved": visibility.ssimulacra2,
+                "dssim": visibility.dssim,
+                "cloak_alone": face_visibility(original, cloak_alone, face.box).ssimulacra2,
+                "jpeg_q90": face_visibility(original, reencoded, face.box).ssimulacra2,
+                "metric_ms": 1000 * metric_seconds,
+                "cloak_seconds": cloak_seconds,
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    lines = [
+        "| photo | face width (px) | region (px) | protected | cloak, saved copy | cloak alone "
+        "| JPEG q90 | DSSIM, saved copy | SSIMULACRA2 ms (1 thread) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['photo']} | {row['face_width']} | {row['region']} "
+            f"| {'yes' if row['protected'] else 'no'} | {row['saved']:.1f} | {row['cloak_alone']:.1f} "
+            f"| {row['jpeg_q90']:.1f} | {row['dssim']:.4f} "
+            f"| {row['metric_ms']:.0f} |"
+        )
+    saved = np.array([row["saved"] for row in rows])
+    jpeg = np.array([row["jpeg_q90"] for row in rows])
+    lines += [
+        "",
+        f"SSIMULACRA2 of the saved copy: mean {saved.mean():.1f}, min {saved.min():.1f}; "
+        f"JPEG q90: mean {jpeg.mean():.1f}, min {jpeg.min():.1f} ({len(rows)} faces).",
+        "",
+        f"Command: `{command}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folder", type=Path, nargs="?", default=DEFAULT_FOLDER)
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--extra", nargs="*", default=[], help="more photos (their largest face each)")
+    parser.add_argument("--out", type=Path, help="write the markdown table here too")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    store = ModelStore()
+    chosen = largest_faces(args.folder, args.count, store)
+    detector = detector_from_store(store)
+    for extra in args.extra:
+        path = Path(extra)
+        chosen.append((path, max(face.width for face in detector.detect(read_photo(path).rgb8))))
+    by_photo: dict[Path, list[float]] = {}
+    for path, width in chosen:
+        by_photo.setdefault(path, []).append(width)
+    cloaker = Cloaker(store=store, threads=1)
+    rows = []
+    for path, widths in by_photo.items():
+        rows += measure_photo(cloaker, path, widths)
+        print(rows[-1], file=sys.stderr, flush=True)
+    rows.sort(key=lambda row: -row["face_width"])
+    command = " ".join(
+        ["python", *(os.path.relpath(arg) if os.path.exists(arg) else arg for arg in sys.argv)]
+    )
+    table = markdown(rows, command)
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()
