@@ -18,9 +18,10 @@ import pytest
 
 from tests.zoo.conftest import SETUP_HINT
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloak import LoopSettings, View, cloak_chips
+from ulixes_onnx.cloak import STALL_WINDOW, LoopSettings, View, cloak_canvases
 from ulixes_onnx.faces import Face, chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.align import chip_corners_in_photo
+from ulixes_onnx.faces.canvas import make_canvas
 from ulixes_onnx.pipeline import Cloaker, CloakResult, FaceReport
 from ulixes_onnx.recognition import FaceModel
 from ulixes_onnx.store import ModelStore
@@ -151,9 +152,11 @@ def test_the_cosine_models_first_steps_are_not_taken_for_a_stall(
     t on it: the loop must keep going (judged on 1 - cos itself, faceres stopped after one step)."""
     model = FaceModel("faceres", zoo_store, threads=2)
     faces = detector_from_store(zoo_store).detect(astronaut)[:1]
-    chips = extract_chips(astronaut, faces, chip_spec(model.card.input.alignment)).chips
+    aligned = extract_chips(astronaut, faces, chip_spec(model.card.input.alignment))
+    canvas = make_canvas(astronaut, aligned.matrices, [model.chip_size[0]], cap=4.0)
+    steps = 2 * STALL_WINDOW
     settings = LoopSettings(
-        target=model.card.cloak.away_target, min_progress=model.card.cloak.min_progress, max_steps=5
+        target=model.card.cloak.away_target, min_progress=model.card.cloak.min_progress, max_steps=steps
     )
-    (result,) = cloak_chips([View(model, settings)], chips)
-    assert result.steps == 5 and result.stop_reasons["faceres"] == "max-steps"
+    (result,) = cloak_canvases([View(model, settings)], [canvas])
+    assert result.steps == steps and result.stop_reasons["faceres"] == "max-steps"
