@@ -67,7 +67,7 @@ class LoopSettings:
     seed: int = 0
     budget: float = 8.0
     chroma: float = 0.2
-    diversity: float = 0.0
+    diversity: float = 0.05
     momentum: float = 0.0
     smoothing: float = 0.0
 

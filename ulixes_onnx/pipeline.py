@@ -50,7 +50,7 @@ DEFAULT_MODELS = ("dlib-resnet",)
 # Each verification round that finds a face unprotected raises its models' targets and the per-pixel
 # budget by these factors: the budget is what usually stops a face short of its target.
 TARGET_GROWTH = 1.15
-BUDGET_GROWTH = 1.4
+BUDGET_GROWTH = 2.0
 # A face's canvas keeps the photo's resolution up to this many pixels per pixel of the finest chip.
 CANVAS_CAP = 4.0
 # A re-detected face is the same face when its box overlaps the original's by at least this IoU.
@@ -241,7 +241,7 @@ class Cloaker:
         canvas_cap: float = CANVAS_CAP,
         budget: float = 8.0,
         chroma: float = 0.2,
-        diversity: float = 0.0,
+        diversity: float = 0.05,
         momentum: float = 0.0,
         smoothing: float = 0.0,
     ) -> None:
