@@ -137,6 +137,7 @@ def test_non_contiguous_and_float_inputs_score_as_contiguous_uint8(face_crops: d
     assert ssimulacra2(face, transposed) == pytest.approx(expected, abs=1e-9)
     as_float = ssimulacra2(face.astype(np.float32), changed.astype(np.float64))
     assert as_float == pytest.approx(expected, abs=1e-3)
+    assert ssimulacra2(face.astype(np.int64), changed.astype(np.int16)) == pytest.approx(expected, abs=1e-3)
 
 
 def test_float_values_between_levels_count(face_crops: dict[str, np.ndarray]) -> None:
@@ -162,7 +163,7 @@ def test_shape_mismatch_is_a_clear_error(original_shape: tuple, changed_shape: t
 
 @pytest.mark.parametrize(
     ("image", "message"),
-    [(np.zeros((20, 20, 4), np.uint8), "RGB image"), (np.zeros((20, 20, 3), np.uint16), "uint8 or float")],
+    [(np.zeros((20, 20, 4), np.uint8), "RGB image"), (np.zeros((20, 20, 3), bool), "integers or floats")],
 )
 def test_bad_images_are_clear_errors(image: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -234,8 +234,8 @@ def _checked_image(image: np.ndarray, name: str) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"{name} must be an RGB image HxWx3 or gray HxW, got shape {image.shape}")
-    if not (image.dtype == np.uint8 or np.issubdtype(image.dtype, np.floating)):
-        raise ValueError(f"{name} must be uint8 or float in 0..255 units, got {image.dtype}")
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ValueError(f"{name} must hold integers or floats in 0..255 units, got {image.dtype}")
     return image
 
 
@@ -260,7 +260,7 @@ class Ssimulacra2Reference:
             self._scales.append(_OriginalScale(xyb, mean, variance, 1.0 + np.abs(xyb - mean)))
 
     def score(self, changed: np.ndarray) -> float:
-        """SSIMULACRA2 of one changed copy (HxWx3 or HxW, uint8 or float in 0..255 units)."""
+        """SSIMULACRA2 of one changed copy (HxWx3 or HxW, integers or floats in 0..255 units)."""
         return float(self.scores([changed])[0])
 
     def scores(self, changed: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -287,7 +287,7 @@ class Ssimulacra2Reference:
 
 
 def ssimulacra2(original: np.ndarray, changed: np.ndarray) -> float:
-    """SSIMULACRA2 of `changed` against `original` (RGB HxWx3 or gray HxW, uint8 or float in 0..255
+    """SSIMULACRA2 of `changed` against `original` (RGB HxWx3 or gray HxW, integers or floats in 0..255
     units, equal shapes): 100 when identical, lower the more visible the change. Images under 8 pixels
     on a side have no scale to measure: 100 when unchanged, 0 otherwise."""
     original, changed = _checked_image(original, "original"), _checked_image(changed, "changed image")
