@@ -552,6 +552,13 @@ def test_tiff_text_tags_are_dropped_by_default_and_kept_on_request(tmp_path, ast
             assert GPS_IFD not in image.getexif()
 
 
+def test_jpeg_comment_is_never_copied(tmp_path, astronaut):
+    source = save(astronaut, tmp_path / "in.jpg", comment=CAPTION)
+    assert CAPTION.encode() in source.read_bytes()
+    written = write_photo(read_photo(source), _delta_for_block(read_photo(source), 3.7), tmp_path / "out.jpg")
+    assert CAPTION.encode() not in written.read_bytes()
+
+
 @pytest.mark.parametrize("quality", [80, 95])
 def test_jpeg_quality_is_estimated_and_kept(tmp_path, astronaut, quality):
     source = save(astronaut, tmp_path / "in.jpg", quality=quality)
