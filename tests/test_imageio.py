@@ -473,6 +473,21 @@ def test_png_text_chunks_are_dropped_by_default_and_kept_on_request(tmp_path, as
         assert image.text["Comment"] == "Katy at the gala"
 
 
+def test_imagemagick_raw_exif_text_is_filtered_like_exif(tmp_path, astronaut):
+    exif = identifying_exif().tobytes()
+    info = imageio.PngImagePlugin.PngInfo()
+    # ImageMagick's layout: a blank line, the profile name, its length, then the bytes in hex.
+    info.add_text("Raw profile type exif", f"\nexif\n{len(exif)}\n{exif.hex()}")
+    photo = read_photo(save(astronaut, tmp_path / "in.png", pnginfo=info))
+    default = write_photo(photo, photo.rgb, tmp_path / "default.png")
+    data = default.read_bytes()
+    assert searchable(CAPTION) not in data and searchable(CAPTION).hex().encode() not in data
+    with Image.open(default) as image:
+        assert image.getexif().get(ORIENTATION) == 1 and image.text == {}
+    with Image.open(write_photo(photo, photo.rgb, tmp_path / "kept.png", keep_exif=True)) as image:
+        assert image.getexif()[ExifTags.Base.ImageDescription] == CAPTION
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp"])
 def test_xmp_is_dropped_by_default_and_kept_on_request(tmp_path, astronaut, suffix):
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><exif:GPSLatitude>48,51N</exif:GPSLatitude></x:xmpmeta>'
