@@ -165,7 +165,7 @@ def test_16_bit_png_stays_16_bit_and_exact(tmp_path, channels):
         # OpenCV cannot write gray+alpha, so this input comes from the module's own encoder.
         source.write_bytes(
             imageio._encode_png16(
-                pixels[..., 0], pixels[..., 1], imageio.PhotoMetadata(), exif=None, xmp=None
+                pixels[..., 0], pixels[..., 1], imageio.PhotoMetadata(), exif=None, xmp=None, text={}
             )
         )
     else:
@@ -227,20 +227,82 @@ def store_with_orientation(upright: Image.Image, orientation: int) -> Image.Imag
     return upright if inverse is None else upright.transpose(inverse)
 
 
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_every_exif_orientation_reads_upright(tmp_path, astronaut, orientation):
+def oriented_exif(orientation: int) -> Image.Exif:
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
+    return exif
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".png", ".webp"])
+def test_an_oriented_photo_is_read_upright_and_written_back_as_stored(
+    tmp_path, astronaut, suffix, orientation
+):
     stored = store_with_orientation(astronaut, orientation)
-    source = save(stored, tmp_path / "in.png", exif=exif)
+    source = save(stored, tmp_path / f"in{suffix}", exif=oriented_exif(orientation), lossless=True)
 
     photo = read_photo(source)
 
     assert np.array_equal(photo.rgb, np.asarray(astronaut, dtype=np.float32))
     assert photo.metadata.source_orientation == orientation
-    written = write_photo(photo, photo.rgb, tmp_path / "out.png")
+    delta = _delta_for_block(photo, 3.7)
+    cloaked = np.rint(delta.add_to(photo.rgb)).astype(np.uint8)
+    assert encode_photo(photo, delta) == encode_photo(photo, delta.add_to(photo.rgb))
+    written = write_photo(photo, delta, tmp_path / f"out{suffix}")
     with Image.open(written) as image:
-        assert image.getexif().get(ORIENTATION) == 1
+        assert image.getexif().get(ORIENTATION, 1) == orientation
+        expected_stored = store_with_orientation(Image.fromarray(cloaked), orientation)
+        assert np.array_equal(np.asarray(image), np.asarray(expected_stored))
+    assert np.array_equal(read_photo(written).rgb8, cloaked)
+
+
+def test_an_oriented_photo_keeps_its_alpha_in_the_stored_layout(tmp_path, astronaut):
+    alpha = np.tile(np.linspace(0, 255, 160).astype(np.uint8), (120, 1))
+    stored = store_with_orientation(Image.fromarray(np.dstack([np.asarray(astronaut), alpha])), 6)
+    photo = read_photo(save(stored, tmp_path / "in.png", exif=oriented_exif(6)))
+    assert np.array_equal(photo.alpha, alpha)
+    written = reread(write_photo(photo, _delta_for_block(photo, 3.7), tmp_path / "out.png"))
+    assert np.array_equal(written[..., 3], np.asarray(stored)[..., 3])
+
+
+def outside_block_change(source: Path, written: Path) -> tuple[float, float]:
+    """Mean absolute change and fraction of changed samples, seen upright, away from the block that
+    `_delta_for_block` changes (two 16-pixel JPEG blocks of margin)."""
+    before, after = read_photo(source).rgb, read_photo(written).rgb
+    outside = np.ones(before.shape[:2], bool)
+    outside[20 - 32 : 50 + 32, 30 - 32 : 70 + 32] = False
+    change = np.abs(after - before)[outside]
+    return float(change.mean()), float((change > 0).mean())
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_an_oriented_jpeg_changes_only_as_much_as_an_upright_one(tmp_path, astronaut, orientation):
+    changes = {}
+    for name, value in (("upright", 1), ("oriented", orientation)):
+        stored = store_with_orientation(astronaut, value)
+        source = save(stored, tmp_path / f"{name}.jpg", quality=90, exif=oriented_exif(value))
+        photo = read_photo(source)
+        written = write_photo(photo, _delta_for_block(photo, 3.7), tmp_path / f"{name}_out.jpg")
+        with Image.open(written) as image:
+            assert image.getexif()[ORIENTATION] == value
+            assert image.size == stored.size
+        changes[name] = outside_block_change(source, written)
+    (upright_mean, upright_fraction), (oriented_mean, oriented_fraction) = changes.values()
+    # Same stored layout and quantisation tables: the re-encode noise of an upright JPEG, not the
+    # change of every block that re-encoding a rotated copy makes.
+    assert oriented_mean <= 1.5 * upright_mean + 0.05, changes
+    assert oriented_fraction <= 1.5 * upright_fraction + 0.02, changes
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_an_oriented_tiff_is_written_upright(tmp_path, astronaut, orientation):
+    # Pillow turns a TIFF upright as it loads it; TIFF is lossless, so writing it upright changes
+    # no pixel's value.
+    stored = store_with_orientation(astronaut, orientation)
+    photo = read_photo(save(stored, tmp_path / "in.tiff", tiffinfo={ORIENTATION: orientation}))
+    assert np.array_equal(photo.rgb, np.asarray(astronaut, dtype=np.float32))
+    with Image.open(write_photo(photo, photo.rgb, tmp_path / "out.tiff")) as image:
+        assert ORIENTATION not in image.getexif()
         assert np.array_equal(np.asarray(image), np.asarray(astronaut))
 
 
@@ -299,23 +361,131 @@ def test_grayscale_photo_is_written_gray_from_the_cloaked_luminance(tmp_path, as
     assert np.abs(written[20:50, 30:70] - expected).mean() <= tolerance
 
 
-@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp"])
-def test_gps_and_maker_note_are_stripped_by_default_and_kept_on_request(tmp_path, astronaut, suffix):
-    source = save(astronaut, tmp_path / f"in{suffix}", exif=gps_exif())
+CAPTION = "Singer Katy Perry arrives for the premiere"
+# Each identifying EXIF tag with a value that can be searched for in the written file's bytes.
+IDENTIFYING_IFD0 = {
+    ExifTags.Base.ImageDescription: CAPTION,
+    ExifTags.Base.Artist: "Jane Photographer",
+    ExifTags.Base.Copyright: "Copyright Jane Photographer",
+    ExifTags.Base.DocumentName: "perry-premiere.jpg",
+    ExifTags.Base.HostComputer: "janes-laptop",
+    ExifTags.Base.Make: "TestCam",
+    ExifTags.Base.Model: "TestCam X100",
+    ExifTags.Base.DateTime: "2024:05:01 10:00:00",
+    ExifTags.Base.XPComment: "Katy at the gala".encode("utf-16-le"),
+    ExifTags.Base.XPTitle: "Premiere night".encode("utf-16-le"),
+    ExifTags.Base.XPSubject: "Red carpet".encode("utf-16-le"),
+    ExifTags.Base.XPKeywords: "celebrity;singer".encode("utf-16-le"),
+    ExifTags.Base.XPAuthor: "Jane Photographer".encode("utf-16-le"),
+}
+IDENTIFYING_EXIF_IFD = {
+    ExifTags.Base.UserComment: b"ASCII\0\0\0Taken at 12 Example Street",
+    ExifTags.Base.CameraOwnerName: "Jane Owner",
+    ExifTags.Base.BodySerialNumber: "BODY123456",
+    ExifTags.Base.LensSerialNumber: "LENS987654",
+    ExifTags.Base.ImageUniqueID: "0123456789abcdef0123456789abcdef",
+    ExifTags.Base.DateTimeOriginal: "2024:05:01 10:00:00",
+    MAKER_NOTE: b"vendor preview",
+}
+DISPLAY_IFD0 = {ORIENTATION: 1, ExifTags.Base.XResolution: 300.0, ExifTags.Base.ResolutionUnit: 2}
+
+
+def identifying_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif.update({**IDENTIFYING_IFD0, **DISPLAY_IFD0})
+    exif.get_ifd(EXIF_IFD).update({**IDENTIFYING_EXIF_IFD, ExifTags.Base.ColorSpace: 1})
+    exif.get_ifd(GPS_IFD).update({1: "N", 2: (48.0, 51.0, 29.0), 3: "E", 4: (2.0, 17.0, 40.0)})
+    return exif
+
+
+def searchable(value: str | bytes) -> bytes:
+    """A distinctive piece of a tag's value as it appears in the file."""
+    data = value.encode() if isinstance(value, str) else value
+    return data[-12:]
+
+
+@pytest.mark.parametrize(("suffix", "options"), [(".jpg", {}), (".png", {}), (".webp", {"lossless": True})])
+def test_exif_keeps_only_what_shows_the_photo_unless_asked_to_keep_all(tmp_path, astronaut, suffix, options):
+    source = save(astronaut, tmp_path / f"in{suffix}", exif=identifying_exif(), **options)
+    identifying = [*IDENTIFYING_IFD0.values(), *IDENTIFYING_EXIF_IFD.values()]
+    assert all(searchable(value) in source.read_bytes() for value in identifying)
     photo = read_photo(source)
 
-    with Image.open(write_photo(photo, photo.rgb, tmp_path / f"default{suffix}")) as image:
+    default = write_photo(photo, _delta_for_block(photo, 3.7), tmp_path / f"default{suffix}")
+
+    data = default.read_bytes()
+    assert [value for value in identifying if searchable(value) in data] == []
+    with Image.open(default) as image:
         exif = image.getexif()
-        assert exif.get(MAKE) == "TestCam"
-        assert GPS_IFD not in exif and not exif.get_ifd(GPS_IFD)
-        assert MAKER_NOTE not in exif.get_ifd(EXIF_IFD)
-        assert exif.get_ifd(EXIF_IFD).get(0x9003) == "2024:05:01 10:00:00"
+        assert dict(exif) == {**DISPLAY_IFD0, EXIF_IFD: exif[EXIF_IFD]}
+        assert exif.get_ifd(EXIF_IFD) == {ExifTags.Base.ColorSpace: 1}
+        assert not exif.get_ifd(GPS_IFD)
 
     kept = write_photo(photo, photo.rgb, tmp_path / f"kept{suffix}", keep_exif=True)
+    assert all(searchable(value) in kept.read_bytes() for value in identifying)
     with Image.open(kept) as image:
-        exif = image.getexif()
-        assert exif.get_ifd(GPS_IFD)[2] == (48.0, 51.0, 29.0)
-        assert exif.get_ifd(EXIF_IFD)[MAKER_NOTE] == b"vendor preview"
+        assert image.getexif().get_ifd(GPS_IFD)[2] == (48.0, 51.0, 29.0)
+
+
+def test_exif_with_nothing_to_show_the_photo_is_not_written(tmp_path, astronaut):
+    exif = Image.Exif()
+    exif[ExifTags.Base.Artist] = "Jane Photographer"
+    photo = read_photo(save(astronaut, tmp_path / "in.jpg", exif=exif))
+    with Image.open(write_photo(photo, photo.rgb, tmp_path / "out.jpg")) as image:
+        assert "exif" not in image.info
+
+
+def png_with_text(astronaut: Image.Image, path: Path) -> Path:
+    info = imageio.PngImagePlugin.PngInfo()
+    # ImageMagick writes EXIF fields as tEXt chunks named "exif:<tag>".
+    info.add_text("exif:GPSLatitude", "48/1, 51/1, 29/1")
+    info.add_text("exif:GPSLongitude", "2/1, 17/1, 40/1")
+    info.add_itxt("Location", "Home, 12 Example Street")
+    info.add_text("Comment", "Katy at the gala", zip=True)
+    return save(astronaut, path, pnginfo=info)
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_png_text_chunks_are_dropped_by_default_and_kept_on_request(tmp_path, astronaut, deep):
+    source = png_with_text(astronaut, tmp_path / "in.png")
+    if deep:
+        # Re-save as 16-bit, which `_encode_png16` writes, with the same text.
+        photo = read_photo(source)
+        pixels = photo.samples.astype(np.uint16) * 257
+        source.write_bytes(
+            imageio._encode_png16(
+                pixels, None, photo.metadata, exif=None, xmp=None, text=photo.metadata.png_text
+            )
+        )
+    photo = read_photo(source)
+    assert photo.bit_depth == (16 if deep else 8)
+
+    default = write_photo(photo, photo.rgb, tmp_path / "default.png")
+    kept = write_photo(photo, photo.rgb, tmp_path / "kept.png", keep_exif=True)
+
+    for place in (b"GPSLatitude", b"GPSLongitude", b"Example Street", b"Location"):
+        assert place not in default.read_bytes()
+    with Image.open(default) as image:
+        assert image.text == {}
+    with Image.open(kept) as image:
+        assert image.text["Location"] == "Home, 12 Example Street"
+        assert image.text["exif:GPSLatitude"] == "48/1, 51/1, 29/1"
+        assert image.text["Comment"] == "Katy at the gala"
+
+
+def test_imagemagick_raw_exif_text_is_filtered_like_exif(tmp_path, astronaut):
+    exif = identifying_exif().tobytes()
+    info = imageio.PngImagePlugin.PngInfo()
+    # ImageMagick's layout: a blank line, the profile name, its length, then the bytes in hex.
+    info.add_text("Raw profile type exif", f"\nexif\n{len(exif)}\n{exif.hex()}")
+    photo = read_photo(save(astronaut, tmp_path / "in.png", pnginfo=info))
+    default = write_photo(photo, photo.rgb, tmp_path / "default.png")
+    data = default.read_bytes()
+    assert searchable(CAPTION) not in data and searchable(CAPTION).hex().encode() not in data
+    with Image.open(default) as image:
+        assert image.getexif().get(ORIENTATION) == 1 and image.text == {}
+    with Image.open(write_photo(photo, photo.rgb, tmp_path / "kept.png", keep_exif=True)) as image:
+        assert image.getexif()[ExifTags.Base.ImageDescription] == CAPTION
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp"])
@@ -337,16 +507,15 @@ def test_xmp_is_dropped_by_default_and_kept_on_request(tmp_path, astronaut, suff
     assert b"GPSLatitude" in kept.read_bytes()
 
 
-def test_xmp_orientation_is_reset_with_the_pixels(tmp_path, astronaut):
-    exif = Image.Exif()
-    exif[ORIENTATION] = 6
+def test_xmp_orientation_is_kept_with_the_stored_pixels(tmp_path, astronaut):
     xmp = b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
     stored = store_with_orientation(astronaut, 6)
-    photo = read_photo(save(stored, tmp_path / "in.jpg", exif=exif, xmp=xmp))
+    photo = read_photo(save(stored, tmp_path / "in.jpg", exif=oriented_exif(6), xmp=xmp))
     written = write_photo(photo, photo.rgb, tmp_path / "out.jpg", keep_exif=True)
     with Image.open(written) as image:
-        assert b'tiff:Orientation="1"' in image.info["xmp"]
-        assert image.getexif()[ORIENTATION] == 1
+        assert image.info["xmp"] == xmp
+        assert image.getexif()[ORIENTATION] == 6
+        assert image.size == stored.size
 
 
 def exif_with_thumbnail(thumbnail: bytes) -> bytes:
@@ -374,12 +543,35 @@ def test_exif_thumbnail_of_the_uncloaked_photo_is_never_written(tmp_path, astron
         assert image.getexif().get(MAKE) == "Cam"
 
 
-def test_tiff_keeps_descriptive_tags_but_not_gps(tmp_path, astronaut):
-    source = save(astronaut, tmp_path / "in.tiff", tiffinfo={MAKE: "TestCam"}, exif=gps_exif())
+def test_tiff_text_tags_are_dropped_by_default_and_kept_on_request(tmp_path, astronaut):
+    tags = {
+        ExifTags.Base.ImageDescription: CAPTION,
+        ExifTags.Base.Artist: "Jane Photographer",
+        ExifTags.Base.DocumentName: "perry-premiere.tiff",
+        ExifTags.Base.HostComputer: "janes-laptop",
+        ExifTags.Base.Copyright: "Copyright Jane Photographer",
+        MAKE: "TestCam",
+    }
+    source = save(astronaut, tmp_path / "in.tiff", tiffinfo=tags, exif=gps_exif())
     photo = read_photo(source)
-    with Image.open(write_photo(photo, photo.rgb, tmp_path / "out.tiff")) as image:
-        assert image.getexif().get(MAKE) == "TestCam"
-        assert GPS_IFD not in image.getexif()
+
+    default = write_photo(photo, photo.rgb, tmp_path / "default.tiff")
+    kept = write_photo(photo, photo.rgb, tmp_path / "kept.tiff", keep_exif=True)
+
+    data = default.read_bytes()
+    assert [value for value in tags.values() if value.encode() in data] == []
+    with Image.open(kept) as image:
+        assert {tag: image.getexif().get(tag) for tag in tags} == tags
+    for written in (default, kept):
+        with Image.open(written) as image:
+            assert GPS_IFD not in image.getexif()
+
+
+def test_jpeg_comment_is_never_copied(tmp_path, astronaut):
+    source = save(astronaut, tmp_path / "in.jpg", comment=CAPTION)
+    assert CAPTION.encode() in source.read_bytes()
+    written = write_photo(read_photo(source), _delta_for_block(read_photo(source), 3.7), tmp_path / "out.jpg")
+    assert CAPTION.encode() not in written.read_bytes()
 
 
 @pytest.mark.parametrize("quality", [80, 95])
@@ -419,14 +611,6 @@ def test_dpi_is_kept(tmp_path, astronaut, suffix):
     photo = read_photo(save(astronaut, tmp_path / f"in{suffix}", dpi=(300, 300)))
     with Image.open(write_photo(photo, photo.rgb, tmp_path / f"out{suffix}")) as image:
         assert np.allclose(image.info["dpi"], (300, 300), atol=0.01)
-
-
-def test_png_text_is_kept(tmp_path, astronaut):
-    info = imageio.PngImagePlugin.PngInfo()
-    info.add_text("Title", "Holiday")
-    photo = read_photo(save(astronaut, tmp_path / "in.png", pnginfo=info))
-    with Image.open(write_photo(photo, photo.rgb, tmp_path / "out.png")) as image:
-        assert image.text["Title"] == "Holiday"
 
 
 def test_lossy_webp_is_written_lossy(tmp_path, astronaut):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from ulixes_onnx import samples
 from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files
@@ -111,3 +111,50 @@ def test_a_folder_is_cloaked_in_batches_with_reports_in_order(cloaker: Cloaker, 
     assert reports[1].error is not None and "broken.jpg" in reports[1].error
     for report in (reports[0], reports[2], reports[3]):
         assert report.status == "protected" and report.output.parent == output and report.seconds > 0
+
+
+PHONE_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def test_phone_photos_keep_their_orientation_and_change_only_the_face(cloaker: Cloaker, tmp_path) -> None:
+    # Sides that are not multiples of 16, so a flipped or rotated re-encode would move every block.
+    upright = Image.fromarray(samples.astronaut()[:500, 60:437])
+    sources = []
+    for orientation in range(1, 9):
+        stored = upright.transpose(PHONE_TRANSPOSES[orientation]) if orientation > 1 else upright
+        exif = Image.Exif()
+        exif[ExifTags.Base.Orientation] = orientation
+        sources.append(tmp_path / f"orientation{orientation}.jpg")
+        stored.save(sources[-1], quality=90, exif=exif)
+
+    reports = list(cloak_files(cloaker, [InputPhoto(path) for path in sources], batch_photos=8))
+
+    measured = {}
+    for orientation, (source, report) in enumerate(zip(sources, reports, strict=True), start=1):
+        assert report.status == "protected", report.error
+        with Image.open(source) as original, Image.open(report.output) as written:
+            assert written.getexif()[ExifTags.Base.Orientation] == orientation
+            assert written.size == original.size
+        before, after = read_photo(source).rgb, read_photo(report.output).rgb
+        face = report.faces[0]
+        x0, y0, x1, y1 = face.box
+        width, height = x1 - x0, y1 - y0
+        outside = np.ones(before.shape[:2], bool)
+        outside[max(0, int(y0 - height)) : int(y1 + height), max(0, int(x0 - width)) : int(x1 + width)] = (
+            False
+        )
+        change = np.abs(after - before)
+        measured[orientation] = (change[outside].mean(), face_region_dssim(before, after, face.box))
+    upright_change, upright_dssim = measured.pop(1)
+    for orientation, (outside_change, dssim) in measured.items():
+        # Re-encode noise as for the upright photo, not the doubled change of a rotated re-encode.
+        assert outside_change <= 1.25 * upright_change + 0.02, (orientation, measured, upright_change)
+        assert dssim <= 1.25 * upright_dssim + 0.0005, (orientation, measured, upright_dssim)

@@ -5,7 +5,9 @@ viewed as 8-bit RGB for detection and cloaking, plus the alpha channel and metad
 the photo back. `write_photo` writes a cloaked RGB array, or the cloak's delta, in the photo's own
 format, size, bit depth, colour profile and (for JPEG) quantisation tables and chroma subsampling;
 pixels the cloak did not change are written from the original samples, so lossless formats keep
-them bit-identical.
+them bit-identical. A photo with an EXIF orientation (phones) is written in its stored layout with
+the same orientation tag, the upright cloak mapped back onto it, so a JPEG's blocks stay where
+they were and only the faces change.
 
 Pillow does the decoding, encoding and metadata because OpenCV exposes none of what a faithful copy
 needs: ICC profiles, EXIF and XMP, PNG text chunks, DPI, JPEG quantisation tables and chroma
@@ -24,10 +26,14 @@ Format policy (each conversion is also recorded in `Photo.notes` so the caller c
   applies to the data.
 - 16-bit PNGs (gray, gray+alpha, RGB, RGBA) and 16-bit gray TIFFs stay 16-bit; 16-bit colour TIFFs
   become 8-bit (Pillow has no 48-bit mode).
-- Without `keep_exif`, GPS data, the maker note (vendor data that can embed a preview of the
-  uncloaked photo) and XMP (which can carry location and cannot be edited selectively) are removed.
-  The EXIF thumbnail, a copy of the uncloaked photo, is never written. TIFF keeps only its
-  descriptive text tags, and Pillow's BMP writer can hold no metadata or alpha.
+- Without `keep_exif`, the EXIF keeps only what shows the photo as before (`_EXIF_DISPLAY_TAGS`,
+  `_EXIF_IFD_DISPLAY_TAGS`), and XMP (which can carry names and places and cannot be edited
+  selectively), PNG text chunks and TIFF text tags are removed; the ICC profile and DPI are kept.
+  With `keep_exif` all of these are copied, except that a TIFF can keep only its IFD0 text tags.
+  The EXIF thumbnail, a copy of the uncloaked photo, is never written, and Pillow's BMP writer can
+  hold no metadata or alpha.
+- Pillow turns a TIFF upright as it loads it; being lossless, it is written upright without the
+  orientation tag and no pixel value changes.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from PIL import ExifTags, Image, JpegImagePlugin, PngImagePlugin, UnidentifiedIm
 
 from ulixes_onnx.atomic import ProtectedFileError, same_file, write_atomically
 from ulixes_onnx.errors import ImageError
+from ulixes_onnx.orientation import is_valid_orientation, stored_rectangle, to_stored, to_upright
 
 if TYPE_CHECKING:
     from ulixes_onnx.faces.pasteback import PhotoDelta
@@ -68,27 +75,40 @@ LOSSY_WEBP_QUALITY = 90
 _SIXTEEN_BIT_SCALE = 257.0
 
 _ORIENTATION_TAG = ExifTags.Base.Orientation
-_MAKER_NOTE_TAG = ExifTags.Base.MakerNote
-_GPS_IFD_TAG = ExifTags.IFD.GPSInfo
 _EXIF_IFD_TAG = ExifTags.IFD.Exif
 
-# IFD0 text tags that describe a TIFF without pointing into its structure; Pillow's libtiff writer
-# fails on copied sub-IFD pointers (EXIF, GPS), so a TIFF keeps only these.
-_TIFF_DESCRIPTIVE_TAGS = (
+# The EXIF written without `keep_exif`: only what a viewer needs to show the photo as before (which
+# way up, its colour space, its print size). An allow-list, because the tags that name a person or
+# place are many and vendors add more: captions, comments, artist, copyright, owner and serial
+# numbers, unique ids, dates, camera and lens, GPS, maker notes.
+_EXIF_DISPLAY_TAGS = (
+    ExifTags.Base.Orientation,
+    ExifTags.Base.XResolution,
+    ExifTags.Base.YResolution,
+    ExifTags.Base.ResolutionUnit,
+    ExifTags.Base.YCbCrPositioning,
+)
+_EXIF_IFD_DISPLAY_TAGS = (ExifTags.Base.ColorSpace, ExifTags.Base.Gamma)
+
+# IFD0 text tags that describe a TIFF without pointing into its structure, kept with `keep_exif`;
+# Pillow's libtiff writer fails on copied sub-IFD pointers (EXIF, GPS), so a TIFF can keep no more.
+_TIFF_TEXT_TAGS = (
     ExifTags.Base.ImageDescription,
+    ExifTags.Base.DocumentName,
+    ExifTags.Base.PageName,
     ExifTags.Base.Make,
     ExifTags.Base.Model,
     ExifTags.Base.Software,
     ExifTags.Base.DateTime,
     ExifTags.Base.Artist,
+    ExifTags.Base.HostComputer,
     ExifTags.Base.Copyright,
 )
 _TIFF_BITS_PER_SAMPLE = 258
 _LOSSLESS_TIFF_COMPRESSIONS = ("raw", "tiff_lzw", "tiff_adobe_deflate", "packbits")
-# PNG text chunks that hold EXIF or XMP copies (ImageMagick convention): their orientation and
-# location would contradict the written eXIf chunk, so they are never copied.
-_PNG_METADATA_TEXT_KEYS = re.compile(r"^(Raw profile type .*|XML:com\.adobe\.xmp)$")
-_XMP_ORIENTATION = re.compile(rb'(tiff:Orientation="|<tiff:Orientation>)[0-9]')
+# PNG text chunks that Pillow reads as the photo's EXIF (ImageMagick's hex copy) and XMP: they are
+# written as the eXIf chunk and the XMP packet, filtered like those, and never copied as text.
+_PNG_METADATA_TEXT_KEYS = re.compile(r"^(Raw profile type exif|XML:com\.adobe\.xmp)$")
 _SUBSAMPLING_NAMES = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
 # Pillow modes we decode to one of the four we process (palette modes are handled separately).
 _PROCESSING_MODES = {
@@ -129,8 +149,9 @@ _IJG_CHROMINANCE = np.array(
 class PhotoMetadata:
     """What a faithful copy of the photo needs besides its pixels.
 
-    `exif` is Pillow's serialised EXIF with the orientation reset to 1 (the pixels are already
-    upright); `jpeg_quality` is estimated from the quantisation tables and is `DEFAULT_JPEG_QUALITY`
+    `exif` is Pillow's serialised EXIF as read (an orientation outside 1..8 becomes 1, as it was
+    read); `png_text` and `tiff_tags` are the text metadata written only with `keep_exif`;
+    `jpeg_quality` is estimated from the quantisation tables and is `DEFAULT_JPEG_QUALITY`
     for other formats.
     """
 
@@ -226,8 +247,9 @@ def decode_photo(data: bytes, source: Path, *, max_pixels: int = DEFAULT_MAX_PIX
         with _decoding_errors(source, image_format):
             metadata = _read_metadata(image, data, image_format)
     if metadata.source_orientation != 1:
-        samples = _orient(samples, metadata.source_orientation)
-        alpha = None if alpha is None else _orient(alpha, metadata.source_orientation)
+        samples = np.ascontiguousarray(to_upright(samples, metadata.source_orientation))
+        if alpha is not None:
+            alpha = np.ascontiguousarray(to_upright(alpha, metadata.source_orientation))
     if image_format == "BMP" and alpha is not None:
         notes.append("BMP alpha cannot be written back: the output is opaque")
     for array in (samples, alpha):
@@ -256,7 +278,8 @@ def write_photo(
     """Write a copy of `photo` with new pixels at `dest`; return `dest`.
 
     `pixels` is the whole new image (float HxWx3, 0..255 units) or a `PhotoDelta` to add to the
-    photo, which costs time and memory only where it changes the photo. JPEGs reuse the source's
+    photo, which costs time and memory only where it changes the photo; both are upright, like
+    `Photo.rgb`. JPEGs reuse the source's
     quantisation tables unless `quality` is given. Unchanged pixels are written from the original
     samples. The file appears atomically and never replaces the source photo, nor an existing file
     unless `overwrite`.
@@ -286,10 +309,10 @@ def encode_photo(
 ) -> bytes:
     """The bytes `write_photo` would write: decoding them shows what a recogniser will see."""
     if isinstance(pixels, np.ndarray):
-        samples = _samples_from_rgb(photo, pixels)
+        samples = to_stored(_samples_from_rgb(photo, pixels), photo.metadata.source_orientation)
     else:
-        samples = _samples_with_delta(photo, pixels)
-    return _encode(photo, samples, quality=quality, keep_exif=keep_exif)
+        samples = _stored_samples_with_delta(photo, pixels)
+    return _encode(photo, np.ascontiguousarray(samples), quality=quality, keep_exif=keep_exif)
 
 
 def output_path(
@@ -550,15 +573,15 @@ def _decode_png16(data: bytes, source: Path) -> tuple[np.ndarray, np.ndarray | N
 def _read_metadata(image: Image.Image, data: bytes, image_format: str) -> PhotoMetadata:
     exif = image.getexif()
     orientation = exif.get(_ORIENTATION_TAG, 1)
-    if orientation not in range(1, 9):
+    if not is_valid_orientation(orientation):
         orientation = 1
     tiff_tags: dict[int, str] = {}
     exif_bytes: bytes | None = None
     if image_format == "TIFF":
-        tiff_tags = {tag: exif[tag] for tag in _TIFF_DESCRIPTIVE_TAGS if isinstance(exif.get(tag), str)}
+        tiff_tags = {tag: exif[tag] for tag in _TIFF_TEXT_TAGS if isinstance(exif.get(tag), str)}
     elif len(exif):
         if _ORIENTATION_TAG in exif:
-            exif[_ORIENTATION_TAG] = 1
+            exif[_ORIENTATION_TAG] = orientation
         exif_bytes = exif.tobytes()
     jpeg_settings = _jpeg_settings(image) if image_format == "JPEG" else {}
     return PhotoMetadata(
@@ -579,10 +602,7 @@ def _xmp(image: Image.Image) -> bytes | None:
     packet = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
     if not packet:
         return None
-    if isinstance(packet, str):
-        packet = packet.encode()
-    # The pixels are upright now; a stale XMP orientation would make viewers rotate them again.
-    return _XMP_ORIENTATION.sub(rb"\g<1>1", packet)
+    return packet.encode() if isinstance(packet, str) else packet
 
 
 def _dpi(image: Image.Image) -> tuple[float, float] | None:
@@ -640,21 +660,6 @@ def estimate_jpeg_quality(qtables: tuple[tuple[int, ...], ...]) -> int:
     return int(qualities[np.argmin(errors)])
 
 
-def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """Make pixels stored with EXIF `orientation` upright (the transforms of EXIF 2.32)."""
-    transposed = pixels.swapaxes(0, 1)
-    upright = {
-        2: pixels[:, ::-1],
-        3: pixels[::-1, ::-1],
-        4: pixels[::-1],
-        5: transposed,
-        6: transposed[:, ::-1],
-        7: transposed[::-1, ::-1],
-        8: transposed[::-1],
-    }[orientation]
-    return np.ascontiguousarray(upright)
-
-
 def _float_rgb(samples: np.ndarray, bit_depth: int) -> np.ndarray:
     rgb = samples.astype(np.float32)
     if bit_depth == 16:
@@ -686,17 +691,23 @@ def _samples_from_rgb(photo: Photo, rgb: np.ndarray) -> np.ndarray:
     return _requantised(photo, rgb, photo.rgb, photo.samples)
 
 
-def _samples_with_delta(photo: Photo, delta: PhotoDelta) -> np.ndarray:
+def _stored_samples_with_delta(photo: Photo, delta: PhotoDelta) -> np.ndarray:
+    """The photo's samples in its stored layout with the (upright) delta added."""
     if (delta.height, delta.width) != (photo.height, photo.width):
         raise ValueError(
             f"the delta is for a {delta.width}x{delta.height} photo, not {photo.width}x{photo.height}"
         )
-    samples = photo.samples.copy()
+    orientation = photo.metadata.source_orientation
+    original_samples = to_stored(photo.samples, orientation)
+    samples = original_samples.copy()
     for patch in delta.patches:
-        region = (slice(patch.y0, patch.y1), slice(patch.x0, patch.x1))
-        original = _float_rgb(photo.samples[region], photo.bit_depth)
-        changed = np.clip(original + patch.delta, 0, 255)
-        samples[region] = _requantised(photo, changed, original, photo.samples[region])
+        x0, y0, x1, y1 = stored_rectangle(
+            (patch.x0, patch.y0, patch.x1, patch.y1), (photo.height, photo.width), orientation
+        )
+        region = (slice(y0, y1), slice(x0, x1))
+        original = _float_rgb(original_samples[region], photo.bit_depth)
+        changed = np.clip(original + to_stored(patch.delta, orientation), 0, 255)
+        samples[region] = _requantised(photo, changed, original, original_samples[region])
     return samples
 
 
@@ -723,12 +734,17 @@ def _requantised(
 
 
 def _encode(photo: Photo, samples: np.ndarray, *, quality: int | None, keep_exif: bool) -> bytes:
+    """Encode `samples`, in the layout the source file stores, with the metadata `keep_exif` allows."""
     metadata = photo.metadata
     exif = _output_exif(metadata.exif, keep_exif)
     xmp = metadata.xmp if keep_exif else None
+    png_text = metadata.png_text if keep_exif else {}
+    alpha = photo.alpha
+    if alpha is not None:
+        alpha = np.ascontiguousarray(to_stored(alpha, metadata.source_orientation))
     if photo.format == "PNG" and photo.bit_depth == 16:
-        return _encode_png16(samples, photo.alpha, metadata, exif=exif, xmp=xmp)
-    image = _pillow_image(samples, photo.alpha if photo.format != "BMP" else None)
+        return _encode_png16(samples, alpha, metadata, exif=exif, xmp=xmp, text=png_text)
+    image = _pillow_image(samples, alpha if photo.format != "BMP" else None)
     options: dict[str, object] = {}
     if metadata.dpi and photo.format in ("JPEG", "PNG", "TIFF", "BMP"):
         options["dpi"] = metadata.dpi
@@ -741,11 +757,11 @@ def _encode(photo: Photo, samples: np.ndarray, *, quality: int | None, keep_exif
     if photo.format == "JPEG":
         options.update(_jpeg_options(metadata, quality))
     elif photo.format == "PNG":
-        options["pnginfo"] = _png_info(metadata.png_text, xmp)
+        options["pnginfo"] = _png_info(png_text, xmp)
     elif photo.format == "WEBP":
         options.update(_webp_options(metadata, quality))
     elif photo.format == "TIFF":
-        options.update(_tiff_options(metadata))
+        options.update(_tiff_options(metadata, keep_exif))
     buffer = io.BytesIO()
     try:
         image.save(buffer, format=photo.format, **options)
@@ -757,14 +773,16 @@ def _encode(photo: Photo, samples: np.ndarray, *, quality: int | None, keep_exif
 def _output_exif(exif: bytes | None, keep_exif: bool) -> bytes | None:
     if exif is None or keep_exif:
         return exif
-    # Parsed afresh: Pillow writes back any sub-IFD it has loaded, even after its pointer tag is
-    # deleted.
-    parsed = Image.Exif()
-    parsed.load(exif)
-    parsed.pop(_GPS_IFD_TAG, None)
-    if _EXIF_IFD_TAG in parsed:
-        parsed.get_ifd(_EXIF_IFD_TAG).pop(_MAKER_NOTE_TAG, None)
-    return parsed.tobytes()
+    source = Image.Exif()
+    source.load(exif)
+    details = source.get_ifd(_EXIF_IFD_TAG)
+    # Built afresh rather than pruned: Pillow writes back every sub-IFD it has loaded.
+    kept = Image.Exif()
+    kept.update({tag: source[tag] for tag in _EXIF_DISPLAY_TAGS if tag in source})
+    kept_details = {tag: details[tag] for tag in _EXIF_IFD_DISPLAY_TAGS if tag in details}
+    if kept_details:
+        kept.get_ifd(_EXIF_IFD_TAG).update(kept_details)
+    return kept.tobytes() if len(kept) or kept_details else None
 
 
 def _pillow_image(samples: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
@@ -803,11 +821,11 @@ def _webp_options(metadata: PhotoMetadata, quality: int | None) -> dict[str, obj
     return {"quality": LOSSY_WEBP_QUALITY if quality is None else quality}
 
 
-def _tiff_options(metadata: PhotoMetadata) -> dict[str, object]:
+def _tiff_options(metadata: PhotoMetadata, keep_exif: bool) -> dict[str, object]:
     compression = metadata.tiff_compression
     return {
         "compression": compression if compression in _LOSSLESS_TIFF_COMPRESSIONS else "tiff_adobe_deflate",
-        "tiffinfo": dict(metadata.tiff_tags),
+        "tiffinfo": dict(metadata.tiff_tags) if keep_exif else {},
     }
 
 
@@ -818,8 +836,9 @@ def _encode_png16(
     *,
     exif: bytes | None,
     xmp: bytes | None,
+    text: dict[str, str],
 ) -> bytes:
-    """A 16-bit PNG with the photo's metadata chunks (Pillow and OpenCV cannot write this)."""
+    """A 16-bit PNG with the given metadata chunks (Pillow and OpenCV cannot write this)."""
     channels = [samples] if samples.ndim == 2 else list(np.moveaxis(samples, 2, 0))
     if alpha is not None:
         channels.append(alpha)
@@ -839,7 +858,7 @@ def _encode_png16(
         chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", *pixels_per_metre, 1)))
     if exif:
         chunks.append(_png_chunk(b"eXIf", exif.removeprefix(b"Exif\0\0")))
-    text = dict(metadata.png_text)
+    text = dict(text)
     if xmp:
         text["XML:com.adobe.xmp"] = xmp.decode("utf-8", errors="replace")
     for key, value in text.items():

@@ -88,7 +88,11 @@ def cloak(
         int | None, typer.Option(min=1, max=100, help="JPEG/WebP quality (default: the input's own).")
     ] = None,
     keep_exif: Annotated[
-        bool, typer.Option(help="Keep all EXIF, GPS included (default: strip location).")
+        bool,
+        typer.Option(
+            help="Keep all metadata: EXIF (GPS, captions, names, serials), XMP, PNG and TIFF text "
+            "(default: only orientation, colour space, ICC profile and resolution)."
+        ),
     ] = False,
     no_face: Annotated[
         str, typer.Option(help="Photos without faces: skip, or copy them as they are.")
