@@ -83,7 +83,9 @@ def test_self_is_inert_on_dlib_and_stops_on_slow_progress(dlib_model, canvases) 
         [View(dlib_model, LoopSettings(strategy="self", margin=0.6, min_progress=0.005))], canvases
     )
     assert {result.stop_reasons[NAME] for result in results} <= {"slow-progress", "loss-zero"}
-    assert all(result.steps < 3 * STALL_WINDOW and result.distances[NAME] < 0.6 for result in results)
+    # it drifts (the random start and the max-norm steps move the face a little), but stalls far
+    # from the threshold within a few windows of steps
+    assert all(result.steps < 5 * STALL_WINDOW and result.distances[NAME] < 0.3 for result in results)
 
 
 def test_dssim_bound_and_step_limit_stop_faces(dlib_model, canvases) -> None:
@@ -109,12 +111,12 @@ def test_continuing_from_an_earlier_state(dlib_model, canvases) -> None:
 
 def test_input_diversity_and_momentum_still_reach_the_target(dlib_model, canvases) -> None:
     settings = LoopSettings(
-        target=0.7, budget=16.0, diversity=0.1, momentum=0.5, smoothing=1.0, min_progress=0.0
+        target=0.7, budget=16.0, diversity=0.1, momentum=0.5, smoothing=1.0, min_progress=-1.0
     )
     result = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
     assert result.stop_reasons[NAME] == "target-reached"
-    # judged on jittered views during the loop; the plain view lands close to it
-    assert result.distances[NAME] >= 0.6
+    # a random view past the target ends nothing until the plain view confirms it
+    assert result.distances[NAME] >= 0.7
 
 
 class _EuclideanModel:

@@ -24,6 +24,7 @@ from ulixes_onnx.faces.align import chip_corners_in_photo
 from ulixes_onnx.faces.canvas import make_canvas
 from ulixes_onnx.pipeline import Cloaker, CloakResult, FaceReport
 from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
 from ulixes_onnx.visibility import face_visibility
 from ulixes_onnx.zoo.npm import npm_available
@@ -81,7 +82,9 @@ class Cloaked:
 @pytest.fixture(scope="module", params=list(CONFIGURATIONS), ids=list(CONFIGURATIONS))
 def cloaked(request, zoo_store: ModelStore, astronaut: np.ndarray) -> Cloaked:
     models, ensemble = CONFIGURATIONS[request.param]
-    cloaker = Cloaker(models=models, store=zoo_store, ensemble=ensemble, max_dssim=MAX_DSSIM, threads=2)
+    cloaker = Cloaker(
+        CloakSettings(models=models, ensemble=ensemble, max_dssim=MAX_DSSIM), store=zoo_store, threads=2
+    )
     return Cloaked(cloaker, astronaut, cloaker.cloak(astronaut))
 
 

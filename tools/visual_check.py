@@ -33,6 +33,7 @@ from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, expand_inputs
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
 from ulixes_onnx.visibility import face_region, face_visibility
 
@@ -76,7 +77,7 @@ def cloaked_copy(photo: Path, folder: Path) -> Path:
 
 
 def extra_settings(pairs: list[str]) -> dict[str, object]:
-    """`name=value` pairs as Cloaker keyword arguments (numbers, booleans and None as such)."""
+    """`name=value` pairs as `CloakSettings` fields (numbers, booleans and None as such)."""
     settings: dict[str, object] = {}
     for pair in pairs:
         name, separator, value = pair.partition("=")
@@ -103,9 +104,8 @@ def photo_pairs(args: argparse.Namespace, store: ModelStore) -> list[tuple[Path,
             except UlixesError as error:
                 pairs.append((photo.path, str(error), []))
         return pairs
-    cloaker = Cloaker(
-        args.models.split(","), store=store, target=args.target, threads=args.threads, **args.set
-    )
+    settings = CloakSettings(models=tuple(args.models.split(",")), target=args.target, **args.set)
+    cloaker = Cloaker(settings, store=store, threads=args.threads)
     options = OutputOptions(output_dir=args.out / "cloaked", overwrite=True)
     pairs = []
     for photo in photos:
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         panels.sort(key=lambda panel: panel.ssimulacra2)
         write_atomically(index_html(panels, errors).encode(), args.out / "index.html")
     except (UlixesError, TypeError, OSError) as error:
-        # TypeError: a --set name the Cloaker does not take.
+        # TypeError: a --set name CloakSettings does not have.
         print(f"error: {error}", file=sys.stderr)
         return 1
     for error in errors:

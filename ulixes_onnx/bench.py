@@ -30,6 +30,7 @@ from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files, expand_inputs
 from ulixes_onnx.imageio import read_photo
 from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
 
 WARMUP_RUNS = 2
@@ -113,10 +114,10 @@ def face_chips(
 def bench_model(
     name: str, store: ModelStore, photos: list[Path], batches: list[int], repeats: int, threads: int | None
 ) -> dict:
-    cloaker = Cloaker([name], store=store, threads=threads)
+    cloaker = Cloaker(CloakSettings((name,)), store=store, threads=threads)
     model = cloaker.models[0]
-    chips, canvases = face_chips(photos, store, model.card.input.alignment, cloaker.canvas_cap)
-    settings = cloaker.settings[name]
+    chips, canvases = face_chips(photos, store, model.card.input.alignment, cloaker.settings.canvas_cap)
+    settings = cloaker.loop[name]
     per_batch = {}
     for batch in batches:
         x = np.resize(chips, (batch, *chips.shape[1:]))

@@ -68,12 +68,15 @@ class CloakDefaults:
     """Per-model cloaking defaults, in the model's distance units, chosen by measurement.
 
     `margin` is the triplet margin of the negative-example strategies, `away_target` the distance
-    from the original at which `away` stops, `min_progress` the paper's t: an objective ends when the
-    distance from the original grew by less than this in a step.
+    from the original at which `away` stops, `protect_distance` the distance from the original the
+    saved copy must reach to count as protected (beyond the threshold by about the spread of a
+    person's photos), `min_progress` the paper's t: an objective ends when the distance from the
+    original grew by less than this in a step.
     """
 
     margin: float
     away_target: float
+    protect_distance: float
     min_progress: float
 
 

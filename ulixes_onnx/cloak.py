@@ -32,7 +32,7 @@ import numpy as np
 
 from ulixes_onnx.dssim import image_dssim
 from ulixes_onnx.errors import UlixesError
-from ulixes_onnx.faces.canvas import FaceCanvas
+from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
 from ulixes_onnx.perceptual import budget_map, to_opponent, to_rgb
 from ulixes_onnx.recognition import FaceModel
 
@@ -44,6 +44,8 @@ AWAY_START_NOISE = 0.1
 # Progress is judged over this many steps: with per-pixel bounds and input diversity single steps are
 # uneven (saturating pixels, another random view every step).
 STALL_WINDOW = 5
+# The step size the paper's t (`min_progress`) goes with: t is scaled to the step in use.
+PAPER_STEP = 0.01
 # The percentile of the movable elements' step sizes that is scaled to the full step.
 STEP_PERCENTILE = 99
 
@@ -67,7 +69,7 @@ class LoopSettings:
     seed: int = 0
     budget: float = 8.0
     chroma: float = 0.2
-    diversity: float = 0.05
+    diversity: float = 0.0
     momentum: float = 0.0
     smoothing: float = 0.0
 
@@ -147,12 +149,14 @@ def _stalled(model: FaceModel, before: float, after: float, min_progress: float)
 def _stalled_over(
     model: FaceModel, seen: list[float], distance: float, window: int, min_progress: float
 ) -> bool:
-    """Whether the best distance of the last `window` steps (this one included) beats the best one
-    before them by less than `window` x `min_progress`."""
-    if len(seen) < window:
+    """Whether the mean distance of the last `window` steps (this one included) beats the mean of the
+    `window` steps before them by less than `window` x `min_progress`: means, because with input
+    diversity every step sees another view and single distances are noisy."""
+    if len(seen) < 2 * window - 1:
         return False
-    split = len(seen) - window + 1
-    return _stalled(model, max(seen[:split]), max([*seen[split:], distance]), window * min_progress)
+    recent = [*seen[len(seen) - window + 1 :], distance]
+    before = seen[len(seen) - 2 * window + 1 : len(seen) - window + 1]
+    return _stalled(model, float(np.mean(before)), float(np.mean(recent)), window * min_progress)
 
 
 def plan_objectives(
@@ -256,6 +260,33 @@ class _FaceState:
         return image_dssim(self.clean, self.clean + delta) if delta.any() else 0.0
 
 
+def _confirmed_on_plain_views(
+    view: View,
+    operators: list[ChipOperator],
+    faces: list[_FaceState],
+    rows: list[int],
+    losses: np.ndarray,
+    targets: list[Objective],
+    positives: np.ndarray,
+) -> np.ndarray:
+    """Which faces' objectives are met: their loss is 0 on this step's view and, when that view was
+    a random one (input diversity), on the plain view too; one lucky view ends nothing."""
+    met = np.asarray(losses) <= 0
+    if view.settings.diversity == 0 or not met.any():
+        return met
+    chosen = np.flatnonzero(met)
+    chips = np.stack(
+        [operators[rows[r]].forward(faces[rows[r]].clean + faces[rows[r]].delta()) for r in chosen]
+    )
+    embeddings = view.model.embed(chips)
+    for r, embedding in zip(chosen, embeddings, strict=True):
+        target = targets[r]
+        loss = target.neg_weight * float(view.model.distance(embedding[None], target.negative[None])[0])
+        loss += target.margin - float(view.model.distance(embedding[None], positives[rows[r]][None])[0])
+        met[r] = loss <= 0
+    return met
+
+
 def cloak_canvases(
     views: list[View],
     canvases: Sequence[FaceCanvas],
@@ -332,13 +363,22 @@ def cloak_canvases(
                 np.array([target.margin for target in targets], np.float32),
                 np.array([target.neg_weight for target in targets], np.float32),
             )
+            confirmed = _confirmed_on_plain_views(
+                view, plain[v], faces, rows, result.loss, targets, positives[v]
+            )
             for row, index in enumerate(rows):
                 distance = float(result.d_pos[row])
                 seen = history[v][index]
                 ended = None
-                if result.loss[row] <= 0:
+                if confirmed[row]:
                     ended = "target-reached" if view.settings.strategy == "away" else "loss-zero"
-                elif _stalled_over(view.model, seen, distance, STALL_WINDOW, view.settings.min_progress):
+                elif _stalled_over(
+                    view.model,
+                    seen,
+                    distance,
+                    STALL_WINDOW,
+                    view.settings.min_progress * lead.step / PAPER_STEP,
+                ):
                     ended = "slow-progress"
                 if ended is not None:
                     objective[v, index] += 1
@@ -348,11 +388,16 @@ def cloak_canvases(
                     else:
                         advanced.add(index)
                     continue
+                seen.append(distance)
+                if result.loss[row] <= 0:
+                    # A random view past the target that the plain view does not confirm: no gradient
+                    # from it, the next step draws another view.
+                    advanced.add(index)
+                    continue
                 gradient = operators[row].adjoint(_chip_blur(result.grad[row], blurs[row]))
                 largest = float(np.abs(gradient).max())
                 if largest > 0 and np.isfinite(largest):
                     direction[index] = direction.get(index, 0) + gradient / largest
-                seen.append(distance)
 
         for index in active:
             face = faces[index]

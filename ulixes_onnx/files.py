@@ -61,10 +61,12 @@ class FileReport:
             return "skipped"
         if not self.faces:
             return "no face"
-        # Faces too small to cloak are listed in the report but do not count: at that size (under
-        # about 45 pixels) they are too small for a recogniser to match reliably as well.
+        # A face too small to cloak can still be recognised (dlib matches faces of 28-40 pixels), so
+        # a photo with one is not protected: its own status, as nothing failed to work on it.
         cloaked = [face for face in self.faces if face.skipped is None]
-        return "protected" if all(face.protected for face in cloaked) else "not protected"
+        if not all(face.protected for face in cloaked):
+            return "not protected"
+        return "protected" if len(cloaked) == len(self.faces) else "face not cloaked"
 
 
 @dataclass(frozen=True)
@@ -348,8 +350,9 @@ def _write(
 ) -> FileReport:
     started = time.perf_counter()
     photo, destination = pending.photo, pending.destination
-    if not result.faces and options.no_face == "skip":
-        return FileReport(pending.source, notes=photo.notes, seconds=seconds)
+    if not any(face.models for face in result.faces) and options.no_face == "skip":
+        # Nothing was cloaked: a copy named as cloaked would only mislead.
+        return FileReport(pending.source, faces=result.faces, notes=photo.notes, seconds=seconds)
     with _as_file_error(pending.source) as failure:
         destination.parent.mkdir(parents=True, exist_ok=True)
         if pending.encoded is not None and pending.encoded[0] is result.delta:

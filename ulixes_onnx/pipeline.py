@@ -42,17 +42,17 @@ from ulixes_onnx.faces import (
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta, too_small_reason
 from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
 from ulixes_onnx.visibility import face_visibility
 
-ENSEMBLES = ("max", "sum", "joint")
-DEFAULT_MODELS = ("dlib-resnet",)
 # Each verification round that finds a face unprotected raises its models' targets and the per-pixel
 # budget by these factors: the budget is what usually stops a face short of its target.
 TARGET_GROWTH = 1.15
 BUDGET_GROWTH = 2.0
-# A face's canvas keeps the photo's resolution up to this many pixels per pixel of the finest chip.
-CANVAS_CAP = 4.0
+# The saved copy keeps the loop's target if it lies at least this share of it from the original:
+# rounding, re-encoding and re-alignment take a little of what the loop reached on its own view.
+SAVED_TARGET_SHARE = 0.9
 # A re-detected face is the same face when its box overlaps the original's by at least this IoU.
 SAME_FACE_IOU = 0.5
 # Boxes with that overlap are at least ~0.7 times as large, so re-detection searches down to half size.
@@ -64,7 +64,13 @@ Encoder = Callable[[PhotoDelta], np.ndarray]
 
 @dataclass(frozen=True)
 class ModelOutcome:
-    """How one model saw one face: loop statistics and the verified distance from the original."""
+    """How one model saw one face: loop statistics and the verified distance from the original.
+
+    `chip_dssim` and `chip_distance` are the loop's own figures (on the face's canvas and the model's
+    chip cut from it); `distance` is measured in the photo as saved. The face counts as protected
+    against the model when `distance` reaches `protect_distance`: past the `threshold` by about the
+    spread of one person's photos, so that the person's other photos do not match it either.
+    """
 
     steps: int
     stop_reason: str
@@ -72,10 +78,17 @@ class ModelOutcome:
     chip_distance: float
     distance: float
     threshold: float
+    protect_distance: float
+    target: float
 
     @property
     def protected(self) -> bool:
-        return self.distance > self.threshold
+        return self.distance >= self.protect_distance
+
+    @property
+    def reached_target(self) -> bool:
+        """Whether the saved copy kept the loop's target, up to what saving and re-aligning cost."""
+        return self.distance >= SAVED_TARGET_SHARE * self.target
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,11 @@ class FaceReport:
             and bool(self.models)
             and all(outcome.protected for outcome in self.models.values())
         )
+
+    @property
+    def finished(self) -> bool:
+        """Whether the closed loop is done with the face: protected, and the target kept."""
+        return self.protected and all(outcome.reached_target for outcome in self.models.values())
 
 
 @dataclass(frozen=True)
@@ -190,13 +208,15 @@ class _PhotoJob:
                     chip_distance=result.distances[model.name],
                     distance=float(distances[model.name][row]),
                     threshold=model.threshold,
+                    protect_distance=model.card.cloak.protect_distance,
+                    target=cloaker.loop[model.name].target,
                 )
                 for model in cloaker.models
             }
             self.reports[index] = replace(
                 self.reports[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
             )
-        self.pending = [i for i in self.pending if not self.reports[i].protected]
+        self.pending = [i for i in self.pending if not self.reports[i].finished]
 
     def result(self) -> CloakResult:
         height, width = self.original8.shape[:2]
@@ -212,84 +232,38 @@ class _PhotoJob:
 
 
 class Cloaker:
-    """Cloak faces in photos with one model or an ensemble (see the module docstring).
-
-    Cloaking parameters left as None take each model's card defaults (`[cloak]` in models/*.toml).
-    `pool` maps model names to embeddings of other people's faces, needed by the strategies that
+    """Cloak faces in photos with one model or an ensemble (see the module docstring), as `settings`
+    say. `pool` maps model names to embeddings of other people's faces, needed by the strategies that
     pick negatives (see `ulixes_onnx.pool`).
     """
 
     def __init__(
         self,
-        models: Sequence[str] = DEFAULT_MODELS,
+        settings: CloakSettings | None = None,
         *,
         store: ModelStore | None = None,
-        strategy: str = "away",
-        ensemble: str = "max",
-        step: float = 0.004,
-        margin: float | None = None,
-        target: float | None = None,
-        min_progress: float | None = None,
-        max_dssim: float = 0.03,
-        max_steps: int = 100,
-        random_negatives: int = 5,
-        max_rounds: int = 3,
-        seed: int = 0,
         pool: dict[str, np.ndarray] | None = None,
-        min_face_size: float = 20.0,
         threads: int | None = None,
-        canvas_cap: float = CANVAS_CAP,
-        budget: float = 8.0,
-        chroma: float = 0.2,
-        diversity: float = 0.05,
-        momentum: float = 0.0,
-        smoothing: float = 0.0,
     ) -> None:
-        if not models:
-            raise CloakSettingsError("give at least one model to cloak with")
-        if ensemble not in ENSEMBLES:
-            raise CloakSettingsError(f"unknown ensemble {ensemble!r}; use one of: {', '.join(ENSEMBLES)}")
-        if max_rounds < 1:
-            raise CloakSettingsError("max rounds must be at least 1")
+        settings = settings or CloakSettings()
         store = store or ModelStore()
-        cards = [get_card(name) for name in dict.fromkeys(models)]
-        self.models = [FaceModel(card, store, threads=threads) for card in cards]
-        self.detector = detector_from_store(store, min_face_size=min_face_size)
-        self.ensemble = ensemble
-        self.max_rounds = max_rounds
-        self.canvas_cap = canvas_cap
+        self.models = [FaceModel(get_card(name), store, threads=threads) for name in settings.models]
+        self.detector = detector_from_store(store, min_face_size=settings.min_face_size)
         self.pool = pool or {}
-        self.settings = {
-            model.name: LoopSettings(
-                strategy=strategy,
-                step=step,
-                margin=model.card.cloak.margin if margin is None else margin,
-                target=model.card.cloak.away_target if target is None else target,
-                min_progress=model.card.cloak.min_progress if min_progress is None else min_progress,
-                max_dssim=max_dssim,
-                max_steps=max_steps,
-                random_negatives=random_negatives,
-                seed=seed,
-                budget=budget,
-                chroma=chroma,
-                diversity=diversity,
-                momentum=momentum,
-                smoothing=smoothing,
-            )
-            for model in self.models
-        }
+        self._use(settings)
 
-    def with_target(self, target: float | None) -> Cloaker:
-        """A Cloaker that shares this one's sessions (models and detector) but climbs to `target`
-        (None: each model's card default); loading sessions takes seconds and memory, this takes
-        neither."""
+    def _use(self, settings: CloakSettings) -> None:
+        self.settings = settings
+        # Each model's loop settings, its card's defaults filled in.
+        self.loop = {model.name: settings.loop_settings(model.card) for model in self.models}
+
+    def with_settings(self, settings: CloakSettings) -> Cloaker:
+        """A Cloaker for other settings of the same models that shares this one's sessions (loading
+        them takes seconds and memory, this takes neither)."""
+        if settings.models != self.settings.models or settings.min_face_size != self.settings.min_face_size:
+            raise CloakSettingsError("settings for other models or face sizes need a Cloaker of their own")
         variant = copy.copy(self)
-        variant.settings = {
-            model.name: replace(
-                self.settings[model.name], target=model.card.cloak.away_target if target is None else target
-            )
-            for model in self.models
-        }
+        variant._use(settings)
         return variant
 
     def cloak(self, image: np.ndarray, *, gray: bool = False, encode: Encoder | None = None) -> CloakResult:
@@ -306,7 +280,7 @@ class Cloaker:
         in one batch per model and step, which keeps the cores busier than one face at a time. Each
         photo's result is the one `cloak` gives it alone."""
         jobs = [self._prepare(photo) for photo in photos]
-        for round_index in range(self.max_rounds):
+        for round_index in range(self.settings.max_rounds):
             active = [job for job in jobs if job.pending]
             if not active:
                 break
@@ -330,7 +304,7 @@ class Cloaker:
                 original8,
                 [aligned[model.name].matrices[index] for model in self.models],
                 [model.chip_size[0] for model in self.models],
-                cap=self.canvas_cap,
+                cap=self.settings.canvas_cap,
             )
             if canvas is None:
                 skipped[index] = "the face lies outside the photo"
@@ -356,7 +330,7 @@ class Cloaker:
 
     def _passes(self) -> list[list[int]]:
         """The loop passes of a round, as positions in `models`: one joint pass, or one per model."""
-        if self.ensemble == "joint":
+        if self.settings.ensemble == "joint":
             return [list(range(len(self.models)))]
         return [[position] for position in range(len(self.models))]
 
@@ -375,7 +349,7 @@ class Cloaker:
             views = [
                 View(
                     self.models[position],
-                    _escalated(self.settings[self.models[position].name], round_index),
+                    _escalated(self.loop[self.models[position].name], round_index),
                     index=position,
                     positives=np.stack(
                         [job.reports[i].embeddings[self.models[position].name] for job, i in faces]
@@ -401,7 +375,7 @@ class Cloaker:
     def photo_delta(self, job: _PhotoJob) -> PhotoDelta:
         """The photo-resolution change of every cloaked face of a job, its passes combined by the
         ensemble rule (faces that overlap keep the change of largest magnitude)."""
-        rule = "sum" if self.ensemble == "sum" else "max"
+        rule = "sum" if self.settings.ensemble == "sum" else "max"
         patches = []
         for index, canvas in job.canvases.items():
             changes = [

@@ -13,9 +13,11 @@ import pytest
 
 from tests.server.conftest import png_bytes, serving_client, temp_root, wait_until
 from tests.test_cli import run_cli
+from ulixes_onnx.cloak import CloakSettingsError
 from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
 from ulixes_onnx.pipeline import Cloaker
 from ulixes_onnx.server.jobs import Limits
+from ulixes_onnx.settings import CloakSettings
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,7 @@ def test_cloak_answers_the_report_and_the_same_file_as_the_cloak_command(
     assert result["media_type"] == "image/png" and result["settings"] == {
         "models": ["dlib-resnet"],
         "target": None,
+        "level": "mid",
     }
     (face,) = result["faces"]
     assert face["protected"] and face["why"].startswith("every model")
@@ -231,10 +234,12 @@ def test_serve_without_the_extra_says_what_to_install(tmp_path):
     assert run_cli("serve", "--help").returncode == 0
 
 
-def test_with_target_shares_the_sessions(store):
+def test_other_settings_share_the_sessions(store):
     cloaker = Cloaker(store=store)
-    raised = cloaker.with_target(1.0)
+    raised = cloaker.with_settings(CloakSettings(target=1.0))
     assert raised.models is cloaker.models and raised.detector is cloaker.detector
-    assert raised.settings["dlib-resnet"].target == 1.0
-    assert cloaker.settings["dlib-resnet"].target == pytest.approx(0.8)
-    assert raised.with_target(None).settings["dlib-resnet"].target == pytest.approx(0.8)
+    assert raised.loop["dlib-resnet"].target == 1.0
+    assert cloaker.loop["dlib-resnet"].target == pytest.approx(0.8)
+    assert raised.with_settings(CloakSettings()).loop["dlib-resnet"].target == pytest.approx(0.8)
+    with pytest.raises(CloakSettingsError, match="other models"):
+        cloaker.with_settings(CloakSettings(models=("faceres",)))

@@ -17,18 +17,31 @@ from rich.table import Table
 from ulixes_onnx.atomic import protect_inputs, same_file, write_atomically
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.options import (
+    DEFAULT_MODEL_LIST,
+    DEFAULTS,
+    Budget,
+    CanvasCap,
+    Chroma,
+    Diversity,
     Ensemble,
+    Level,
     Margin,
     MaxDssim,
     MaxRounds,
     MaxSteps,
+    MinFaceSize,
+    MinProgress,
+    Models,
+    Momentum,
     Pool,
+    Seed,
+    Smoothing,
+    Step,
     Strategy,
     Target,
     choice,
-    model_names,
+    cloak_settings,
 )
-from ulixes_onnx.cloak import STRATEGIES
 from ulixes_onnx.errors import UlixesError, UsageError
 from ulixes_onnx.files import (
     BATCH_PHOTOS,
@@ -43,12 +56,13 @@ from ulixes_onnx.files import (
     plan_outputs,
 )
 from ulixes_onnx.imageio import DEFAULT_MAX_PIXELS, check_suffix
-from ulixes_onnx.pipeline import DEFAULT_MODELS, ENSEMBLES, Cloaker
+from ulixes_onnx.pipeline import Cloaker
 from ulixes_onnx.pool import build_pool, load_pool
 
 # Exit codes beyond the error classes' own (documented in the README).
 EXIT_NO_FACE = 8
 EXIT_NOT_PROTECTED = 9
+EXIT_FACE_NOT_CLOAKED = 10
 EXIT_FILE_ERROR = 5
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -56,23 +70,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 def cloak(
     ctx: typer.Context,
     paths: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or globs.")],
-    models: Annotated[str, typer.Option(help="Comma-separated models; several make an ensemble.")] = ",".join(
-        DEFAULT_MODELS
-    ),
-    strategy: Strategy = "away",
-    ensemble: Ensemble = "max",
-    pool: Pool = None,
-    margin: Margin = None,
-    target: Target = None,
-    min_progress: Annotated[
-        float | None, typer.Option("--t", help="Stop when a step moves the face less than this.")
-    ] = None,
-    max_dssim: MaxDssim = 0.03,
-    max_steps: MaxSteps = 100,
-    max_rounds: MaxRounds = 3,
-    step: Annotated[float, typer.Option(help="Step size in [-1, 1] pixel units.")] = 0.004,
-    seed: Annotated[int, typer.Option(help="Random seed (results are deterministic).")] = 0,
-    min_face_size: Annotated[float, typer.Option(help="Smallest face searched for, in pixels.")] = 20.0,
+    level: Level = DEFAULTS.level,
     output_dir: Annotated[
         Path | None, typer.Option(help="Write copies here instead of next to each photo.")
     ] = None,
@@ -104,14 +102,37 @@ def cloak(
     json_report: Annotated[
         Path | None, typer.Option("--json", help="Write a per-face JSON report here ('-': stdout).")
     ] = None,
+    models: Models = DEFAULT_MODEL_LIST,
+    target: Target = DEFAULTS.target,
+    strategy: Strategy = DEFAULTS.strategy,
+    ensemble: Ensemble = DEFAULTS.ensemble,
+    pool: Pool = None,
+    margin: Margin = DEFAULTS.margin,
+    min_progress: MinProgress = DEFAULTS.min_progress,
+    budget: Budget = DEFAULTS.budget,
+    chroma: Chroma = DEFAULTS.chroma,
+    diversity: Diversity = DEFAULTS.diversity,
+    momentum: Momentum = DEFAULTS.momentum,
+    smoothing: Smoothing = DEFAULTS.smoothing,
+    canvas_cap: CanvasCap = DEFAULTS.canvas_cap,
+    step: Step = DEFAULTS.step,
+    max_dssim: MaxDssim = DEFAULTS.max_dssim,
+    max_steps: MaxSteps = DEFAULTS.max_steps,
+    max_rounds: MaxRounds = DEFAULTS.max_rounds,
+    seed: Seed = DEFAULTS.seed,
+    min_face_size: MinFaceSize = DEFAULTS.min_face_size,
 ) -> None:
     """Cloak every face in the photos; write `<name>_cloaked.<ext>` copies and verify them.
 
     One line per photo or skipped entry goes to stdout (to stderr with --json -); progress and the
     summary go to stderr.
     """
-    choice(strategy, STRATEGIES, "--strategy")
-    choice(ensemble, ENSEMBLES, "--ensemble")
+    settings = cloak_settings(
+        models, level=level, target=target, strategy=strategy, ensemble=ensemble, margin=margin,
+        min_progress=min_progress, budget=budget, chroma=chroma, diversity=diversity, momentum=momentum,
+        smoothing=smoothing, canvas_cap=canvas_cap, step=step, max_dssim=max_dssim, max_steps=max_steps,
+        max_rounds=max_rounds, seed=seed, min_face_size=min_face_size,
+    )  # fmt: skip
     choice(no_face, NO_FACE_ACTIONS, "--no-face")
     try:
         check_suffix(suffix)
@@ -129,22 +150,7 @@ def cloak(
     )
     planned = plan_outputs(found.photos, options)  # two inputs for one output: refused before any work
     json_path = _json_destination(json_report, found, planned, overwrite)
-    cloaker = Cloaker(
-        model_names(models, "--models"),
-        store=state.store(),
-        strategy=strategy,
-        ensemble=ensemble,
-        step=step,
-        margin=margin,
-        target=target,
-        min_progress=min_progress,
-        max_dssim=max_dssim,
-        max_steps=max_steps,
-        max_rounds=max_rounds,
-        seed=seed,
-        min_face_size=min_face_size,
-        threads=threads,
-    )
+    cloaker = Cloaker(settings, store=state.store(), threads=threads)
     if pool is not None:
         cloaker.pool = (
             load_pool(pool, cloaker.models)
@@ -173,7 +179,7 @@ def cloak(
     except KeyboardInterrupt:
         interrupted = True
     if json_report is not None:
-        _write_json(json_path, reports, cloaker, strategy, interrupted=interrupted, overwrite=overwrite)
+        _write_json(json_path, reports, cloaker, interrupted=interrupted, overwrite=overwrite)
     _print_summary(console, reports)
     if interrupted:
         done = sum(report.skipped is None for report in reports)
@@ -224,12 +230,11 @@ def _file_line(report: FileReport) -> str:
     details = []
     if report.output:
         protected = sum(face.protected for face in report.faces)
-        cloakable = sum(face.skipped is None for face in report.faces)
         cloaked = [face for face in report.faces if face.models]
         # The most visible face decides how the photo looks.
         visibility = f", min SSIMULACRA2 {min(face.ssimulacra2 for face in cloaked):.1f}" if cloaked else ""
-        details.append(f"-> {report.output}, {protected}/{cloakable} faces protected{visibility}")
-    elif report.status == "no face":
+        details.append(f"-> {report.output}, {protected}/{len(report.faces)} faces protected{visibility}")
+    elif report.status in ("no face", "face not cloaked"):
         details.append("(nothing written; --no-face copy writes it unchanged)")
     details += [f"face {face.index} skipped: {face.skipped}" for face in report.faces if face.skipped]
     details += [f"note: {note}" for note in report.notes]
@@ -250,15 +255,15 @@ def _literal(text: str) -> str:
     return printable.translate(_CONTROL_CHARACTERS)
 
 
-def _face_json(report: FileReport, face, cloaker: Cloaker, strategy: str) -> dict:  # noqa: ANN001
+def _face_json(report: FileReport, face, cloaker: Cloaker) -> dict:  # noqa: ANN001
     return {
         "file": str(report.source),
         "output": str(report.output) if report.output else None,
         "face": face.index,
         "box": [round(v, 1) for v in face.box],
         "models": [model.name for model in cloaker.models],
-        "strategy": strategy,
-        "margin": {name: settings.margin for name, settings in cloaker.settings.items()},
+        "strategy": cloaker.settings.strategy,
+        "margin": {name: settings.margin for name, settings in cloaker.loop.items()},
         "rounds": face.rounds,
         "skipped": face.skipped,
         "redetected": face.redetected,
@@ -274,7 +279,6 @@ def _write_json(
     path: Path | None,
     reports: list[FileReport],
     cloaker: Cloaker,
-    strategy: str,
     *,
     interrupted: bool,
     overwrite: bool,
@@ -282,6 +286,7 @@ def _write_json(
     """The report, atomically at `path` or on stdout for None."""
     document = {
         "interrupted": interrupted,
+        "settings": asdict(cloaker.settings),
         "files": [
             {
                 "file": str(r.source),
@@ -293,7 +298,7 @@ def _write_json(
             }
             for r in reports
         ],
-        "faces": [_face_json(r, face, cloaker, strategy) for r in reports for face in r.faces],
+        "faces": [_face_json(r, face, cloaker) for r in reports for face in r.faces],
     }
     text = json.dumps(document, indent=2) + "\n"
     if path is None:
@@ -344,6 +349,8 @@ def _exit_code(reports: list[FileReport]) -> int:
         return EXIT_FILE_ERROR
     if "not protected" in statuses:
         return EXIT_NOT_PROTECTED
+    if "face not cloaked" in statuses:
+        return EXIT_FACE_NOT_CLOAKED
     if "no face" in statuses:
         return EXIT_NO_FACE
     return 0

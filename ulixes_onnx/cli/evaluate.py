@@ -13,19 +13,30 @@ from rich.table import Table
 
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.options import (
+    DEFAULT_MODEL_LIST,
+    DEFAULTS,
+    Budget,
+    CanvasCap,
+    Chroma,
+    Diversity,
     Ensemble,
+    Level,
     Margin,
     MaxDssim,
     MaxRounds,
     MaxSteps,
+    MinFaceSize,
+    MinProgress,
+    Momentum,
     Pool,
+    Smoothing,
+    Step,
     Strategy,
     Target,
-    choice,
+    cloak_settings,
     model_names,
 )
-from ulixes_onnx.cloak import POOL_STRATEGIES, STRATEGIES
-from ulixes_onnx.pipeline import DEFAULT_MODELS, ENSEMBLES
+from ulixes_onnx.cloak import POOL_STRATEGIES
 
 
 class _RichProgress:
@@ -52,21 +63,33 @@ def evaluate(
     pairs: Annotated[
         Path | None, typer.Option(help="CSV with columns a,b,same (default: DATASET/pairs.csv).")
     ] = None,
-    models: Annotated[str, typer.Option(help="Comma-separated models that judge the cloaks.")] = ",".join(
-        DEFAULT_MODELS
-    ),
+    models: Annotated[
+        str, typer.Option(help="Comma-separated models that judge the cloaks.")
+    ] = DEFAULT_MODEL_LIST,
     cloak_models: Annotated[
         str, typer.Option(help="Comma-separated models that make the cloaks; several make an ensemble.")
-    ] = ",".join(DEFAULT_MODELS),
-    strategy: Strategy = "away",
-    ensemble: Ensemble = "max",
+    ] = DEFAULT_MODEL_LIST,
+    level: Level = DEFAULTS.level,
+    target: Target = DEFAULTS.target,
+    strategy: Strategy = DEFAULTS.strategy,
+    ensemble: Ensemble = DEFAULTS.ensemble,
     pool: Pool = None,
-    margin: Margin = None,
-    target: Target = None,
-    max_dssim: MaxDssim = 0.03,
-    max_steps: MaxSteps = 100,
-    max_rounds: MaxRounds = 3,
-    seed: Annotated[int, typer.Option(help="Random seed for cloaks, classifiers and clustering draws.")] = 0,
+    margin: Margin = DEFAULTS.margin,
+    min_progress: MinProgress = DEFAULTS.min_progress,
+    budget: Budget = DEFAULTS.budget,
+    chroma: Chroma = DEFAULTS.chroma,
+    diversity: Diversity = DEFAULTS.diversity,
+    momentum: Momentum = DEFAULTS.momentum,
+    smoothing: Smoothing = DEFAULTS.smoothing,
+    canvas_cap: CanvasCap = DEFAULTS.canvas_cap,
+    step: Step = DEFAULTS.step,
+    max_dssim: MaxDssim = DEFAULTS.max_dssim,
+    max_steps: MaxSteps = DEFAULTS.max_steps,
+    max_rounds: MaxRounds = DEFAULTS.max_rounds,
+    seed: Annotated[
+        int, typer.Option(help="Random seed for cloaks, classifiers and clustering draws.")
+    ] = DEFAULTS.seed,
+    min_face_size: MinFaceSize = DEFAULTS.min_face_size,
     transfer: Annotated[bool, typer.Option(help="Measure the transfer matrix.")] = True,
     exclude_evaluated: Annotated[
         bool, typer.Option(help="Transfer: remake ensemble cloaks without the model judging them.")
@@ -86,10 +109,14 @@ def evaluate(
 ) -> None:
     """Cloak a labelled dataset and measure verification, identification, clustering, transfer and more."""
     # The evaluation pulls in scikit-learn; importing it here keeps every other command quick to start.
-    from ulixes_onnx.evaluation import CloakConfig, Evaluation, EvaluationSettings, load_dataset, write_report
+    from ulixes_onnx.evaluation import Evaluation, EvaluationSettings, load_dataset, write_report
 
-    choice(strategy, STRATEGIES, "--strategy")
-    choice(ensemble, ENSEMBLES, "--ensemble")
+    cloak = cloak_settings(
+        cloak_models, "--cloak-models", level=level, target=target, strategy=strategy, ensemble=ensemble,
+        margin=margin, min_progress=min_progress, budget=budget, chroma=chroma, diversity=diversity,
+        momentum=momentum, smoothing=smoothing, canvas_cap=canvas_cap, step=step, max_dssim=max_dssim,
+        max_steps=max_steps, max_rounds=max_rounds, seed=seed, min_face_size=min_face_size,
+    )  # fmt: skip
     if strategy in POOL_STRATEGIES and pool is None:
         raise typer.BadParameter(
             f"strategy {strategy!r} needs a pool of other people's faces", param_hint="--pool"
@@ -98,17 +125,7 @@ def evaluate(
     loaded = load_dataset(dataset, pairs, allow_single=allow_single)
     settings = EvaluationSettings(
         models=model_names(models, "--models"),
-        cloak=CloakConfig(
-            models=model_names(cloak_models, "--cloak-models"),
-            ensemble=ensemble,
-            strategy=strategy,
-            margin=margin,
-            target=target,
-            max_dssim=max_dssim,
-            max_steps=max_steps,
-            max_rounds=max_rounds,
-            seed=seed,
-        ),
+        cloak=cloak,
         transfer=transfer,
         exclude_evaluated=exclude_evaluated,
         robustness=robustness,

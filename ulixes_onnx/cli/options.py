@@ -1,4 +1,5 @@
-"""Option parsing shared by the commands."""
+"""Option parsing shared by the commands: every cloaking option once, its default read from
+`CloakSettings`, the algorithm's settings under one "Advanced" help panel."""
 
 from __future__ import annotations
 
@@ -7,19 +8,91 @@ from typing import Annotated
 
 import typer
 
-from ulixes_onnx.cloak import STRATEGIES
+from ulixes_onnx.cloak import STRATEGIES, CloakSettingsError
+from ulixes_onnx.settings import ENSEMBLES, LEVEL_BUDGETS, CloakSettings
 
-# Cloaking options that `cloak` and `eval` share.
-Strategy = Annotated[str, typer.Option(help=f"Negative examples: {', '.join(STRATEGIES)}.")]
-Ensemble = Annotated[str, typer.Option(help="Several models: max or sum of their masks, or joint gradients.")]
-Pool = Annotated[
-    Path | None, typer.Option(help="Other people's faces for pool strategies: a folder or a .npz pool.")
+DEFAULTS = CloakSettings()
+ADVANCED = "Advanced: the cloaking algorithm"
+DEFAULT_MODEL_LIST = ",".join(DEFAULTS.models)
+
+Models = Annotated[
+    str, typer.Option(help="Comma-separated models to protect against; several make an ensemble.")
 ]
-Margin = Annotated[float | None, typer.Option(help="Triplet margin (default: each model's card).")]
-Target = Annotated[float | None, typer.Option(help="away: distance to reach (default: each model's card).")]
-MaxDssim = Annotated[float, typer.Option(help="Stop before a chip's DSSIM exceeds this.")]
-MaxSteps = Annotated[int, typer.Option(help="Most steps per face and round.")]
-MaxRounds = Annotated[int, typer.Option(help="Most verify-and-continue rounds.")]
+Level = Annotated[
+    str,
+    typer.Option(
+        help=f"How strong, and so how visible, the cloak may be: {', '.join(LEVEL_BUDGETS)} (see the README)."
+    ),
+]
+Target = Annotated[
+    float | None, typer.Option(help="Distance from the original to reach (default: each model's card).")
+]
+Strategy = Annotated[
+    str, typer.Option(help=f"Negative examples: {', '.join(STRATEGIES)}.", rich_help_panel=ADVANCED)
+]
+Ensemble = Annotated[
+    str,
+    typer.Option(
+        help=f"Several models: {', '.join(ENSEMBLES)} (the larger or the summed change, or one joint loop).",
+        rich_help_panel=ADVANCED,
+    ),
+]
+Pool = Annotated[
+    Path | None,
+    typer.Option(
+        help="Other people's faces for pool strategies: a folder or a .npz pool.", rich_help_panel=ADVANCED
+    ),
+]
+Margin = Annotated[
+    float | None, typer.Option(help="Triplet margin (default: each model's card).", rich_help_panel=ADVANCED)
+]
+MinProgress = Annotated[
+    float | None,
+    typer.Option(
+        help="Stop when five steps move the face less than five times this (the paper's t; default: card).",
+        rich_help_panel=ADVANCED,
+    ),
+]
+Budget = Annotated[
+    float | None,
+    typer.Option(
+        help="Per-pixel budget, grey levels of lightness at the median contrast (default: the level's).",
+        rich_help_panel=ADVANCED,
+    ),
+]
+Chroma = Annotated[
+    float, typer.Option(help="Colour budget as a share of the lightness budget.", rich_help_panel=ADVANCED)
+]
+Diversity = Annotated[
+    float,
+    typer.Option(
+        help="Input diversity: each step sees the face rescaled, shifted and rotated by up to this share.",
+        rich_help_panel=ADVANCED,
+    ),
+]
+Momentum = Annotated[float, typer.Option(help="Momentum of the steps (0: none).", rich_help_panel=ADVANCED)]
+Smoothing = Annotated[
+    float,
+    typer.Option(
+        help="Gaussian on each step's gradient, in photo pixels (0: none).", rich_help_panel=ADVANCED
+    ),
+]
+CanvasCap = Annotated[
+    float,
+    typer.Option(
+        help="Canvas pixels per pixel of the finest model chip on large faces.", rich_help_panel=ADVANCED
+    ),
+]
+Step = Annotated[float, typer.Option(help="Step size in [-1, 1] pixel units.", rich_help_panel=ADVANCED)]
+MaxDssim = Annotated[
+    float, typer.Option(help="Stop before a face canvas's DSSIM exceeds this.", rich_help_panel=ADVANCED)
+]
+MaxSteps = Annotated[int, typer.Option(help="Most steps per face and round.", rich_help_panel=ADVANCED)]
+MaxRounds = Annotated[int, typer.Option(help="Most verify-and-continue rounds.", rich_help_panel=ADVANCED)]
+Seed = Annotated[int, typer.Option(help="Random seed (results are deterministic).", rich_help_panel=ADVANCED)]
+MinFaceSize = Annotated[
+    float, typer.Option(help="Smallest face searched for, in pixels.", rich_help_panel=ADVANCED)
+]
 
 
 def choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -35,3 +108,14 @@ def model_names(value: str, option: str) -> tuple[str, ...]:
     if not names:
         raise typer.BadParameter("give at least one model name", param_hint=option)
     return names
+
+
+def cloak_settings(models: str, models_option: str = "--models", **values: object) -> CloakSettings:
+    """The settings the cloaking options of a command describe; a bad combination is a usage error."""
+    choice(str(values["level"]), tuple(LEVEL_BUDGETS), "--level")
+    choice(str(values["strategy"]), STRATEGIES, "--strategy")
+    choice(str(values["ensemble"]), ENSEMBLES, "--ensemble")
+    try:
+        return CloakSettings(models=model_names(models, models_option), **values)  # type: ignore[arg-type]
+    except CloakSettingsError as error:
+        raise typer.BadParameter(str(error)) from None

@@ -31,57 +31,18 @@ from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.evaluation.metrics import psnr
 from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
 from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import DEFAULT_MODELS, Cloaker
+from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore, sha256_of
 
 # Bumped when the record format changes, so older records are made again instead of misread.
 RECORD_VERSION = 2
 # The code that decides what a cloaked file contains (files and subpackages of ulixes_onnx): editing any
 # of it, even within one release, gives new cache keys instead of stale copies.
-CLOAK_CODE = ("cloak.py", "pipeline.py", "files.py", "imageio.py", "recognition.py", "faces", "engine")
-
-
-@dataclass(frozen=True)
-class CloakConfig:
-    """How photos are cloaked; None leaves a parameter to each model's card (as the cloak command does)."""
-
-    models: tuple[str, ...] = DEFAULT_MODELS
-    ensemble: str = "max"
-    strategy: str = "away"
-    step: float = 0.004
-    margin: float | None = None
-    target: float | None = None
-    min_progress: float | None = None
-    max_dssim: float = 0.03
-    max_steps: int = 100
-    max_rounds: int = 3
-    seed: int = 0
-    min_face_size: float = 20.0
-
-    @property
-    def label(self) -> str:
-        """A short name for tables: the model, or `ensemble(model+model)`."""
-        if len(self.models) == 1:
-            return self.models[0]
-        return f"{self.ensemble}({'+'.join(self.models)})"
-
-    def cloaker(self, store: ModelStore, *, threads: int | None = None) -> Cloaker:
-        return Cloaker(
-            self.models,
-            store=store,
-            strategy=self.strategy,
-            ensemble=self.ensemble,
-            step=self.step,
-            margin=self.margin,
-            target=self.target,
-            min_progress=self.min_progress,
-            max_dssim=self.max_dssim,
-            max_steps=self.max_steps,
-            max_rounds=self.max_rounds,
-            seed=self.seed,
-            min_face_size=self.min_face_size,
-            threads=threads,
-        )
+CLOAK_CODE = (
+    "cloak.py", "perceptual.py", "settings.py", "pipeline.py", "files.py", "imageio.py", "orientation.py",
+    "visibility.py", "recognition.py", "faces", "engine",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,17 +101,15 @@ def cloak_code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def config_description(config: CloakConfig, cloaker: Cloaker, store: ModelStore, pool: str | None) -> dict:
+def config_description(config: CloakSettings, cloaker: Cloaker, store: ModelStore, pool: str | None) -> dict:
     """Everything that decides a cloak, with the card defaults resolved: the cache key's content."""
     return {
         "ulixes_onnx": __version__,
         "code": cloak_code_fingerprint(),
         "models": {model.name: model.built.sha256 for model in cloaker.models},
         "detector": store.get("mtcnn").sha256,
-        "ensemble": config.ensemble if len(config.models) > 1 else None,
-        "settings": {name: asdict(settings) for name, settings in cloaker.settings.items()},
-        "max_rounds": config.max_rounds,
-        "min_face_size": config.min_face_size,
+        "settings": asdict(config),
+        "loop": {name: asdict(settings) for name, settings in cloaker.loop.items()},
         "pool": pool,
         "record_version": RECORD_VERSION,
     }

@@ -32,7 +32,6 @@ from ulixes_onnx.errors import ModelError
 from ulixes_onnx.evaluation import clustering, identification, metrics
 from ulixes_onnx.evaluation.cache import (
     CloakCache,
-    CloakConfig,
     CloakedPhoto,
     config_description,
     pool_digest,
@@ -43,9 +42,10 @@ from ulixes_onnx.evaluation.uploads import UPLOAD_TRANSFORMS
 from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.files import expand_inputs
 from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import DEFAULT_MODELS, ENSEMBLES
+from ulixes_onnx.pipeline import Cloaker
 from ulixes_onnx.pool import build_pool, load_pool
 from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.settings import DEFAULT_MODELS, ENSEMBLES, CloakSettings
 from ulixes_onnx.store import ModelStore
 
 Embeddings = dict[str, np.ndarray] | None
@@ -110,7 +110,7 @@ class EvaluationSettings:
     """What to measure: evaluation models, the main cloak configuration and the optional parts."""
 
     models: tuple[str, ...] = DEFAULT_MODELS
-    cloak: CloakConfig = field(default_factory=CloakConfig)
+    cloak: CloakSettings = field(default_factory=CloakSettings)
     transfer: bool = True
     exclude_evaluated: bool = False
     robustness: bool = True
@@ -118,7 +118,7 @@ class EvaluationSettings:
     threads: int | None = None
 
 
-def transfer_rows(cloak: CloakConfig) -> list[CloakConfig]:
+def transfer_rows(cloak: CloakSettings) -> list[CloakSettings]:
     """Each cloak model alone, then (for several models) the ensemble in every mode."""
     rows = [replace(cloak, models=(name,)) for name in cloak.models]
     if len(cloak.models) > 1:
@@ -126,7 +126,7 @@ def transfer_rows(cloak: CloakConfig) -> list[CloakConfig]:
     return rows
 
 
-def excluding(row: CloakConfig, evaluated: str) -> CloakConfig | None:
+def excluding(row: CloakSettings, evaluated: str) -> CloakSettings | None:
     """The row's configuration without the evaluated model (None if nothing is left)."""
     remaining = tuple(name for name in row.models if name != evaluated)
     return replace(row, models=remaining) if remaining else None
@@ -160,9 +160,9 @@ class Evaluation:
         self.progress = progress or _Silent()
         self.models = [FaceModel(name, store, threads=settings.threads) for name in settings.models]
         self.embedder = FaceEmbedder(detector_from_store(store), self.models)
-        self._caches: dict[CloakConfig, CloakCache] = {}
-        self._cloaked: dict[CloakConfig, dict[str, CloakedPhoto]] = {}
-        self._embedded: dict[CloakConfig, dict[str, Embeddings]] = {}
+        self._caches: dict[CloakSettings, CloakCache] = {}
+        self._cloaked: dict[CloakSettings, dict[str, CloakedPhoto]] = {}
+        self._embedded: dict[CloakSettings, dict[str, Embeddings]] = {}
         self.clean: dict[str, Embeddings] = {}
 
     def run(self) -> dict:
@@ -218,7 +218,7 @@ class Evaluation:
 
     # Cloaking and embedding.
 
-    def _transfer_configs(self) -> list[CloakConfig]:
+    def _transfer_configs(self) -> list[CloakSettings]:
         if not self.settings.transfer:
             return []
         configs = []
@@ -229,9 +229,9 @@ class Evaluation:
                 configs.append(row)
         return configs
 
-    def _cache(self, config: CloakConfig) -> CloakCache:
+    def _cache(self, config: CloakSettings) -> CloakCache:
         if config not in self._caches:
-            cloaker = config.cloaker(self.store, threads=self.settings.threads)
+            cloaker = Cloaker(config, store=self.store, threads=self.settings.threads)
             if self.settings.pool is not None:
                 cloaker.pool = (
                     load_pool(self.settings.pool, cloaker.models)
@@ -246,7 +246,7 @@ class Evaluation:
             self._caches[config] = CloakCache(self.cache_dir, cloaker, description)
         return self._caches[config]
 
-    def _cloak_all(self, jobs: dict[CloakConfig, list[str]]) -> None:
+    def _cloak_all(self, jobs: dict[CloakSettings, list[str]]) -> None:
         self.progress.stage("cloaking", sum(len(names) for names in jobs.values()))
         for config, names in jobs.items():
             cache = self._cache(config)

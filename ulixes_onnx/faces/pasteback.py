@@ -16,10 +16,11 @@ import numpy as np
 
 from ulixes_onnx.errors import FaceError, ImageError
 
-# Below this the chip is upsampled more than 3x from the photo (a face under ~45 px for a 150 px
-# chip): most of a cloak built at chip resolution would be averaged away by the photo's coarser
-# pixels, so such faces are skipped. Above it the closed loop checks what survives.
-MIN_PHOTO_PIXELS_PER_CHIP_PIXEL = 1 / 3
+# Below this the chip is upsampled more than 8x from the photo (a face under ~12 px for a 150 px chip,
+# smaller than the detector's smallest): too few photo pixels to carry a cloak. Cloaks are made on
+# the photo's own pixels (faces/canvas.py), so small faces down to that are cloaked, and the closed
+# loop checks what survives: dlib still matches faces of 28-40 px.
+MIN_PHOTO_PIXELS_PER_CHIP_PIXEL = 1 / 8
 
 
 def too_small_reason(scale: float, minimum: float) -> str:

@@ -31,10 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ulixes_onnx import __version__
 from ulixes_onnx.cards import all_cards
-from ulixes_onnx.pipeline import DEFAULT_MODELS
 from ulixes_onnx.server.jobs import (
     Cloakers,
-    CloakSettings,
     Job,
     JobQueue,
     JobStatus,
@@ -43,11 +41,12 @@ from ulixes_onnx.server.jobs import (
     ShuttingDownError,
 )
 from ulixes_onnx.server.report import download_name, job_json
+from ulixes_onnx.settings import DEFAULT_MODELS, LEVEL_BUDGETS, CloakSettings
 from ulixes_onnx.store import ModelStatus, ModelStore
 
 log = logging.getLogger(__name__)
 
-FORM_FIELDS = ("photo", "models", "target")
+FORM_FIELDS = ("photo", "models", "target", "level")
 EXPIRY_INTERVAL_SECONDS = 30.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # The page loads nothing but its own files; blob: URLs show the photos the browser already holds.
@@ -236,7 +235,10 @@ def parse_settings(form: FormData, offered: list[dict]) -> CloakSettings:
             value = math.nan
         if not (math.isfinite(value) and value > 0):
             raise BadRequestError(f"target must be a positive number, not {target!r}")
-    return CloakSettings(names or DEFAULT_MODELS, float(target) if target else None)
+    level = str(form.get("level") or "mid").strip()
+    if level not in LEVEL_BUDGETS:
+        raise BadRequestError(f"level must be one of {', '.join(LEVEL_BUDGETS)}, not {level!r}")
+    return CloakSettings(names or DEFAULT_MODELS, target=float(target) if target else None, level=level)
 
 
 class RequestGuard:

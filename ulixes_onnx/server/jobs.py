@@ -33,6 +33,7 @@ from PIL import Image
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.files import PHOTO_SUFFIXES, FileReport, InputPhoto, OutputOptions, cloak_file
 from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,6 @@ class Limits:
     max_pixels: int = 50_000_000
     timeout_seconds: float = 300.0
     keep_seconds: float = 600.0
-
-
-@dataclass(frozen=True)
-class CloakSettings:
-    """What a client chooses per photo. A new choice (e.g. a strength preset) is one more field here,
-    in `Cloakers.get` and in the form parser of `server.app`."""
-
-    models: tuple[str, ...]
-    target: float | None = None
 
 
 class JobStatus(Enum):
@@ -122,11 +114,11 @@ class Cloakers:
         with self._lock:
             cloaker = self._loaded.pop(settings.models, None)
             if cloaker is None:
-                cloaker = Cloaker(settings.models, store=self._store, threads=self._threads)
+                cloaker = Cloaker(CloakSettings(settings.models), store=self._store, threads=self._threads)
             self._loaded[settings.models] = cloaker
             while len(self._loaded) > self._max_sets:
                 self._loaded.popitem(last=False)
-        return cloaker.with_target(settings.target)
+        return cloaker.with_settings(settings)
 
 
 class JobQueue:

@@ -29,7 +29,11 @@ def job_json(job: Job, queue: JobQueue) -> dict:
             "media_type": job.media_type,
             "size": job.output.stat().st_size,
             "seconds": round(job.report.seconds, 3),
-            "settings": {"models": list(job.settings.models), "target": job.settings.target},
+            "settings": {
+                "models": list(job.settings.models),
+                "target": job.settings.target,
+                "level": job.settings.level,
+            },
             "notes": list(job.report.notes),
             "faces": [face_json(face) for face in job.report.faces],
         }

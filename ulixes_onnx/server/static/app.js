@@ -70,7 +70,11 @@ function addFiles(files) {
 }
 
 function currentSettings() {
-  return { models: chosenModels().join(","), target: document.getElementById("target").value.trim() };
+  return {
+    models: chosenModels().join(","),
+    target: document.getElementById("target").value.trim(),
+    level: document.getElementById("level").value,
+  };
 }
 
 function pump() {
@@ -117,6 +121,7 @@ async function upload(file, card, settings) {
     form.append("photo", file, file.name);
     if (settings.models) form.append("models", settings.models);
     if (settings.target) form.append("target", settings.target);
+    form.append("level", settings.level);
     const reply = await send(form, (fraction) => setStatus(card, `uploading ${Math.round(fraction * 100)} %`, "", fraction * 20));
     if (reply.status === 202) return reply.body;
     if (reply.status !== 503) throw new Error(reply.body.error || `HTTP ${reply.status}`);

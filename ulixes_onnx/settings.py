@@ -1,0 +1,95 @@
+"""Everything that decides a cloak, in one object: `Cloaker`, `eval`, the server and both commands take it
+whole, the commands read their defaults from it, and `eval`'s cache is keyed by it.
+
+Distances (`margin`, `target`, `min_progress`) left as None take each model's card defaults
+(`[cloak]` in models/*.toml); `budget` left as None takes the `level`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ulixes_onnx.cards import ModelCard
+from ulixes_onnx.cloak import STRATEGIES, CloakSettingsError, LoopSettings
+
+ENSEMBLES = ("max", "sum", "joint")
+DEFAULT_MODELS = ("dlib-resnet",)
+# Per-pixel budget of each level, in grey levels of lightness at the face's median contrast.
+LEVEL_BUDGETS = {"low": 4.0, "mid": 8.0, "high": 16.0}
+
+
+@dataclass(frozen=True)
+class CloakSettings:
+    """How faces are cloaked (see the README's "What `cloak` does" for each setting's meaning)."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    ensemble: str = "max"
+    strategy: str = "away"
+    level: str = "mid"
+    budget: float | None = None
+    target: float | None = None
+    margin: float | None = None
+    min_progress: float | None = None
+    step: float = 0.004
+    chroma: float = 0.2
+    diversity: float = 0.05
+    momentum: float = 0.0
+    smoothing: float = 0.0
+    canvas_cap: float = 4.0
+    max_dssim: float = 0.03
+    max_steps: int = 100
+    max_rounds: int = 3
+    random_negatives: int = 5
+    seed: int = 0
+    min_face_size: float = 20.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(dict.fromkeys(self.models)))
+        if not self.models:
+            raise CloakSettingsError("give at least one model to cloak with")
+        for value, allowed, what in (
+            (self.ensemble, ENSEMBLES, "ensemble"),
+            (self.strategy, STRATEGIES, "strategy"),
+            (self.level, tuple(LEVEL_BUDGETS), "level"),
+        ):
+            if value not in allowed:
+                raise CloakSettingsError(f"unknown {what} {value!r}; use one of: {', '.join(allowed)}")
+        if self.max_rounds < 1:
+            raise CloakSettingsError("max rounds must be at least 1")
+        if self.canvas_cap < 1:
+            raise CloakSettingsError(f"the canvas cap must be at least 1, not {self.canvas_cap}")
+        # The loop's own checks, once, with every model-independent value.
+        self.loop_settings(None)
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: the model, or `ensemble(model+model)`."""
+        if len(self.models) == 1:
+            return self.models[0]
+        return f"{self.ensemble}({'+'.join(self.models)})"
+
+    def loop_settings(self, card: ModelCard | None) -> LoopSettings:
+        """The loop's settings for one model, its card's defaults filled in (None: the loop's own
+        defaults, for checking the settings)."""
+        defaults = LoopSettings()
+        cloak = None if card is None else card.cloak
+        return LoopSettings(
+            strategy=self.strategy,
+            step=self.step,
+            margin=_first(self.margin, cloak and cloak.margin, defaults.margin),
+            target=_first(self.target, cloak and cloak.away_target, defaults.target),
+            min_progress=_first(self.min_progress, cloak and cloak.min_progress, defaults.min_progress),
+            max_dssim=self.max_dssim,
+            max_steps=self.max_steps,
+            random_negatives=self.random_negatives,
+            seed=self.seed,
+            budget=LEVEL_BUDGETS[self.level] if self.budget is None else self.budget,
+            chroma=self.chroma,
+            diversity=self.diversity,
+            momentum=self.momentum,
+            smoothing=self.smoothing,
+        )
+
+
+def _first(*values: float | None) -> float:
+    return next(value for value in values if value is not None)
