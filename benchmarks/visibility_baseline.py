@@ -7,7 +7,8 @@ SSIMULACRA2 and DSSIM of the saved copy, SSIMULACRA2 of the cloak alone (added t
 no re-encoding), and SSIMULACRA2 of the original re-encoded as JPEG at quality 90 (Pillow's defaults,
 4:2:0), the yardstick of "looks unchanged". It also times SSIMULACRA2 per region on one OpenCV thread.
 
-usage: python benchmarks/visibility_baseline.py [FOLDER] [--count 20] [--extra PHOTO ...] [--out FILE.md]
+usage: python benchmarks/visibility_baseline.py [FOLDER] [--count 20] [--extra PHOTO ...] [--level mid]
+       [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.files import expand_inputs
 from ulixes_onnx.imageio import decode_photo, encode_photo, read_photo
 from ulixes_onnx.pipeline import Cloaker, PhotoInput
+from ulixes_onnx.settings import LEVEL_BUDGETS, CloakSettings
 from ulixes_onnx.store import ModelStore
 from ulixes_onnx.visibility import face_region, face_visibility, ssimulacra2
 
@@ -78,6 +80,7 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
                 "face_width": round(face.face.width),
                 "region": f"{region.shape[1]}x{region.shape[0]}",
                 "protected": face.protected,
+                "distance": " / ".join(f"{outcome.distance:.2f}" for outcome in face.models.values()),
                 "reported": face.ssimulacra2,
                 "saved": visibility.ssimulacra2,
                 "dssim": visibility.dssim,
@@ -92,14 +95,15 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
 
 def markdown(rows: list[dict], command: str) -> str:
     lines = [
-        "| photo | face width (px) | region (px) | protected | cloak, saved copy | cloak alone "
+        "| photo | face width (px) | region (px) | protected | distance | cloak, saved copy | cloak alone "
         "| JPEG q90 | DSSIM, saved copy | SSIMULACRA2 ms (1 thread) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['photo']} | {row['face_width']} | {row['region']} "
-            f"| {'yes' if row['protected'] else 'no'} | {row['saved']:.1f} | {row['cloak_alone']:.1f} "
+            f"| {'yes' if row['protected'] else 'no'} | {row['distance']} | {row['saved']:.1f} "
+            f"| {row['cloak_alone']:.1f} "
             f"| {row['jpeg_q90']:.1f} | {row['dssim']:.4f} "
             f"| {row['metric_ms']:.0f} |"
         )
@@ -108,7 +112,8 @@ def markdown(rows: list[dict], command: str) -> str:
     lines += [
         "",
         f"SSIMULACRA2 of the saved copy: mean {saved.mean():.1f}, min {saved.min():.1f}; "
-        f"JPEG q90: mean {jpeg.mean():.1f}, min {jpeg.min():.1f} ({len(rows)} faces).",
+        f"JPEG q90: mean {jpeg.mean():.1f}, min {jpeg.min():.1f} ({len(rows)} faces); "
+        f"{sum(row['protected'] for row in rows)} of {len(rows)} protected.",
         "",
         f"Command: `{command}`",
     ]
@@ -123,6 +128,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--extra", nargs="*", default=[], help="more photos (their largest face each)")
     parser.add_argument("--out", type=Path, help="write the markdown table here too")
+    parser.add_argument("--level", choices=tuple(LEVEL_BUDGETS), default=CloakSettings().level)
     args = parser.parse_args()
     cv2.setNumThreads(1)
     store = ModelStore()
@@ -134,7 +140,7 @@ def main() -> None:
     by_photo: dict[Path, list[float]] = {}
     for path, width in chosen:
         by_photo.setdefault(path, []).append(width)
-    cloaker = Cloaker(store=store, threads=1)
+    cloaker = Cloaker(CloakSettings(level=args.level), store=store, threads=1)
     rows = []
     for path, widths in by_photo.items():
         rows += measure_photo(cloaker, path, widths)

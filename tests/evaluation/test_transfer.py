@@ -1,11 +1,19 @@
-"""The transfer matrix's rows: each cloak model alone, each ensemble mode, and excluding the judge."""
+"""The transfer matrix's rows: each cloak model alone, each ensemble mode, excluding the judge, and
+leave-one-out (each judge against the ensemble of the others)."""
 
 from __future__ import annotations
 
 import pytest
 
 from ulixes_onnx.errors import ModelError
-from ulixes_onnx.evaluation.runner import EvaluationSettings, check_models, excluding, transfer_rows
+from ulixes_onnx.evaluation.report import render_markdown
+from ulixes_onnx.evaluation.runner import (
+    EvaluationSettings,
+    check_models,
+    excluding,
+    leave_one_out_rows,
+    transfer_rows,
+)
 from ulixes_onnx.settings import ENSEMBLES, CloakSettings
 
 
@@ -36,3 +44,39 @@ def test_models_are_checked_before_any_work() -> None:
         check_models(EvaluationSettings(models=("nosuchnet",)))
     with pytest.raises(ModelError, match="not a face-embedding model"):
         check_models(EvaluationSettings(cloak=CloakSettings(models=("mtcnn",))))
+
+
+def test_leave_one_out_cloaks_each_judge_with_all_the_others() -> None:
+    judges = ("dlib-resnet", "facenet-vggface2", "faceres")
+    rows = leave_one_out_rows(CloakSettings(ensemble="joint", diversity=0.1), judges)
+    assert {judge: row.models for judge, row in rows.items()} == {
+        "dlib-resnet": ("facenet-vggface2", "faceres"),
+        "facenet-vggface2": ("dlib-resnet", "faceres"),
+        "faceres": ("dlib-resnet", "facenet-vggface2"),
+    }
+    assert all(row.ensemble == "joint" and row.diversity == 0.1 for row in rows.values())
+    with pytest.raises(ModelError, match="at least two evaluation models"):
+        leave_one_out_rows(CloakSettings(), ("dlib-resnet",))
+
+
+def test_the_leave_one_out_report_has_a_row_per_held_out_model() -> None:
+    def verification(tp_rate: float, accuracy: float) -> dict:
+        at = {"tp_rate": tp_rate, "fp_rate": 0.01, "accuracy": accuracy}
+        return {"at_threshold": at, "best_threshold": {**at, "accuracy": accuracy + 0.1}}
+
+    section = {
+        "cloaked_with": "joint(dlib-resnet+faceres)",
+        "clean": verification(0.95, 0.97),
+        "cloaked": verification(0.40, 0.70),
+        "same_pair_distance": {"cloaked": {"mean": 1.2}},
+        "face_ssimulacra2": {"mean": 71.5, "min": 64.25},
+    }
+    document = {
+        "dataset": {"root": "/data", "photos": 10, "pairs_same": 5, "pairs_different": 5},
+        "protocols": {"leave_one_out": "each judge against the others"},
+        "leave_one_out": {"facenet-vggface2": section},
+        "timing": {"total_seconds": 12.0, "cloaking_seconds": 10.0},
+    }
+    markdown = render_markdown(document)
+    assert "| facenet-vggface2 | joint(dlib-resnet+faceres) | 95.0% -> 40.0% |" in markdown
+    assert "80.0%" in markdown and "71.5 / 64.2" in markdown

@@ -94,6 +94,13 @@ def evaluate(
     exclude_evaluated: Annotated[
         bool, typer.Option(help="Transfer: remake ensemble cloaks without the model judging them.")
     ] = False,
+    leave_one_out: Annotated[
+        bool,
+        typer.Option(
+            help="Only this: each --models model judges cloaks made by the ensemble of the others "
+            "(--ensemble and the other cloak settings apply; --cloak-models is not used)."
+        ),
+    ] = False,
     robustness: Annotated[bool, typer.Option(help="Re-measure after JPEG q85/q75 and downscaling.")] = True,
     allow_single: Annotated[
         bool, typer.Option(help="Accept identities with one photo (left out of identification).")
@@ -128,6 +135,7 @@ def evaluate(
         cloak=cloak,
         transfer=transfer,
         exclude_evaluated=exclude_evaluated,
+        leave_one_out=leave_one_out,
         robustness=robustness,
         pool=pool,
         threads=threads,
@@ -149,6 +157,9 @@ def evaluate(
 
 
 def _print_headline(console: Console, document: dict) -> None:
+    if "leave_one_out" in document:
+        _print_leave_one_out(console, document["leave_one_out"])
+        return
     table = Table(title=f"cloaked with {document['cloak']['label']}")
     for column in ("model", "accuracy clean", "accuracy cloaked", "TP clean", "TP cloaked", "FP cloaked"):
         table.add_column(column, justify="right")
@@ -173,3 +184,26 @@ def _print_headline(console: Console, document: dict) -> None:
     dssim = document["perceptibility"]["face_dssim"]
     if dssim["count"]:
         console.print(f"DSSIM per face: mean {dssim['mean']:.4f}, max {dssim['max']:.4f}", highlight=False)
+
+
+def _print_leave_one_out(console: Console, sections: dict) -> None:
+    table = Table(title="leave one out: each model judges cloaks made by the others")
+    for column in (
+        "held out",
+        "cloaked with",
+        "TP clean",
+        "TP cloaked",
+        "attacker's best",
+        "SSIMULACRA2 min",
+    ):
+        table.add_column(column, justify="right")
+    for model, section in sections.items():
+        table.add_row(
+            model,
+            section["cloaked_with"],
+            f"{section['clean']['at_threshold']['tp_rate']:.3f}",
+            f"{section['cloaked']['at_threshold']['tp_rate']:.3f}",
+            f"{section['cloaked']['best_threshold']['accuracy']:.3f}",
+            f"{section['face_ssimulacra2']['min']:.1f}" if section["face_ssimulacra2"]["count"] else "-",
+        )
+    console.print(table)

@@ -49,6 +49,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def render_markdown(document: dict) -> str:
     """The report's tables as Markdown."""
+    if "leave_one_out" in document:
+        return render_leave_one_out(document)
     dataset, cloak = document["dataset"], document["cloak"]
     lines = [
         "# Ulixes cloak evaluation",
@@ -251,8 +253,61 @@ def render_markdown(document: dict) -> str:
     return "\n".join(lines)
 
 
+def render_leave_one_out(document: dict) -> str:
+    """The leave-one-out report: per held-out model, what cloaks made without it do to it."""
+    dataset = document["dataset"]
+    rows = []
+    for model, section in document["leave_one_out"].items():
+        clean, cloaked = section["clean"]["at_threshold"], section["cloaked"]["at_threshold"]
+        visibility = section["face_ssimulacra2"]
+        rows.append(
+            [
+                model,
+                section["cloaked_with"],
+                f"{_pct(clean['tp_rate'])} -> {_pct(cloaked['tp_rate'])}",
+                f"{_pct(clean['fp_rate'])} -> {_pct(cloaked['fp_rate'])}",
+                f"{_pct(clean['accuracy'])} -> {_pct(cloaked['accuracy'])}",
+                _pct(section["cloaked"]["best_threshold"]["accuracy"]),
+                _num(section["same_pair_distance"]["cloaked"]["mean"], 3),
+                f"{_num(visibility['mean'], 1)} / {_num(visibility['min'], 1)}",
+            ]
+        )
+    timing = document["timing"]
+    seconds = (
+        f"Wall time: {timing['total_seconds']:.0f} s, of which cloaking {timing['cloaking_seconds']:.0f} s."
+    )
+    return "\n".join(
+        [
+            "# Ulixes cloak evaluation: leave one out",
+            "",
+            f"Dataset `{dataset['root']}`: {dataset['photos']} photos, {dataset['pairs_same']} "
+            f"same-person and {dataset['pairs_different']} different-person pairs.",
+            "",
+            f"Protocol: {document['protocols']['leave_one_out']}.",
+            "",
+            *_table(
+                [
+                    "held-out model",
+                    "cloaked with",
+                    "TP rate",
+                    "FP rate",
+                    "accuracy",
+                    "attacker's best accuracy",
+                    "same-pair distance",
+                    "face SSIMULACRA2 mean / min",
+                ],
+                rows,
+            ),
+            seconds,
+            "",
+        ]
+    )
+
+
 def write_plots(document: dict, out_dir: Path) -> list[Path]:
     """ROC curves, the DSSIM histogram and the transfer heat map as PNGs (needs matplotlib)."""
+    if "verification" not in document:
+        return []
     # matplotlib is optional: imported here so that reports without plots never need it.
     import matplotlib
 

@@ -58,6 +58,12 @@ VERSIONED_PACKAGES = (
     "scikit-image",
     "scikit-learn",
 )
+LEAVE_ONE_OUT_PROTOCOL = (
+    "for each evaluation model, photo b of every pair is cloaked by the ensemble of all the other "
+    "evaluation models and judged by the left-out model, as a recogniser the cloak never saw would "
+    "judge it; 'best_threshold' is the accuracy of an attacker who picks the threshold on the cloaked "
+    "pairs themselves"
+)
 PROTOCOLS = {
     "verification": (
         "photo a of each pair stays clean, photo b is cloaked; a pair is judged the same person when "
@@ -113,6 +119,7 @@ class EvaluationSettings:
     cloak: CloakSettings = field(default_factory=CloakSettings)
     transfer: bool = True
     exclude_evaluated: bool = False
+    leave_one_out: bool = False
     robustness: bool = True
     pool: Path | None = None
     threads: int | None = None
@@ -124,6 +131,14 @@ def transfer_rows(cloak: CloakSettings) -> list[CloakSettings]:
     if len(cloak.models) > 1:
         rows += [replace(cloak, ensemble=mode) for mode in ENSEMBLES]
     return rows
+
+
+def leave_one_out_rows(cloak: CloakSettings, judges: tuple[str, ...]) -> dict[str, CloakSettings]:
+    """For each evaluation model, the cloak made by all the other evaluation models (`cloak`'s other
+    settings, its ensemble mode among them): what that model sees of cloaks it never took part in."""
+    if len(judges) < 2:
+        raise ModelError("leave-one-out needs at least two evaluation models (--models a,b,...)")
+    return {judge: replace(cloak, models=tuple(m for m in judges if m != judge)) for judge in judges}
 
 
 def excluding(row: CloakSettings, evaluated: str) -> CloakSettings | None:
@@ -166,6 +181,8 @@ class Evaluation:
         self.clean: dict[str, Embeddings] = {}
 
     def run(self) -> dict:
+        if self.settings.leave_one_out:
+            return self._run_leave_one_out()
         started = time.perf_counter()
         dataset, cloak = self.dataset, self.settings.cloak
         photos = sorted(dataset.photos)
@@ -215,6 +232,66 @@ class Evaluation:
             "total_seconds": round(time.perf_counter() - started, 2),
         }
         return document
+
+    def _run_leave_one_out(self) -> dict:
+        """Only the clean photos and, per evaluation model, the b photos cloaked by the others."""
+        started = time.perf_counter()
+        photos = sorted(self.dataset.photos)
+        second_photos = sorted({pair.b for pair in self.dataset.pairs})
+        rows = leave_one_out_rows(self.settings.cloak, self.settings.models)
+        jobs = {config: second_photos for config in rows.values()}
+        self._cloak_all(jobs)
+        cloak_seconds = time.perf_counter() - started
+        self.progress.stage("measuring", len(photos) + sum(len(names) for names in jobs.values()))
+        self.clean = {name: self._embed_file(self.dataset.path(name), name) for name in photos}
+        for config, names in jobs.items():
+            self._embedded[config] = {
+                name: self._embed_file(self._cloaked[config][name].path, name) for name in names
+            }
+        return {
+            "tool": self._versions(),
+            "dataset": self._dataset_section(),
+            "protocols": {"verification": PROTOCOLS["verification"], "leave_one_out": LEAVE_ONE_OUT_PROTOCOL},
+            "cloak": {"config": asdict(self.settings.cloak)},
+            "models": {
+                model.name: {
+                    "metric": model.metric,
+                    "threshold": model.threshold,
+                    "sha256": model.built.sha256,
+                }
+                for model in self.models
+            },
+            "leave_one_out": {
+                model.name: self._held_out_section(model, rows[model.name]) for model in self.models
+            },
+            "timing": {
+                "cloaking_seconds": round(cloak_seconds, 2),
+                "total_seconds": round(time.perf_counter() - started, 2),
+            },
+        }
+
+    def _held_out_section(self, model: FaceModel, config: CloakSettings) -> dict:
+        """How one model sees cloaks made without it: verification at its threshold and at the best
+        threshold an attacker could pick on cloaked pairs, and how visible those cloaks are."""
+        clean = self._verify(model, self.clean.__getitem__)
+        cloaked = self._verify(model, self._embedded[config].__getitem__)
+        faces = [face for result in self._cloaked[config].values() for face in result.faces if face.models]
+        scores = [face.ssimulacra2 for face in faces]
+        return {
+            "cloaked_with": config.label,
+            "clean": _verification_json(clean),
+            "cloaked": _verification_json(cloaked),
+            "same_pair_distance": {
+                "clean": self._same_pair_distances(model, self.clean.__getitem__),
+                "cloaked": self._same_pair_distances(model, self._embedded[config].__getitem__),
+            },
+            "face_ssimulacra2": {
+                **metrics.summary(scores),
+                "p5": float(np.percentile(scores, 5)) if scores else None,
+            },
+            "faces_protected_by_the_cloaking_models": sum(face.protected for face in faces),
+            "faces": len(faces),
+        }
 
     # Cloaking and embedding.
 
