@@ -1,3 +1,30 @@
-"""ulixes-onnx: adversarial face cloaks against facial recognition, computed with ONNX gradient graphs."""
+"""ulixes-onnx: adversarial face cloaks against facial recognition, computed with ONNX gradient graphs.
+
+The public API, importable from here: `Cloaker` and `CloakSettings` (cloak pixels), `cloak_files` with
+`InputPhoto` and `OutputOptions` (cloak files as the `cloak` command does), and the results
+`CloakResult`, `FaceReport` and `FileReport`. They are loaded on first use, so that importing the
+package (and the command line's `--help`) stays quick.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "Cloaker": "ulixes_onnx.pipeline",
+    "CloakResult": "ulixes_onnx.pipeline",
+    "FaceReport": "ulixes_onnx.pipeline",
+    "PhotoInput": "ulixes_onnx.pipeline",
+    "CloakSettings": "ulixes_onnx.settings",
+    "cloak_files": "ulixes_onnx.files",
+    "FileReport": "ulixes_onnx.files",
+    "InputPhoto": "ulixes_onnx.files",
+    "OutputOptions": "ulixes_onnx.files",
+}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> object:
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'ulixes_onnx' has no attribute {name!r}")
