@@ -157,4 +157,6 @@ def test_phone_photos_keep_their_orientation_and_change_only_the_face(cloaker: C
     for orientation, (outside_change, dssim) in measured.items():
         # Re-encode noise as for the upright photo, not the doubled change of a rotated re-encode.
         assert outside_change <= 1.25 * upright_change + 0.02, (orientation, measured, upright_change)
-        assert dssim <= 1.25 * upright_dssim + 0.0005, (orientation, measured, upright_dssim)
+        # The face's own cloak differs a little per orientation (each takes its own rounds of the
+        # closed loop); a whole re-encode of the photo made it up to 4.3x the upright one.
+        assert dssim <= 2.0 * upright_dssim + 0.0005, (orientation, measured, upright_dssim)

@@ -25,7 +25,7 @@ when the next step would take its chip's DSSIM past `max_dssim`, or at `max_step
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -90,6 +90,15 @@ class LoopSettings:
             raise CloakSettingsError(
                 "diversity must be in [0, 0.3], momentum in [0, 1) and smoothing at least 0"
             )
+
+
+@dataclass(frozen=True)
+class Boost:
+    """How much one face's `away` target and per-pixel budget are raised over the settings' (later
+    rounds of the closed loop raise them for the faces that need it)."""
+
+    target: float = 1.0
+    budget: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -232,7 +241,7 @@ class _FaceState:
     """One face in the loop: its canvas in canonical units, the change so far and its bounds."""
 
     def __init__(
-        self, canvas: FaceCanvas, settings: LoopSettings, start: np.ndarray | None, key: int
+        self, canvas: FaceCanvas, settings: LoopSettings, start: np.ndarray | None, key: int, boost: Boost
     ) -> None:
         self.canvas = canvas
         self.clean = canvas.image * np.float32(1 / 127.5) - np.float32(1)
@@ -240,7 +249,8 @@ class _FaceState:
         relative = budget_map(canvas.image, canvas.mask, 1 / canvas.scale)[:, :, None]
         # Per-pixel bound of each opponent axis, in canonical units.
         self.bound = relative * (
-            np.array([1.0, settings.chroma, settings.chroma], np.float32) * (settings.budget / 127.5)
+            np.array([1.0, settings.chroma, settings.chroma], np.float32)
+            * (settings.budget * boost.budget / 127.5)
         )
         self.rng = np.random.default_rng([settings.seed, key])
         if start is None:
@@ -293,6 +303,7 @@ def cloak_canvases(
     *,
     start: Sequence[np.ndarray] | None = None,
     face_keys: Sequence[int] | None = None,
+    boosts: Sequence[Boost] | None = None,
 ) -> list[CanvasCloak]:
     """Cloak faces on their canvases; all faces advance together, one run per model and step.
 
@@ -301,19 +312,21 @@ def cloak_canvases(
     through the operator's adjoint, sums the models' gradients (each scaled to unit max-norm so that
     no model dominates; a model stops contributing to a face once its objectives are done), smooths
     it (`smoothing`), accumulates momentum, shapes it by the perceptual budget and moves the change in
-    the opponent basis by `step` in max-norm, within its per-pixel bounds. Step size, bounds, DSSIM
-    bound, step limit and seed come from the first view. `start` continues from earlier states
-    (`CanvasCloak.state`); `face_keys` seed each face's random draws (default: its
-    position), so that a face is cloaked the same whatever else is in the batch.
+    the opponent basis by up to `step` (scaled to a high percentile of the movable elements), within
+    its per-pixel bounds. Step size, bounds, DSSIM bound, step limit and seed come from the first view.
+    `start` continues from earlier states (`CanvasCloak.state`); `boosts` raise single faces' `away`
+    targets and budgets; `face_keys` seed each face's random draws (default: its position), so that a
+    face is cloaked the same whatever else is in the batch.
     """
     count = len(canvases)
     if count == 0:
         return []
     lead = views[0].settings
     keys = list(range(count)) if face_keys is None else list(face_keys)
+    boosts = [Boost()] * count if boosts is None else list(boosts)
     faces = [
-        _FaceState(canvas, lead, None if start is None else start[i], key)
-        for i, (canvas, key) in enumerate(zip(canvases, keys, strict=True))
+        _FaceState(canvas, lead, None if start is None else start[i], key, boost)
+        for i, (canvas, key, boost) in enumerate(zip(canvases, keys, boosts, strict=True))
     ]
     plain = [[canvas.operator(view.index) for canvas in canvases] for view in views]
     original_chips = [
@@ -324,7 +337,16 @@ def cloak_canvases(
         for view, chips in zip(views, original_chips, strict=True)
     ]
     plans = [
-        plan_objectives(view.model, chips, positive, view.settings, view.pool, keys)
+        [
+            [replace(objective, margin=objective.margin * boost.target) for objective in plan]
+            if view.settings.strategy == "away"
+            else plan
+            for plan, boost in zip(
+                plan_objectives(view.model, chips, positive, view.settings, view.pool, keys),
+                boosts,
+                strict=True,
+            )
+        ]
         for view, chips, positive in zip(views, original_chips, positives, strict=True)
     ]
     steps = np.zeros(count, int)

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloak import CanvasCloak, CloakSettingsError, LoopSettings, View, cloak_canvases
+from ulixes_onnx.cloak import Boost, CanvasCloak, CloakSettingsError, View, cloak_canvases
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     AlignedChips,
@@ -46,10 +46,11 @@ from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
 from ulixes_onnx.visibility import face_visibility
 
-# Each verification round that finds a face unprotected raises its models' targets and the per-pixel
-# budget by these factors: the budget is what usually stops a face short of its target.
-TARGET_GROWTH = 1.15
+# A face the closed loop finds unprotected gets, in the next round, this much more per-pixel budget
+# if its loop stopped short of the target, and a target raised by what the saved copy lost, times
+# this margin, if the loop reached it.
 BUDGET_GROWTH = 2.0
+TARGET_MARGIN = 1.03
 # The saved copy keeps the loop's target if it lies at least this share of it from the original:
 # rounding, re-encoding and re-alignment take a little of what the loop reached on its own view.
 SAVED_TARGET_SHARE = 0.9
@@ -188,6 +189,7 @@ class _PhotoJob:
     pending: list[int]
     started: float
     changes: dict[tuple[int, str], CanvasCloak] = field(default_factory=dict)
+    boosts: dict[int, Boost] = field(default_factory=dict)
     total: PhotoDelta | None = None
     seen: np.ndarray | None = None  # what a recogniser sees of the photo with `total` added
 
@@ -217,6 +219,8 @@ class _PhotoJob:
                 self.reports[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
             )
         self.pending = [i for i in self.pending if not self.reports[i].finished]
+        for index in self.pending:
+            self.boosts[index] = _next_boost(self.boosts.get(index, Boost()), self.reports[index])
 
     def result(self) -> CloakResult:
         height, width = self.original8.shape[:2]
@@ -349,7 +353,7 @@ class Cloaker:
             views = [
                 View(
                     self.models[position],
-                    _escalated(self.loop[self.models[position].name], round_index),
+                    self.loop[self.models[position].name],
                     index=position,
                     positives=np.stack(
                         [job.reports[i].embeddings[self.models[position].name] for job, i in faces]
@@ -365,6 +369,7 @@ class Cloaker:
                 start=starts if round_index else None,
                 # Seeded by each face's index in its own photo: batching photos together changes no cloak.
                 face_keys=[index for _, index in faces],
+                boosts=[job.boosts.get(index, Boost()) for job, index in faces],
             )
             for (job, index), result in zip(faces, results, strict=True):
                 job.changes[(index, key)] = result
@@ -470,12 +475,20 @@ class Cloaker:
         return skipped
 
 
-def _escalated(settings: LoopSettings, round_index: int) -> LoopSettings:
-    """A model's loop settings for a later round: a higher target and a larger budget."""
-    return replace(
-        settings,
-        target=settings.target * TARGET_GROWTH**round_index,
-        budget=settings.budget * BUDGET_GROWTH**round_index,
+def _next_boost(boost: Boost, report: FaceReport) -> Boost:
+    """How much to raise a face's target and budget for the next round, from why it fell short: a
+    loop that stopped short of its target needs a larger budget; a loop that reached it but whose saved
+    copy lost some of the distance (rounding, re-encoding, re-alignment) needs a target raised by what
+    was lost."""
+    outcomes = report.models.values()
+    stopped_short = any(outcome.chip_distance < outcome.target * boost.target for outcome in outcomes)
+    lost = max(
+        max(outcome.protect_distance, SAVED_TARGET_SHARE * outcome.target) / max(outcome.distance, 1e-6)
+        for outcome in outcomes
+    )
+    return Boost(
+        target=boost.target * max(1.0, lost * TARGET_MARGIN),
+        budget=boost.budget * (BUDGET_GROWTH if stopped_short else 1.0),
     )
 
 
