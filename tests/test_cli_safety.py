@@ -94,7 +94,7 @@ def test_suffix_cannot_leave_the_output_folder(tmp_path: Path, suffix: str) -> N
 
 
 def test_huge_special_and_looping_inputs_are_refused_without_reading_them(
-    tmp_path: Path, store: ModelStore
+    tmp_path: Path, warm_store: ModelStore
 ) -> None:
     big_fake = tmp_path / "big.jpg"  # 3 GB, sparse: not an image
     with big_fake.open("wb") as stream:
@@ -111,7 +111,7 @@ def test_huge_special_and_looping_inputs_are_refused_without_reading_them(
     ]
     with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ulixes_onnx", "--models-dir", str(store.root), "cloak", *arguments],
+            [sys.executable, "-m", "ulixes_onnx", "--models-dir", str(warm_store.root), "cloak", *arguments],
             stdout=stdout, stderr=stderr,
         )  # fmt: skip
         _, status, usage = os.wait4(process.pid, 0)

@@ -161,7 +161,7 @@ def _fingerprints(root: Path) -> dict[Path, tuple[str, int] | str]:
 
 
 def test_corpus_run_is_safe_and_honest(
-    tmp_path: Path, store: ModelStore, capsys: pytest.CaptureFixture
+    tmp_path: Path, warm_store: ModelStore, capsys: pytest.CaptureFixture
 ) -> None:
     corpus = tmp_path / "corpus"
     entries, read_only = _build_corpus(corpus)
@@ -171,8 +171,8 @@ def test_corpus_run_is_safe_and_honest(
     try:
         with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "ulixes_onnx", "--models-dir", str(store.root), "cloak", str(corpus),
-                 "--no-face", "copy", "--threads", "1", "--json", str(tmp_path / "report.json")],
+                [sys.executable, "-m", "ulixes_onnx", "--models-dir", str(warm_store.root), "cloak",
+                 str(corpus), "--no-face", "copy", "--threads", "1", "--json", str(tmp_path / "report.json")],
                 stdout=stdout, stderr=stderr,
             )  # fmt: skip
             _, status, usage = os.wait4(process.pid, 0)

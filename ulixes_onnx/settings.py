@@ -30,14 +30,14 @@ class CloakSettings:
     target: float | None = None
     margin: float | None = None
     min_progress: float | None = None
-    step: float = 0.002
+    step: float = 0.004
     chroma: float = 0.2
     diversity: float = 0.05
     momentum: float = 0.0
     smoothing: float = 0.0
     canvas_cap: float = 4.0
     max_dssim: float = 0.03
-    max_steps: int = 200
+    max_steps: int = 100
     max_rounds: int = 3
     random_negatives: int = 5
     seed: int = 0

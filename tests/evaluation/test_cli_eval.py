@@ -59,8 +59,7 @@ def test_report_json_holds_every_section(evaluated: tuple[Path, Path]) -> None:
     assert report["dataset"]["pairs_left_out_no_face"] == 1
     assert len(report["models"]["dlib-resnet"]["sha256"]["model"]) == 64
     assert (
-        report["tool"]["scikit-learn"]
-        and report["cloak"]["resolved"]["settings"]["dlib-resnet"]["target"] == 0.8
+        report["tool"]["scikit-learn"] and report["cloak"]["resolved"]["loop"]["dlib-resnet"]["target"] == 0.8
     )
 
     verification = report["verification"]["dlib-resnet"]
