@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,36 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
         "eval", str(dataset), "--allow-single", "--models", "nosuchnet", "--out", str(tmp_path / "o")
     )
     _fails_in_one_line(result, 3, "nosuchnet", "known models")
+
+
+# Runs the command line with scikit-learn unimportable, as in an install without the `eval` extra.
+_WITHOUT_SCIKIT_LEARN = """
+import sys
+
+
+class NoScikitLearn:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "sklearn":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, NoScikitLearn())
+from ulixes_onnx.cli import main
+
+sys.argv = ["ulixes-onnx", *sys.argv[1:]]
+main()
+"""
+
+
+def test_eval_without_the_eval_extra_says_what_to_install(tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_SCIKIT_LEARN, "eval", str(dataset), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    _fails_in_one_line(result, 1, "scikit-learn", "pip install 'ulixes-onnx[eval]'")
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()
