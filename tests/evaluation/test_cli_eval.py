@@ -48,6 +48,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -> tu
     return dataset, root / "out"
 
 
+@pytest.mark.slow  # runs `eval` on real photos
 def test_report_json_holds_every_section(evaluated: tuple[Path, Path]) -> None:
     _, out = evaluated
     report = json.loads((out / "report.json").read_text())
@@ -89,6 +90,7 @@ def test_report_json_holds_every_section(evaluated: tuple[Path, Path]) -> None:
     assert "## Verification" in markdown and "## Clustering" in markdown
 
 
+@pytest.mark.slow  # runs `eval` on real photos
 def test_report_measures_how_visible_each_face_is(evaluated: tuple[Path, Path]) -> None:
     _, out = evaluated
     perceptibility = json.loads((out / "report.json").read_text())["perceptibility"]
@@ -105,6 +107,7 @@ def test_report_measures_how_visible_each_face_is(evaluated: tuple[Path, Path]) 
     assert (out / "ssimulacra2-histogram.png").is_file()
 
 
+@pytest.mark.slow  # runs `eval` on real photos
 def test_a_second_run_reuses_the_cached_cloaks(evaluated: tuple[Path, Path], store: ModelStore) -> None:
     dataset, out = evaluated
     cached = sorted((out / "cache").rglob("*.*"))
