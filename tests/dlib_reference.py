@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -10,21 +9,24 @@ import cv2
 import numpy as np
 import pytest
 
+from ulixes_onnx.cards import get_card
+from ulixes_onnx.store import ModelStore
+
 dlib = pytest.importorskip("dlib", reason="dlib-bin (test extra) is the reference implementation")
 
 
-def _data_file(name: str) -> str:
-    spec = importlib.util.find_spec("face_recognition_models")
-    assert spec is not None and spec.submodule_search_locations
-    return str(Path(next(iter(spec.submodule_search_locations))) / "models" / name)
+def _data_file(model: str) -> str:
+    """The card's source file in its installed data package, sha256-checked by the store."""
+    (path,) = ModelStore().source_paths(get_card(model)).values()
+    return str(path)
 
 
 @cache
 def reference_models() -> tuple:
     return (
         dlib.get_frontal_face_detector(),
-        dlib.shape_predictor(_data_file("shape_predictor_5_face_landmarks.dat")),
-        dlib.face_recognition_model_v1(_data_file("dlib_face_recognition_resnet_model_v1.dat")),
+        dlib.shape_predictor(_data_file("dlib-landmarks")),
+        dlib.face_recognition_model_v1(_data_file("dlib-resnet")),
     )
 
 

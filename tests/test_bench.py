@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.test_cli import run_cli
 from ulixes_onnx.bench import machine_description, median_ms
 from ulixes_onnx.store import ModelStore
@@ -22,6 +24,7 @@ def test_machine_description_names_cpu_cores_and_versions() -> None:
     assert machine["versions"]["onnxruntime"] and machine["versions"]["numpy"]
 
 
+@pytest.mark.slow  # times every step, loop and photo of the benchmark (over a minute)
 def test_bench_command_writes_every_measurement(tmp_path: Path, store: ModelStore) -> None:
     output = tmp_path / "bench.json"
     result = run_cli(

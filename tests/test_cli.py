@@ -37,6 +37,21 @@ def test_models_list_json_shows_status(tmp_path: Path) -> None:
     assert rows["dlib-resnet"]["status"] == "buildable"
     assert rows["dlib-resnet"]["default"] is True
     assert rows["dlib-resnet"]["licence"] == "CC0-1.0"
+    assert rows["dlib-resnet"]["size"] == "-" and rows["dlib-resnet"]["bytes"] is None
+
+
+def test_models_list_size_counts_the_whole_model_folder(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    built = store.get("mtcnn")
+    artifacts = sum(path.stat().st_size for path in built.paths.values())
+    # A graph derived from the model (as the gradient and optimised graphs are) counts too.
+    store.derived(built, "probe", "test", lambda: bytes(3_000_000))
+    folder = sum(path.stat().st_size for path in (tmp_path / "mtcnn").iterdir())
+    result = run_cli("models", "list", "--json", models_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = {row["name"]: row for row in json.loads(result.stdout)}["mtcnn"]
+    assert row["bytes"] == folder > artifacts + 3_000_000
+    assert row["size"] == f"{folder / 1e6:.1f} MB"
 
 
 def test_models_build_then_list_table(tmp_path: Path) -> None:

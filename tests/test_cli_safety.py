@@ -337,6 +337,7 @@ def _wait_for_a_result_line(process: subprocess.Popen) -> str:
     return line
 
 
+@pytest.mark.slow  # cloaks a folder of photos twice
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
 def test_an_interrupted_batch_resumes(tmp_path: Path, store: ModelStore, stop: signal.Signals) -> None:
     folder = _faces_folder(tmp_path, 5)

@@ -22,6 +22,9 @@ from ulixes_onnx import samples
 from ulixes_onnx.cli.cloak import _literal
 from ulixes_onnx.store import ModelStore
 
+# Slow: runs `cloak` over a corpus of 300+ entries.
+pytestmark = pytest.mark.slow
+
 STATUSES = ("protected", "not protected", "no face", "error", "skipped")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sysconfig
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -29,3 +30,11 @@ def test_every_module_and_card_is_installed() -> None:
         str(path.relative_to(SOURCE)) for path in (SOURCE / "ulixes_onnx" / "server" / "static").iterdir()
     }
     assert expected - installed == set()
+
+
+def test_the_test_extra_holds_every_extra_the_tests_exercise() -> None:
+    # The README's test command installs only `.[test]`; a requirement added to one of these extras
+    # alone would leave its tests failing on a fresh machine.
+    extras = tomllib.loads((SOURCE / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("eval", "serve", "facenet", "plots"):
+        assert set(extras[extra]) <= set(extras["test"]), extra

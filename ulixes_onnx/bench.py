@@ -34,7 +34,15 @@ from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
 
 WARMUP_RUNS = 2
-LIBRARIES = ("ulixes-onnx", "onnxruntime", "onnx", "numpy", "opencv-python", "scikit-image", "pillow")
+LIBRARIES = (
+    "ulixes-onnx",
+    "onnxruntime",
+    "onnx",
+    "numpy",
+    "opencv-python-headless",
+    "scikit-image",
+    "pillow",
+)
 
 
 def median_ms(run: Callable[[], object], repeats: int) -> float:

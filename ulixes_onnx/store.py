@@ -127,6 +127,13 @@ class ModelStore:
                 )
         return paths
 
+    def disk_bytes(self, card: ModelCard) -> int:
+        """Bytes of every file in the model's folder: its artifacts, manifest and derived graphs."""
+        directory = self.model_dir(card)
+        if not directory.is_dir():
+            return 0
+        return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
     @property
     def npm_cache(self) -> Path:
         """Where files of npm packages are kept once fetched."""

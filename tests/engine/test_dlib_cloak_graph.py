@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 
 from tests.dlib_reference import dlib_chips
 from tests.engine.test_cloak_graph import OUTPUTS, directional_errors
+from ulixes_onnx.cards import get_card
 from ulixes_onnx.engine.adapter import InputSpec, with_canonical_input
 from ulixes_onnx.engine.cloak_graph import build_cloak_graph
 from ulixes_onnx.engine.session import create_session, default_domain_only
+from ulixes_onnx.store import ModelStore
 from ulixes_onnx.zoo.dlib_resnet import INPUT_NAME, OUTPUT_NAME, build_dlib_resnet
 
 DLIB_INPUT = InputSpec(INPUT_NAME, scale=(127.5,) * 3, offset=(127.5,) * 3)
@@ -21,10 +20,8 @@ DLIB_INPUT = InputSpec(INPUT_NAME, scale=(127.5,) * 3, offset=(127.5,) * 3)
 
 @pytest.fixture(scope="module")
 def dlib_model() -> onnx.ModelProto:
-    package = importlib.util.find_spec("face_recognition_models")
-    assert package is not None and package.submodule_search_locations
-    models = Path(next(iter(package.submodule_search_locations))) / "models"
-    return build_dlib_resnet((models / "dlib_face_recognition_resnet_model_v1.dat").read_bytes())
+    (weights,) = ModelStore().source_paths(get_card("dlib-resnet")).values()
+    return build_dlib_resnet(weights.read_bytes())
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -> tu
     return dataset, root / "out"
 
 
+@pytest.mark.slow  # runs `eval` on real photos
 def test_report_json_holds_every_section(evaluated: tuple[Path, Path]) -> None:
     _, out = evaluated
     report = json.loads((out / "report.json").read_text())
@@ -87,6 +89,7 @@ def test_report_json_holds_every_section(evaluated: tuple[Path, Path]) -> None:
     assert "## Verification" in markdown and "## Clustering" in markdown
 
 
+@pytest.mark.slow  # runs `eval` on real photos
 def test_report_measures_how_visible_each_face_is(evaluated: tuple[Path, Path]) -> None:
     _, out = evaluated
     perceptibility = json.loads((out / "report.json").read_text())["perceptibility"]
@@ -103,6 +106,7 @@ def test_report_measures_how_visible_each_face_is(evaluated: tuple[Path, Path]) 
     assert (out / "ssimulacra2-histogram.png").is_file()
 
 
+@pytest.mark.slow  # runs `eval` on real photos
 def test_a_second_run_reuses_the_cached_cloaks(evaluated: tuple[Path, Path], store: ModelStore) -> None:
     dataset, out = evaluated
     cached = sorted((out / "cache").rglob("*.*"))
@@ -143,3 +147,36 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
         "eval", str(dataset), "--allow-single", "--models", "nosuchnet", "--out", str(tmp_path / "o")
     )
     _fails_in_one_line(result, 3, "nosuchnet", "known models")
+
+
+# Runs the command line with scikit-learn unimportable, as in an install without the `eval` extra.
+_WITHOUT_SCIKIT_LEARN = """
+import sys
+
+
+class NoScikitLearn:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "sklearn":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, NoScikitLearn())
+from ulixes_onnx.cli import main
+
+sys.argv = ["ulixes-onnx", *sys.argv[1:]]
+main()
+"""
+
+
+def test_eval_without_the_eval_extra_says_what_to_install(tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_SCIKIT_LEARN, "eval", str(dataset), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    _fails_in_one_line(result, 1, "scikit-learn", "pip install 'ulixes-onnx[eval]'")
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()

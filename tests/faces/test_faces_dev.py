@@ -16,6 +16,9 @@ from tests.dlib_reference import dlib_descriptor, read_rgb
 from tests.faces.dlib_chips import dlib_pipeline, to_uint8_chip
 from ulixes_onnx.faces import chip_spec, extract_chips
 
+# Slow: detects and aligns every development photo, with dlib's pipeline beside.
+pytestmark = pytest.mark.slow
+
 SAME_PERSON = 0.6  # dlib's own threshold on descriptor distance
 
 

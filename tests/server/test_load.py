@@ -6,10 +6,15 @@ import asyncio
 import os
 import time
 
+import pytest
+
 from benchmarks.serve_load import RssSampler, astronaut_png, files_under, upload_all
 from tests.server.conftest import LiveServer
 from ulixes_onnx.server.app import create_app
 from ulixes_onnx.server.jobs import Limits
+
+# Slow: 50 concurrent cloaks on a live server.
+pytestmark = pytest.mark.slow
 
 UPLOADS = 50
 

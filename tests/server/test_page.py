@@ -20,6 +20,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
 from ulixes_onnx.pipeline import Cloaker
 
+# Slow: drives a real browser.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "serve-page-2026-12-05.png"

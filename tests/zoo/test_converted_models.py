@@ -19,6 +19,9 @@ from ulixes_onnx.store import ModelStore
 from ulixes_onnx.zoo.conversion import ConvertedModel, convert, native_input, probe_chips
 from ulixes_onnx.zoo.npm import npm_available
 
+# Slow: converts models in the export toolchain (the suite's peak memory).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="session", params=["facenet-vggface2", "faceres", "faceres-deep"])
 def converted(request, export_python, tmp_path_factory) -> tuple[str, ConvertedModel]:

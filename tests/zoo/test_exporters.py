@@ -15,6 +15,9 @@ from ulixes_onnx.cards import get_card
 from ulixes_onnx.zoo.conversion import FIDELITY_TOLERANCE, convert
 from ulixes_onnx.zoo.toolchain import run_export_script
 
+# Slow: builds and converts networks in the export toolchain.
+pytestmark = pytest.mark.slow
+
 # model card -> (export script, job that writes random weights of that architecture)
 RANDOM_WEIGHTS = {
     "vggface-vgg16": (

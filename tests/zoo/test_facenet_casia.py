@@ -26,6 +26,9 @@ from ulixes_onnx.engine import create_session
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo.conversion import FIDELITY_TOLERANCE, ConvertedModel, convert, native_input, probe_chips
 
+# Slow: converts FaceNet graphs in the export toolchain.
+pytestmark = pytest.mark.slow
+
 CARD = get_card("facenet-casia")
 RELEASE_BUILDER = Path(__file__).with_name("facenet_tf1_release.py")
 # Inception-ResNet A, B and C blocks: 5, 10 and 5 in the release. One of each keeps every kind of layer

@@ -37,6 +37,7 @@ from ulixes_onnx.cli.options import (
     model_names,
 )
 from ulixes_onnx.cloak import POOL_STRATEGIES
+from ulixes_onnx.errors import UlixesError
 
 
 class _RichProgress:
@@ -115,8 +116,16 @@ def evaluate(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
 ) -> None:
     """Cloak a labelled dataset and measure verification, identification, clustering, transfer and more."""
-    # The evaluation pulls in scikit-learn; importing it here keeps every other command quick to start.
-    from ulixes_onnx.evaluation import Evaluation, EvaluationSettings, load_dataset, write_report
+    # The evaluation pulls in scikit-learn (the `eval` extra); importing it here keeps every other
+    # command quick to start and working without it.
+    try:
+        from ulixes_onnx.evaluation import Evaluation, EvaluationSettings, load_dataset, write_report
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != "sklearn":
+            raise
+        raise UlixesError(
+            "eval needs scikit-learn, which is not installed: pip install 'ulixes-onnx[eval]'"
+        ) from None
 
     cloak = cloak_settings(
         cloak_models, "--cloak-models", level=level, target=target, strategy=strategy, ensemble=ensemble,

@@ -53,7 +53,7 @@ VERSIONED_PACKAGES = (
     "numpy",
     "onnx",
     "onnxruntime",
-    "opencv-python",
+    "opencv-python-headless",
     "pillow",
     "scikit-image",
     "scikit-learn",

