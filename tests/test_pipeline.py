@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
+from tests.test_imageio import store_with_orientation
 from ulixes_onnx import samples
 from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files
 from ulixes_onnx.imageio import read_photo
@@ -113,24 +114,13 @@ def test_a_folder_is_cloaked_in_batches_with_reports_in_order(cloaker: Cloaker, 
         assert report.status == "protected" and report.output.parent == output and report.seconds > 0
 
 
-PHONE_TRANSPOSES = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
-
-
 @pytest.mark.slow  # cloaks the photo in each of the 8 orientations
 def test_phone_photos_keep_their_orientation_and_change_only_the_face(cloaker: Cloaker, tmp_path) -> None:
     # Sides that are not multiples of 16, so a flipped or rotated re-encode would move every block.
     upright = Image.fromarray(samples.astronaut()[:500, 60:437])
     sources = []
     for orientation in range(1, 9):
-        stored = upright.transpose(PHONE_TRANSPOSES[orientation]) if orientation > 1 else upright
+        stored = store_with_orientation(upright, orientation)
         exif = Image.Exif()
         exif[ExifTags.Base.Orientation] = orientation
         sources.append(tmp_path / f"orientation{orientation}.jpg")

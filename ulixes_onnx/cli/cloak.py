@@ -16,32 +16,7 @@ from rich.table import Table
 
 from ulixes_onnx.atomic import protect_inputs, same_file, write_atomically
 from ulixes_onnx.cli.context import CliState
-from ulixes_onnx.cli.options import (
-    DEFAULT_MODEL_LIST,
-    DEFAULTS,
-    Budget,
-    CanvasCap,
-    Chroma,
-    Diversity,
-    Ensemble,
-    Level,
-    Margin,
-    MaxDssim,
-    MaxRounds,
-    MaxSteps,
-    MinFaceSize,
-    MinProgress,
-    Models,
-    Momentum,
-    Pool,
-    Seed,
-    Smoothing,
-    Step,
-    Strategy,
-    Target,
-    choice,
-    cloak_settings,
-)
+from ulixes_onnx.cli.options import DEFAULTS, Pool, choice, with_cloak_settings
 from ulixes_onnx.errors import UlixesError, UsageError
 from ulixes_onnx.files import (
     BATCH_PHOTOS,
@@ -58,6 +33,7 @@ from ulixes_onnx.files import (
 from ulixes_onnx.imageio import DEFAULT_MAX_PIXELS, check_suffix
 from ulixes_onnx.pipeline import Cloaker
 from ulixes_onnx.pool import build_pool, load_pool
+from ulixes_onnx.settings import CloakSettings
 
 # Exit codes beyond the error classes' own (documented in the README).
 EXIT_NO_FACE = 8
@@ -67,10 +43,10 @@ EXIT_FILE_ERROR = 5
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
+@with_cloak_settings("--models", "Comma-separated models to protect against; several make an ensemble.")
 def cloak(
     ctx: typer.Context,
     paths: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or globs.")],
-    level: Level = DEFAULTS.level,
     output_dir: Annotated[
         Path | None, typer.Option(help="Write copies here instead of next to each photo.")
     ] = None,
@@ -102,37 +78,14 @@ def cloak(
     json_report: Annotated[
         Path | None, typer.Option("--json", help="Write a per-face JSON report here ('-': stdout).")
     ] = None,
-    models: Models = DEFAULT_MODEL_LIST,
-    target: Target = DEFAULTS.target,
-    strategy: Strategy = DEFAULTS.strategy,
-    ensemble: Ensemble = DEFAULTS.ensemble,
     pool: Pool = None,
-    margin: Margin = DEFAULTS.margin,
-    min_progress: MinProgress = DEFAULTS.min_progress,
-    budget: Budget = DEFAULTS.budget,
-    chroma: Chroma = DEFAULTS.chroma,
-    diversity: Diversity = DEFAULTS.diversity,
-    momentum: Momentum = DEFAULTS.momentum,
-    smoothing: Smoothing = DEFAULTS.smoothing,
-    canvas_cap: CanvasCap = DEFAULTS.canvas_cap,
-    step: Step = DEFAULTS.step,
-    max_dssim: MaxDssim = DEFAULTS.max_dssim,
-    max_steps: MaxSteps = DEFAULTS.max_steps,
-    max_rounds: MaxRounds = DEFAULTS.max_rounds,
-    seed: Seed = DEFAULTS.seed,
-    min_face_size: MinFaceSize = DEFAULTS.min_face_size,
+    settings: CloakSettings = DEFAULTS,
 ) -> None:
     """Cloak every face in the photos; write `<name>_cloaked.<ext>` copies and verify them.
 
     One line per photo or skipped entry goes to stdout (to stderr with --json -); progress and the
     summary go to stderr.
     """
-    settings = cloak_settings(
-        models, level=level, target=target, strategy=strategy, ensemble=ensemble, margin=margin,
-        min_progress=min_progress, budget=budget, chroma=chroma, diversity=diversity, momentum=momentum,
-        smoothing=smoothing, canvas_cap=canvas_cap, step=step, max_dssim=max_dssim, max_steps=max_steps,
-        max_rounds=max_rounds, seed=seed, min_face_size=min_face_size,
-    )  # fmt: skip
     choice(no_face, NO_FACE_ACTIONS, "--no-face")
     try:
         check_suffix(suffix)

@@ -12,32 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ulixes_onnx.cli.context import CliState
-from ulixes_onnx.cli.options import (
-    DEFAULT_MODEL_LIST,
-    DEFAULTS,
-    Budget,
-    CanvasCap,
-    Chroma,
-    Diversity,
-    Ensemble,
-    Level,
-    Margin,
-    MaxDssim,
-    MaxRounds,
-    MaxSteps,
-    MinFaceSize,
-    MinProgress,
-    Momentum,
-    Pool,
-    Smoothing,
-    Step,
-    Strategy,
-    Target,
-    cloak_settings,
-    model_names,
-)
+from ulixes_onnx.cli.options import DEFAULT_MODEL_LIST, DEFAULTS, Pool, model_names, with_cloak_settings
 from ulixes_onnx.cloak import POOL_STRATEGIES
 from ulixes_onnx.errors import UlixesError
+from ulixes_onnx.settings import CloakSettings
 
 
 class _RichProgress:
@@ -58,6 +36,9 @@ class _RichProgress:
         self.progress.update(self.task, advance=1, description=f"{self.description} {item}")
 
 
+@with_cloak_settings(
+    "--cloak-models", "Comma-separated models that make the cloaks; several make an ensemble."
+)
 def evaluate(
     ctx: typer.Context,
     dataset: Annotated[Path, typer.Argument(help="Folder of identity/photo files.")],
@@ -67,30 +48,7 @@ def evaluate(
     models: Annotated[
         str, typer.Option(help="Comma-separated models that judge the cloaks.")
     ] = DEFAULT_MODEL_LIST,
-    cloak_models: Annotated[
-        str, typer.Option(help="Comma-separated models that make the cloaks; several make an ensemble.")
-    ] = DEFAULT_MODEL_LIST,
-    level: Level = DEFAULTS.level,
-    target: Target = DEFAULTS.target,
-    strategy: Strategy = DEFAULTS.strategy,
-    ensemble: Ensemble = DEFAULTS.ensemble,
     pool: Pool = None,
-    margin: Margin = DEFAULTS.margin,
-    min_progress: MinProgress = DEFAULTS.min_progress,
-    budget: Budget = DEFAULTS.budget,
-    chroma: Chroma = DEFAULTS.chroma,
-    diversity: Diversity = DEFAULTS.diversity,
-    momentum: Momentum = DEFAULTS.momentum,
-    smoothing: Smoothing = DEFAULTS.smoothing,
-    canvas_cap: CanvasCap = DEFAULTS.canvas_cap,
-    step: Step = DEFAULTS.step,
-    max_dssim: MaxDssim = DEFAULTS.max_dssim,
-    max_steps: MaxSteps = DEFAULTS.max_steps,
-    max_rounds: MaxRounds = DEFAULTS.max_rounds,
-    seed: Annotated[
-        int, typer.Option(help="Random seed for cloaks, classifiers and clustering draws.")
-    ] = DEFAULTS.seed,
-    min_face_size: MinFaceSize = DEFAULTS.min_face_size,
     transfer: Annotated[bool, typer.Option(help="Measure the transfer matrix.")] = True,
     exclude_evaluated: Annotated[
         bool, typer.Option(help="Transfer: remake ensemble cloaks without the model judging them.")
@@ -114,6 +72,7 @@ def evaluate(
     ] = None,
     plots: Annotated[bool, typer.Option(help="Draw PNG plots (needs matplotlib).")] = True,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    settings: CloakSettings = DEFAULTS,
 ) -> None:
     """Cloak a labelled dataset and measure verification, identification, clustering, transfer and more."""
     # The evaluation pulls in scikit-learn (the `eval` extra); importing it here keeps every other
@@ -127,21 +86,15 @@ def evaluate(
             "eval needs scikit-learn, which is not installed: pip install 'ulixes-onnx[eval]'"
         ) from None
 
-    cloak = cloak_settings(
-        cloak_models, "--cloak-models", level=level, target=target, strategy=strategy, ensemble=ensemble,
-        margin=margin, min_progress=min_progress, budget=budget, chroma=chroma, diversity=diversity,
-        momentum=momentum, smoothing=smoothing, canvas_cap=canvas_cap, step=step, max_dssim=max_dssim,
-        max_steps=max_steps, max_rounds=max_rounds, seed=seed, min_face_size=min_face_size,
-    )  # fmt: skip
-    if strategy in POOL_STRATEGIES and pool is None:
+    if settings.strategy in POOL_STRATEGIES and pool is None:
         raise typer.BadParameter(
-            f"strategy {strategy!r} needs a pool of other people's faces", param_hint="--pool"
+            f"strategy {settings.strategy!r} needs a pool of other people's faces", param_hint="--pool"
         )
     state = ctx.ensure_object(CliState)
     loaded = load_dataset(dataset, pairs, allow_single=allow_single)
-    settings = EvaluationSettings(
+    evaluation_settings = EvaluationSettings(
         models=model_names(models, "--models"),
-        cloak=cloak,
+        cloak=settings,
         transfer=transfer,
         exclude_evaluated=exclude_evaluated,
         leave_one_out=leave_one_out,
@@ -153,7 +106,7 @@ def evaluate(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         evaluation = Evaluation(
-            loaded, settings, state.store(), cache_dir or out / "cache", _RichProgress(progress)
+            loaded, evaluation_settings, state.store(), cache_dir or out / "cache", _RichProgress(progress)
         )
         document = evaluation.run()
     document["command"] = ["ulixes-onnx", *sys.argv[1:]]

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -15,9 +18,6 @@ DEFAULTS = CloakSettings()
 ADVANCED = "Advanced: the cloaking algorithm"
 DEFAULT_MODEL_LIST = ",".join(DEFAULTS.models)
 
-Models = Annotated[
-    str, typer.Option(help="Comma-separated models to protect against; several make an ensemble.")
-]
 Level = Annotated[
     str,
     typer.Option(
@@ -110,6 +110,29 @@ def model_names(value: str, option: str) -> tuple[str, ...]:
     return names
 
 
+# Every CloakSettings field but `models` as a command-line option, its default the settings' own.
+SETTING_OPTIONS = {
+    "level": Level,
+    "target": Target,
+    "strategy": Strategy,
+    "ensemble": Ensemble,
+    "margin": Margin,
+    "min_progress": MinProgress,
+    "budget": Budget,
+    "chroma": Chroma,
+    "diversity": Diversity,
+    "momentum": Momentum,
+    "smoothing": Smoothing,
+    "canvas_cap": CanvasCap,
+    "step": Step,
+    "max_dssim": MaxDssim,
+    "max_steps": MaxSteps,
+    "max_rounds": MaxRounds,
+    "seed": Seed,
+    "min_face_size": MinFaceSize,
+}
+
+
 def cloak_settings(models: str, models_option: str = "--models", **values: object) -> CloakSettings:
     """The settings the cloaking options of a command describe; a bad combination is a usage error."""
     choice(str(values["level"]), tuple(LEVEL_BUDGETS), "--level")
@@ -119,3 +142,44 @@ def cloak_settings(models: str, models_option: str = "--models", **values: objec
         return CloakSettings(models=model_names(models, models_option), **values)  # type: ignore[arg-type]
     except CloakSettingsError as error:
         raise typer.BadParameter(str(error)) from None
+
+
+def with_cloak_settings(
+    models_option: str, models_help: str
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command every cloaking option (after its own) and call it with them as one
+    `settings: CloakSettings` argument; `models_option` names the option that lists the models."""
+    models_name = models_option.removeprefix("--").replace("-", "_")
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = [
+            p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"
+        ]
+        added = [
+            inspect.Parameter(
+                models_name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[str, typer.Option(models_option, help=models_help)],
+                default=DEFAULT_MODEL_LIST,
+            ),
+            *(
+                inspect.Parameter(
+                    name, inspect.Parameter.KEYWORD_ONLY, annotation=option, default=getattr(DEFAULTS, name)
+                )
+                for name, option in SETTING_OPTIONS.items()
+            ),
+        ]
+
+        @functools.wraps(command)
+        def run(*args: object, **kwargs: object) -> None:
+            # Called directly (e.g. `ctx.invoke` from another command), options left out keep defaults.
+            values = {name: kwargs.pop(name, getattr(DEFAULTS, name)) for name in SETTING_OPTIONS}
+            settings = cloak_settings(
+                str(kwargs.pop(models_name, DEFAULT_MODEL_LIST)), models_option, **values
+            )
+            command(*args, settings=settings, **kwargs)
+
+        run.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
+        return run
+
+    return decorate

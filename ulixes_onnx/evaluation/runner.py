@@ -204,14 +204,7 @@ class Evaluation:
             "dataset": self._dataset_section(),
             "protocols": PROTOCOLS,
             "cloak": self._cloak_section(),
-            "models": {
-                model.name: {
-                    "metric": model.metric,
-                    "threshold": model.threshold,
-                    "sha256": model.built.sha256,
-                }
-                for model in self.models
-            },
+            "models": self._models_section(),
             "verification": {model.name: self._verification_section(model) for model in self.models},
             "perceptibility": self._perceptibility_section(),
         }
@@ -253,14 +246,7 @@ class Evaluation:
             "dataset": self._dataset_section(),
             "protocols": {"verification": PROTOCOLS["verification"], "leave_one_out": LEAVE_ONE_OUT_PROTOCOL},
             "cloak": {"config": asdict(self.settings.cloak)},
-            "models": {
-                model.name: {
-                    "metric": model.metric,
-                    "threshold": model.threshold,
-                    "sha256": model.built.sha256,
-                }
-                for model in self.models
-            },
+            "models": self._models_section(),
             "leave_one_out": {
                 model.name: self._held_out_section(model, rows[model.name]) for model in self.models
             },
@@ -268,6 +254,12 @@ class Evaluation:
                 "cloaking_seconds": round(cloak_seconds, 2),
                 "total_seconds": round(time.perf_counter() - started, 2),
             },
+        }
+
+    def _models_section(self) -> dict:
+        return {
+            model.name: {"metric": model.metric, "threshold": model.threshold, "sha256": model.built.sha256}
+            for model in self.models
         }
 
     def _held_out_section(self, model: FaceModel, config: CloakSettings) -> dict:
