@@ -15,6 +15,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from tests.peak_rss import run_measuring_peak_rss
 from tests.test_cli import run_cli
 from ulixes_onnx import samples
 from ulixes_onnx.errors import ImageError
@@ -110,18 +111,17 @@ def test_huge_special_and_looping_inputs_are_refused_without_reading_them(
         str(tmp_path / name) for name in ("big.jpg", "bigger.jpg", "pipe.jpg", "zero.jpg", "loop.jpg")
     ]
     with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
-        process = subprocess.Popen(
+        code, peak_kib = run_measuring_peak_rss(
             [sys.executable, "-m", "ulixes_onnx", "--models-dir", str(warm_store.root), "cloak", *arguments],
-            stdout=stdout, stderr=stderr,
+            tmp_path, stdout, stderr,
         )  # fmt: skip
-        _, status, usage = os.wait4(process.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 5
+    assert code == 5
     assert "Traceback" not in (tmp_path / "stderr").read_text()
     lines = _lines((tmp_path / "stdout").read_text())
     assert len(lines) == 5 and all(line.startswith("error: ") for line in lines)
     assert "not a photo" in lines[0] and "more than a photo within the pixel limit" in lines[1]
     assert "FIFO" in lines[2] and "character device" in lines[3] and "symlink loop" in lines[4]
-    assert usage.ru_maxrss < 1_000_000  # KiB: none of the 3 GB files was read
+    assert peak_kib < 1_000_000  # none of the 3 GB files was read
 
 
 def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path: Path, store: ModelStore) -> None:
