@@ -28,7 +28,7 @@ from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.files import expand_inputs
 from ulixes_onnx.imageio import decode_photo, encode_photo, read_photo
 from ulixes_onnx.pipeline import Cloaker, PhotoInput
-from ulixes_onnx.settings import LEVEL_BUDGETS, CloakSettings
+from ulixes_onnx.settings import LEVELS, CloakSettings
 from ulixes_onnx.store import ModelStore
 from ulixes_onnx.visibility import face_region, face_visibility, ssimulacra2
 
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--extra", nargs="*", default=[], help="more photos (their largest face each)")
     parser.add_argument("--out", type=Path, help="write the markdown table here too")
-    parser.add_argument("--level", choices=tuple(LEVEL_BUDGETS), default=CloakSettings().level)
+    parser.add_argument("--level", choices=tuple(LEVELS), default=CloakSettings().level)
     args = parser.parse_args()
     cv2.setNumThreads(1)
     store = ModelStore()

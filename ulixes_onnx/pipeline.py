@@ -42,7 +42,7 @@ from ulixes_onnx.faces import (
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta, too_small_reason
 from ulixes_onnx.recognition import FaceModel
-from ulixes_onnx.settings import CloakSettings
+from ulixes_onnx.settings import CloakSettings, protect_distance
 from ulixes_onnx.store import ModelStore
 from ulixes_onnx.visibility import face_visibility
 
@@ -210,7 +210,7 @@ class _PhotoJob:
                     chip_distance=result.distances[model.name],
                     distance=float(distances[model.name][row]),
                     threshold=model.threshold,
-                    protect_distance=model.card.cloak.protect_distance,
+                    protect_distance=protect_distance(cloaker.settings, model.card),
                     target=cloaker.loop[model.name].target,
                 )
                 for model in cloaker.models

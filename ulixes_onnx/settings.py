@@ -2,7 +2,9 @@
 whole, the commands read their defaults from it, and `eval`'s cache is keyed by it.
 
 Distances (`margin`, `target`, `min_progress`) left as None take each model's card defaults
-(`[cloak]` in models/*.toml); `budget` left as None takes the `level`'s.
+(`[cloak]` in models/*.toml). The `level` scales how far a face must move: each model's target and
+the distance at which the saved copy counts as protected. How far a face moves, not the per-pixel
+budget, decides how visible its cloak is (measured: benchmarks/results/visibility-2026-12-05-*.md).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from ulixes_onnx.cloak import STRATEGIES, CloakSettingsError, LoopSettings
 
 ENSEMBLES = ("max", "sum", "joint")
 DEFAULT_MODELS = ("dlib-resnet",)
-# Per-pixel budget of each level, in grey levels of lightness at the face's median contrast.
-LEVEL_BUDGETS = {"low": 4.0, "mid": 8.0, "high": 16.0}
+# How far each level moves a face, relative to the cards' targets and protection distances.
+LEVELS = {"low": 0.85, "mid": 1.0, "high": 1.15}
+# The per-pixel budget (grey levels of lightness at the face's median contrast) a face starts with;
+# the closed loop doubles it for a face whose loop stops short of its target.
+DEFAULT_BUDGET = 8.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class CloakSettings:
         for value, allowed, what in (
             (self.ensemble, ENSEMBLES, "ensemble"),
             (self.strategy, STRATEGIES, "strategy"),
-            (self.level, tuple(LEVEL_BUDGETS), "level"),
+            (self.level, tuple(LEVELS), "level"),
         ):
             if value not in allowed:
                 raise CloakSettingsError(f"unknown {what} {value!r}; use one of: {', '.join(allowed)}")
@@ -77,18 +82,27 @@ class CloakSettings:
             strategy=self.strategy,
             step=self.step,
             margin=_first(self.margin, cloak and cloak.margin, defaults.margin),
-            target=_first(self.target, cloak and cloak.away_target, defaults.target),
+            target=_first(
+                self.target,
+                cloak and cloak.away_target * LEVELS[self.level],
+                defaults.target * LEVELS[self.level],
+            ),
             min_progress=_first(self.min_progress, cloak and cloak.min_progress, defaults.min_progress),
             max_dssim=self.max_dssim,
             max_steps=self.max_steps,
             random_negatives=self.random_negatives,
             seed=self.seed,
-            budget=LEVEL_BUDGETS[self.level] if self.budget is None else self.budget,
+            budget=DEFAULT_BUDGET if self.budget is None else self.budget,
             chroma=self.chroma,
             diversity=self.diversity,
             momentum=self.momentum,
             smoothing=self.smoothing,
         )
+
+
+def protect_distance(settings: CloakSettings, card: ModelCard) -> float:
+    """How far from the original a model must place the saved copy for it to count as protected."""
+    return card.cloak.protect_distance * LEVELS[settings.level]
 
 
 def _first(*values: float | None) -> float:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ulixes_onnx.cloak import STRATEGIES, CloakSettingsError
-from ulixes_onnx.settings import ENSEMBLES, LEVEL_BUDGETS, CloakSettings
+from ulixes_onnx.settings import ENSEMBLES, LEVELS, CloakSettings
 
 DEFAULTS = CloakSettings()
 ADVANCED = "Advanced: the cloaking algorithm"
@@ -21,7 +21,7 @@ DEFAULT_MODEL_LIST = ",".join(DEFAULTS.models)
 Level = Annotated[
     str,
     typer.Option(
-        help=f"How strong, and so how visible, the cloak may be: {', '.join(LEVEL_BUDGETS)} (see the README)."
+        help=f"How far each face must move, and so how visible the cloak is: {', '.join(LEVELS)}."
     ),
 ]
 Target = Annotated[
@@ -56,7 +56,7 @@ MinProgress = Annotated[
 Budget = Annotated[
     float | None,
     typer.Option(
-        help="Per-pixel budget, grey levels of lightness at the median contrast (default: the level's).",
+        help="Per-pixel budget a face starts with, grey levels of lightness at the median contrast.",
         rich_help_panel=ADVANCED,
     ),
 ]
@@ -135,7 +135,7 @@ SETTING_OPTIONS = {
 
 def cloak_settings(models: str, models_option: str = "--models", **values: object) -> CloakSettings:
     """The settings the cloaking options of a command describe; a bad combination is a usage error."""
-    choice(str(values["level"]), tuple(LEVEL_BUDGETS), "--level")
+    choice(str(values["level"]), tuple(LEVELS), "--level")
     choice(str(values["strategy"]), STRATEGIES, "--strategy")
     choice(str(values["ensemble"]), ENSEMBLES, "--ensemble")
     try:

@@ -41,7 +41,7 @@ from ulixes_onnx.server.jobs import (
     ShuttingDownError,
 )
 from ulixes_onnx.server.report import download_name, job_json
-from ulixes_onnx.settings import DEFAULT_MODELS, LEVEL_BUDGETS, CloakSettings
+from ulixes_onnx.settings import DEFAULT_MODELS, LEVELS, CloakSettings
 from ulixes_onnx.store import ModelStatus, ModelStore
 
 log = logging.getLogger(__name__)
@@ -236,8 +236,8 @@ def parse_settings(form: FormData, offered: list[dict]) -> CloakSettings:
         if not (math.isfinite(value) and value > 0):
             raise BadRequestError(f"target must be a positive number, not {target!r}")
     level = str(form.get("level") or "mid").strip()
-    if level not in LEVEL_BUDGETS:
-        raise BadRequestError(f"level must be one of {', '.join(LEVEL_BUDGETS)}, not {level!r}")
+    if level not in LEVELS:
+        raise BadRequestError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     return CloakSettings(names or DEFAULT_MODELS, target=float(target) if target else None, level=level)
 
 
