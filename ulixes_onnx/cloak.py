@@ -1,13 +1,16 @@
-"""The Ulixes cloaking loop on aligned chips (paper sections 3.2-3.3 and 4).
+"""The Ulixes cloaking loop (paper sections 3.2-3.3 and 4) on face canvases at the photo's resolution.
 
-Every step runs the model's cloak graph once for all faces still in progress and moves each chip
-against the gradient of the adversarial triplet loss,
+The variable is each face's change on its canvas (faces/canvas.py); every model sees its chip cut
+from the changed canvas. Every step runs each model's cloak graph once for all faces still in
+progress and moves the change against the gradient of the adversarial triplet loss,
 
-    x <- clip(x - step * g / ||g||_inf, -1, 1),   g = d max(w * d(f(x), n) - d(f(x), p) + m, 0) / dx,
+    g = d max(w * d(f(x), n) - d(f(x), p) + m, 0) / dx,
 
-which pushes the face's embedding away from the positive p (always the original face's embedding) and
-towards the negative n. Descending the loss is the paper's stated intent (eq. 5 writes the update
-with a sum of scaled gradients; the sign here is the one that lowers L_ADV).
+brought back onto the canvas through the chip operator's adjoint, shaped by a per-pixel perceptual
+budget in an opponent colour basis (perceptual.py) and bounded by it. This pushes the face's
+embedding away from the positive p (the original face's embedding) and towards the negative n.
+Descending the loss is the paper's stated intent (eq. 5 writes the update with a sum of scaled
+gradients; the sign here is the one that lowers L_ADV).
 
 Strategies choose the negatives (one objective per negative, applied in sequence):
 - `away`: no negative (w = 0, m = target distance): plain ascent of d(f(x), p) until it reaches the
@@ -17,9 +20,10 @@ Strategies choose the negatives (one objective per negative, applied in sequence
 - `farthest`: the farthest pool embedding (4.1);  `random`: k random ones (4.2);
 - `random-farthest`: the farthest, then k random ones (4.3).
 
-An objective ends when its loss is 0 or when d(f(x), p) grew by less than `min_progress` in a step
-(the paper's t; judged on the chord length for cosine models, see `_stalled`); a face stops early
-when the next step would take its chip's DSSIM past `max_dssim`, or at `max_steps`.
+An objective ends when its loss is 0 (on the plain view, when input diversity shows random ones) or
+when d(f(x), p) grew by less than `min_progress` per step over a window of steps (the paper's t,
+scaled to the step; judged on the chord length for cosine models, see `_stalled`); a face stops early
+when the next step would take its canvas's DSSIM past `max_dssim`, or at `max_steps`.
 """
 
 from __future__ import annotations

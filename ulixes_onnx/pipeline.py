@@ -1,4 +1,4 @@
-"""Cloak every face in a photo: detect, align to each model's chip, cloak, paste back, verify.
+"""Cloak every face in a photo: detect, align, lay out each face's canvas, cloak, paste back, verify.
 
 `Cloaker` is the Python API. It holds the detector and the models' sessions (reused across photos and
 safe to share between threads) and never writes to disk. `Cloaker.cloak(image)` returns the cloak as a
@@ -9,14 +9,14 @@ with the photo. `Cloaker.cloak_many` cloaks several photos with their faces in t
 The loop is closed: the cloaked photo is shown to the recognisers the way an attacker would see it
 (quantised to 8 bits, or through the caller's `encode` function that round-trips the output file
 format), faces are re-detected and re-aligned, and a face counts as protected only if every model then
-places it farther than its threshold from the original. Faces that are not protected are cloaked
-further, with a raised target, for up to `max_rounds` rounds.
+places it at least its protection distance from the original. Faces that are not protected are
+cloaked further, with a larger budget or a raised target as their shortfall says, for up to
+`max_rounds` rounds.
 
-Ensembles (`ensemble`): with "max" and "sum" each model cloaks its own chips and the photo-space
-masks are combined per pixel and channel: "max" keeps the change of largest magnitude (the paper's
+Ensembles (`ensemble`): with "max" and "sum" each model cloaks the face's canvas on its own and the
+changes are combined per pixel and channel: "max" keeps the change of largest magnitude (the paper's
 Ensemble 2, its best), "sum" adds them (Ensemble 1). "joint" (Ensemble 3, Liu et al.) runs one loop
-whose every step follows all models' gradients, on the chip that covers the most of the face; the
-other models see that chip warped to their own layout.
+whose every step follows all models' gradients on the shared canvas.
 """
 
 from __future__ import annotations

@@ -20,9 +20,7 @@ DEFAULT_MODEL_LIST = ",".join(DEFAULTS.models)
 
 Level = Annotated[
     str,
-    typer.Option(
-        help=f"How far each face must move, and so how visible the cloak is: {', '.join(LEVELS)}."
-    ),
+    typer.Option(help=f"How far each face must move, and so how visible the cloak is: {', '.join(LEVELS)}."),
 ]
 Target = Annotated[
     float | None, typer.Option(help="Distance from the original to reach (default: each model's card).")
