@@ -267,7 +267,9 @@ class Evaluation:
         threshold an attacker could pick on cloaked pairs, and how visible those cloaks are."""
         clean = self._verify(model, self.clean.__getitem__)
         cloaked = self._verify(model, self._embedded[config].__getitem__)
-        faces = [face for result in self._cloaked[config].values() for face in result.faces if face.models]
+        faces = [
+            face for result in self._cloaked[config].values() for face in result.faces if face.skipped is None
+        ]
         scores = [face.ssimulacra2 for face in faces]
         return {
             "cloaked_with": config.label,
