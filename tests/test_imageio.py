@@ -133,7 +133,7 @@ def _delta_for_block(photo: Photo, delta: float) -> PhotoDelta:
     change = np.zeros((30, 40, 3), np.float32) + delta
     change[::3] = 0  # some rows unchanged inside the patch as well
     mask = np.ones(change.shape[:2], np.float32)
-    return PhotoDelta(photo.height, photo.width, (DeltaPatch(30, 20, change, mask),), ())
+    return PhotoDelta(photo.height, photo.width, (DeltaPatch(30, 20, change, mask),))
 
 
 @pytest.mark.parametrize("name", ["in.png", "in.jpg", "gray.png", "deep.png"])
@@ -151,7 +151,7 @@ def test_a_delta_writes_exactly_what_the_whole_image_writes(tmp_path, astronaut,
 
 def test_a_delta_for_another_photo_size_is_refused(tmp_path, astronaut):
     photo = read_photo(save(astronaut, tmp_path / "in.png"))
-    other = PhotoDelta(photo.height + 1, photo.width, (), ())
+    other = PhotoDelta(photo.height + 1, photo.width, ())
     with pytest.raises(ValueError, match="delta is for a 160x121 photo"):
         encode_photo(photo, other)
 

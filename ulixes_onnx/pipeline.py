@@ -224,7 +224,7 @@ class _PhotoJob:
 
     def result(self) -> CloakResult:
         height, width = self.original8.shape[:2]
-        total = self.total or PhotoDelta(height, width, (), ())
+        total = self.total or PhotoDelta(height, width, ())
         seen = self.original8 if self.seen is None else self.seen
         reports = [
             replace(report, **asdict(face_visibility(self.original, seen, report.box)))
@@ -400,7 +400,7 @@ class Cloaker:
             delta, mask = canvas.to_photo(combined * np.float32(127.5))
             patches.append(DeltaPatch(canvas.x0, canvas.y0, delta, mask))
         height, width = job.original8.shape[:2]
-        photo_delta = PhotoDelta(height, width, tuple(merge_patches(patches)), ())
+        photo_delta = PhotoDelta(height, width, tuple(merge_patches(patches)))
         return _luminance_only(photo_delta) if job.photo.gray else photo_delta
 
     def verify(

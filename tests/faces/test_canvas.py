@@ -79,7 +79,7 @@ def test_zero_change_leaves_the_photo_bit_identical_and_a_constant_survives(astr
     for value, tolerance in ((0.0, 0.0), (0.1, 0.5 / 127.5)):
         change = np.full(canvas.image.shape, value, np.float32) * canvas.mask[..., None]
         delta, mask = canvas.to_photo(change * 127.5)
-        photo_delta = PhotoDelta(*astronaut.shape[:2], (DeltaPatch(canvas.x0, canvas.y0, delta, mask),), ())
+        photo_delta = PhotoDelta(*astronaut.shape[:2], (DeltaPatch(canvas.x0, canvas.y0, delta, mask),))
         cloaked = photo_delta.apply(astronaut)
         if value == 0:
             np.testing.assert_array_equal(cloaked, astronaut)

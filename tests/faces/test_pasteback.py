@@ -37,7 +37,7 @@ def test_an_unknown_merge_rule_is_refused():
 
 
 def test_delta_only_applies_to_its_own_photo(astronaut):
-    delta = PhotoDelta(512, 512, (_patch(10, 10, 3.0, 20),), ())
+    delta = PhotoDelta(512, 512, (_patch(10, 10, 3.0, 20),))
     cloaked = delta.apply(astronaut)
     assert np.array_equal(cloaked[:10], astronaut[:10])
     assert np.array_equal(cloaked[15, 15], np.clip(astronaut[15, 15].astype(int) + 3, 0, 255))

@@ -18,7 +18,6 @@ from ulixes_onnx.faces.pasteback import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     DeltaPatch,
     PhotoDelta,
-    SkippedFace,
     merge_patches,
 )
 from ulixes_onnx.faces.shape_predictor import (
@@ -40,7 +39,6 @@ __all__ = [
     "PhotoDelta",
     "ShapePredictor",
     "ShapePredictorChipSpec",
-    "SkippedFace",
     "chip_spec",
     "detector_from_store",
     "dlib_chip_matrix",

@@ -53,22 +53,13 @@ class DeltaPatch:
         return self.y0 + self.delta.shape[0]
 
 
-@dataclass(frozen=True)
-class SkippedFace:
-    """A face whose perturbation was not pasted back, and why."""
-
-    index: int
-    reason: str
-
-
 @dataclass(frozen=True, eq=False)
 class PhotoDelta:
-    """The pasted-back perturbation of one photo: non-overlapping patches plus the faces skipped."""
+    """The change to one photo: non-overlapping patches over its face regions."""
 
     height: int
     width: int
     patches: tuple[DeltaPatch, ...]
-    skipped: tuple[SkippedFace, ...]
 
     def add_to(self, photo: np.ndarray) -> np.ndarray:
         """A float32 copy of the photo (HxWx3, 0..255 units) with the delta added, clipped to 0..255."""
