@@ -32,7 +32,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("cli", {"cli", "__main__"}),
 ]
 # Run as scripts in the export toolchain's interpreter, which need not have ulixes_onnx installed.
-STANDALONE_SCRIPTS = {"zoo.export_tensorflow", "zoo.export_torch"}
+STANDALONE_SCRIPTS = {
+    f"zoo.export_{name}" for name in ("tensorflow", "graphdef", "tfjs", "keras", "setup", "torch")
+}
 
 
 def _modules() -> dict[str, Path]:
