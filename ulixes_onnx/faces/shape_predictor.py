@@ -95,9 +95,8 @@ def dlib_landmarks(photo: np.ndarray, face: Face, predictor: ShapePredictor | No
     The predictor's output moves with the rectangle it starts from, and dlib's detector reports
     rectangles on a grid (see DETECTOR_POSITION_STEP), so the points are averaged over rectangles
     spread like that grid's rounding error: uniform over one step in size and in each direction,
-    integrated with the two-point Gauss-Legendre rule per coordinate (8 rectangles; the three-point
-    rule's 27 measured 0.041 instead of 0.043 mean descriptor error against dlib's own pipeline, for
-    3.4 times the time).
+    integrated with the two-point Gauss-Legendre rule per coordinate (8 rectangles: the three-point
+    rule's 27 gain little accuracy for their time; benchmarks/results/design-measurements-*).
     """
     rectangle = face_rectangle(face)
     centre, side = (rectangle[:2] + rectangle[2:]) / 2, rectangle[2] - rectangle[0]

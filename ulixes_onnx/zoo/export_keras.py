@@ -114,7 +114,7 @@ def _embedding_model(architecture: str, weights: str) -> keras.Model:
 
 
 # tf2onnx converts locally connected layers as tf-keras runs them, with slices per output position
-# (thousands of nodes), and its optimiser then grows past 20 GB on DeepFace's 400 MB of weights. These
+# (thousands of nodes), and its optimiser then runs out of memory on DeepFace's 400 MB of weights. These
 # architectures are plain stacks of a few kinds of layers, written here as ONNX nodes directly.
 WRITTEN_DIRECTLY = {"deepface"}
 
