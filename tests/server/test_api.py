@@ -226,7 +226,7 @@ def test_serve_without_the_extra_says_what_to_install(tmp_path):
         timeout=120,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path.cwd())])},
     )
-    assert result.returncode != 0
+    assert result.returncode == 1  # a user error (README: exit codes)
     assert (
         result.stderr.strip()
         == "ulixes-onnx: error: serve needs the serve extra: pip install 'ulixes-onnx[serve]'"

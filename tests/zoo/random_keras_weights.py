@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-# The exporters are scripts in ulixes_onnx/zoo that import one another by name.
+# The exporters are scripts in ulixes_onnx/zoo, importable by name from there.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ulixes_onnx" / "zoo"))
 
 import export_keras

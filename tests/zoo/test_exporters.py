@@ -22,11 +22,12 @@ pytestmark = pytest.mark.slow
 
 # model card -> (the script that writes random weights of its architecture, its job)
 KERAS_WEIGHTS = str(Path(__file__).with_name("random_keras_weights.py"))
+TORCH_WEIGHTS = str(Path(__file__).with_name("random_state_dict.py"))
 RANDOM_WEIGHTS = {
     "vggface-vgg16": (KERAS_WEIGHTS, {"architecture": "vggface-vgg16"}),
     "vggface-resnet50": (KERAS_WEIGHTS, {"architecture": "vggface-resnet50"}),
     "deepface": (KERAS_WEIGHTS, {"architecture": "deepface"}),
-    "facenet-pytorch-vggface2": ("export_torch.py", {"format": "random-state-dict", "classes": 8631}),
+    "facenet-pytorch-vggface2": (TORCH_WEIGHTS, {"classes": 8631}),
 }
 
 
