@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
 from typer.testing import CliRunner
 
-from ulixes_onnx.cli import app
+from ulixes_onnx.cli import app, models
 from ulixes_onnx.cli.options import ADVANCED, PROTECTION, SETTING_OPTIONS
 
 COMMANDS = [
@@ -114,3 +115,13 @@ def test_ranges_are_still_enforced() -> None:
     result = CliRunner().invoke(app, ["serve", "--port", "70000"])
     assert result.exit_code == 2
     assert "--port" in result.output
+
+
+def test_help_paragraphs_are_not_hard_wrapped() -> None:
+    # Rich help keeps a docstring's line breaks: a paragraph wrapped in the source shows a ragged
+    # line on every terminal width but the one it was wrapped for.
+    commands = [*app.registered_commands, *models.app.registered_commands]
+    assert len(commands) == 8
+    for command in commands:
+        for paragraph in inspect.getdoc(command.callback).split("\n\n"):
+            assert "\n" not in paragraph, command.callback.__name__

@@ -103,8 +103,7 @@ def cloak(
 ) -> None:
     """Cloak every face in the photos; write `<name>_cloaked.<ext>` copies and verify them.
 
-    One line per photo or skipped entry goes to stdout (to stderr with --json -); progress and the
-    summary go to stderr.
+    One line per photo or skipped entry on stdout (stderr with --json -); progress and summary on stderr.
     """
     choice(no_face, NO_FACE_ACTIONS, "--no-face")
     try:
