@@ -20,22 +20,24 @@ from ulixes_onnx.cli.cloak import cloak
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.demo import demo
 from ulixes_onnx.cli.evaluate import evaluate
+from ulixes_onnx.cli.help import PlainCommand, PlainGroup
 from ulixes_onnx.cli.serve import serve
 from ulixes_onnx.errors import UlixesError
 
 app = typer.Typer(
     name="ulixes-onnx",
+    cls=PlainGroup,
     help="Protect photos from facial recognition with near-invisible adversarial cloaks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 app.add_typer(models.app, name="models")
-app.command()(cloak)
-app.command()(demo)
-app.command(name="eval")(evaluate)
-app.command()(bench)
-app.command()(serve)
+app.command(cls=PlainCommand)(cloak)
+app.command(cls=PlainCommand)(demo)
+app.command(name="eval", cls=PlainCommand)(evaluate)
+app.command(cls=PlainCommand)(bench)
+app.command(cls=PlainCommand)(serve)
 
 
 def _print_version(value: bool) -> None:
@@ -50,6 +52,7 @@ def root(
     models_dir: Annotated[
         Path | None,
         typer.Option(
+            metavar="DIR",
             help="Model cache directory (default: $ULIXES_ONNX_MODELS_DIR or the XDG cache dir).",
             file_okay=False,
         ),
