@@ -8,7 +8,7 @@ no re-encoding), and SSIMULACRA2 of the original re-encoded as JPEG at quality 9
 4:2:0), the yardstick of "looks unchanged". It also times SSIMULACRA2 per region on one OpenCV thread.
 
 usage: python benchmarks/visibility_baseline.py [FOLDER] [--count 20] [--extra PHOTO ...] [--level mid]
-       [--out FILE.md]
+       [--set FIELD=VALUE ...] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -129,7 +129,15 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more photos (their largest face each)")
     parser.add_argument("--out", type=Path, help="write the markdown table here too")
     parser.add_argument("--level", choices=tuple(LEVELS), default=CloakSettings().level)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="other settings, e.g. diversity=0"
+    )
     args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        kind = type(getattr(CloakSettings(), name))
+        overrides[name] = kind(value)
     cv2.setNumThreads(1)
     store = ModelStore()
     chosen = largest_faces(args.folder, args.count, store)
@@ -140,7 +148,7 @@ def main() -> None:
     by_photo: dict[Path, list[float]] = {}
     for path, width in chosen:
         by_photo.setdefault(path, []).append(width)
-    cloaker = Cloaker(CloakSettings(level=args.level), store=store, threads=1)
+    cloaker = Cloaker(CloakSettings(level=args.level, **overrides), store=store, threads=1)
     rows = []
     for path, widths in by_photo.items():
         rows += measure_photo(cloaker, path, widths)

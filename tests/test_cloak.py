@@ -211,3 +211,34 @@ def test_joint_views_follow_both_models(dlib_model, store: ModelStore) -> None:
         operator = canvas.operator(index)
         moved = dlib_model.embed(operator.forward(clean + result.delta)[None])
         assert dlib_model.distance(moved, dlib_model.embed(operator.forward(clean)[None]))[0] >= 0.45
+
+
+def test_nearest_takes_the_closest_of_the_positive_and_the_references() -> None:
+    view = View(_EuclideanModel(), LoopSettings(), references=np.array([[3.0, 0.0], [0.0, 1.0]]))
+    embeddings = np.array([[0.0, 2.0], [2.5, 0.0]])
+    positives = np.array([[0.0, 0.0], [0.0, 0.0]])
+    distance, nearest = view.nearest(embeddings, positives)
+    np.testing.assert_allclose(distance, [1.0, 0.5])
+    np.testing.assert_allclose(nearest, [[0.0, 1.0], [3.0, 0.0]])
+    alone, positive = View(_EuclideanModel(), LoopSettings()).nearest(embeddings, positives)
+    np.testing.assert_allclose(alone, [2.0, 2.5])
+    np.testing.assert_allclose(positive, positives)
+
+
+def test_a_face_moves_away_from_the_references_too(dlib_model, canvases) -> None:
+    # A reference on the far side of where the face goes alone: without it the face ends near it;
+    # with it, the face must end the target's distance from both.
+    settings = LoopSettings(strategy="away", target=0.6, diversity=0.0)
+    alone = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
+    operator = canvases[0].operator(0)
+    clean = canvases[0].image / 127.5 - 1
+    original = dlib_model.embed(operator.forward(clean)[None])[0]
+    moved = dlib_model.embed(operator.forward(clean + alone.delta)[None])[0]
+    reference = original + 1.2 * (moved - original)  # beyond where the face went
+    assert float(dlib_model.distance(moved[None], reference[None])[0]) < 0.3
+    result = cloak_canvases([View(dlib_model, settings, references=reference[None])], canvases[:1])[0]
+    assert result.stop_reasons[NAME] == "target-reached"
+    cloaked = dlib_model.embed(operator.forward(clean + result.delta)[None])
+    assert float(dlib_model.distance(cloaked, original[None])[0]) >= 0.59
+    assert float(dlib_model.distance(cloaked, reference[None])[0]) >= 0.59
+    assert result.distances[NAME] >= 0.59

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("store", {"store"}),
     ("faces", {"faces", "recognition"}),
     ("cloaking", {"cloak", "perceptual", "dssim", "visibility", "settings", "pipeline"}),
-    ("files", {"files", "imageio", "orientation", "pool"}),
+    ("files", {"files", "imageio", "orientation", "pool", "references"}),
     ("applications", {"evaluation", "bench", "check", "server"}),
     ("cli", {"cli", "__main__"}),
 ]

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ulixes_onnx.atomic import protect_inputs, same_file, write_atomically
 from ulixes_onnx.cli.context import CliState
-from ulixes_onnx.cli.options import DEFAULTS, Pool, choice, with_cloak_settings
+from ulixes_onnx.cli.options import DEFAULTS, Pool, References, choice, with_cloak_settings
 from ulixes_onnx.errors import UlixesError, UsageError
 from ulixes_onnx.files import (
     BATCH_PHOTOS,
@@ -33,6 +33,7 @@ from ulixes_onnx.files import (
 from ulixes_onnx.imageio import DEFAULT_MAX_PIXELS, check_suffix
 from ulixes_onnx.pipeline import Cloaker
 from ulixes_onnx.pool import build_pool, load_pool
+from ulixes_onnx.references import references_from_paths
 from ulixes_onnx.settings import CloakSettings
 
 # Exit codes beyond the error classes' own (documented in the README).
@@ -99,6 +100,7 @@ def cloak(
         typer.Option(min=1, metavar="N", help="Refuse photos of more pixels (decompression bombs)."),
     ] = DEFAULT_MAX_PIXELS,
     pool: Pool = None,
+    reference: References = None,
     settings: CloakSettings = DEFAULTS,
 ) -> None:
     """Cloak every face in the photos; write `<name>_cloaked.<ext>` copies and verify them.
@@ -130,6 +132,10 @@ def cloak(
             else build_pool(
                 [photo.path for photo in expand_inputs([str(pool)])], cloaker.models, cloaker.detector
             )
+        )
+    if reference:
+        cloaker.references = references_from_paths(
+            [str(path) for path in reference], cloaker.models, cloaker.detector
         )
     console = Console(stderr=True, highlight=False, markup=False)
     reports: list[FileReport] = list(found.skipped)

@@ -57,6 +57,16 @@ Pool = Annotated[
         rich_help_panel=ADVANCED,
     ),
 ]
+References = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--reference",
+        metavar="PHOTO",
+        help="Another photo of yourself (repeat, or a folder): faces are also cloaked away from it, "
+        "and measured against it.",
+        rich_help_panel=PROTECTION,
+    ),
+]
 Margin = Annotated[
     float | None,
     typer.Option(
