@@ -24,13 +24,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ulixes_onnx.cloaking.files import expand_inputs
+from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoInput
+from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings
+from ulixes_onnx.cloaking.visibility import face_region, face_visibility, ssimulacra2
 from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.files import expand_inputs
-from ulixes_onnx.imageio import decode_photo, encode_photo, read_photo
-from ulixes_onnx.pipeline import Cloaker, PhotoInput
-from ulixes_onnx.settings import LEVELS, CloakSettings
+from ulixes_onnx.photos.codec import decode_photo, encode_photo, read_photo
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_region, face_visibility, ssimulacra2
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "faces-dev"
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.test_cli import run_cli
-from ulixes_onnx import samples
+from ulixes_onnx.photos import samples
 from ulixes_onnx.store import ModelStore
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ulixes_onnx import samples
-from ulixes_onnx.cloak import (
+from ulixes_onnx.cloaking.loop import (
     STALL_WINDOW,
     CloakSettingsError,
     LoopSettings,
@@ -14,9 +13,10 @@ from ulixes_onnx.cloak import (
     cloak_canvases,
     plan_objectives,
 )
+from ulixes_onnx.face_model import FaceModel, distances
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
-from ulixes_onnx.recognition import FaceModel, distances
+from ulixes_onnx.photos import samples
 from ulixes_onnx.store import ModelStore
 
 NAME = "dlib-resnet"

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from tests.test_imageio import store_with_orientation
-from ulixes_onnx import samples
+from tests.test_codec import store_with_orientation
+from ulixes_onnx.cloaking.files import InputPhoto, OutputOptions, cloak_file, cloak_files
+from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoInput
+from ulixes_onnx.cloaking.visibility import face_visibility
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import detector_from_store, extract_chips
-from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import Cloaker, PhotoInput
-from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.photos import samples
+from ulixes_onnx.photos.codec import read_photo
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_visibility
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,15 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Cloaker": "ulixes_onnx.pipeline",
-    "CloakResult": "ulixes_onnx.pipeline",
-    "FaceReport": "ulixes_onnx.pipeline",
-    "PhotoInput": "ulixes_onnx.pipeline",
-    "CloakSettings": "ulixes_onnx.settings",
-    "cloak_files": "ulixes_onnx.files",
-    "FileReport": "ulixes_onnx.files",
-    "InputPhoto": "ulixes_onnx.files",
-    "OutputOptions": "ulixes_onnx.files",
+    "Cloaker": "ulixes_onnx.cloaking.pipeline",
+    "CloakResult": "ulixes_onnx.cloaking.pipeline",
+    "FaceReport": "ulixes_onnx.cloaking.pipeline",
+    "PhotoInput": "ulixes_onnx.cloaking.pipeline",
+    "CloakSettings": "ulixes_onnx.cloaking.settings",
+    "cloak_files": "ulixes_onnx.cloaking.files",
+    "FileReport": "ulixes_onnx.cloaking.files",
+    "InputPhoto": "ulixes_onnx.cloaking.files",
+    "OutputOptions": "ulixes_onnx.cloaking.files",
 }
 __all__ = ["__version__", *_PUBLIC]
 

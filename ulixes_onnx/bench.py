@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ulixes_onnx import samples
-from ulixes_onnx.cloak import View, cloak_canvases
+from ulixes_onnx.cloaking.files import InputPhoto, OutputOptions, cloak_file, cloak_files, expand_inputs
+from ulixes_onnx.cloaking.loop import View, cloak_canvases
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.engine.session import available_cores
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
-from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files, expand_inputs
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import Cloaker
-from ulixes_onnx.settings import CloakSettings
+from ulixes_onnx.photos import samples
+from ulixes_onnx.photos.codec import read_photo
 from ulixes_onnx.store import ModelStore
 
 WARMUP_RUNS = 2

@@ -13,11 +13,11 @@ import pytest
 
 from tests.server.conftest import png_bytes, serving_client, temp_root, wait_until
 from tests.test_cli import run_cli
-from ulixes_onnx.cloak import CloakSettingsError
-from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
-from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.cloaking.files import InputPhoto, OutputOptions, cloak_file
+from ulixes_onnx.cloaking.loop import CloakSettingsError
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.server.jobs import Limits
-from ulixes_onnx.settings import CloakSettings
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
-from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.cloaking.files import InputPhoto, OutputOptions, cloak_file
+from ulixes_onnx.cloaking.pipeline import Cloaker
 
 # Slow: drives a real browser.
 pytestmark = pytest.mark.slow

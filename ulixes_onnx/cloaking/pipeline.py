@@ -29,7 +29,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloak import Boost, CanvasCloak, CloakSettingsError, View, cloak_canvases
+from ulixes_onnx.cloaking.loop import Boost, CanvasCloak, CloakSettingsError, View, cloak_canvases
+from ulixes_onnx.cloaking.settings import CloakSettings, protect_distance
+from ulixes_onnx.cloaking.visibility import face_visibility
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     AlignedChips,
@@ -41,10 +44,7 @@ from ulixes_onnx.faces import (
 )
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta, too_small_reason
-from ulixes_onnx.recognition import FaceModel
-from ulixes_onnx.settings import CloakSettings, protect_distance
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_visibility
 
 # A face the closed loop finds unprotected gets, in the next round, this much more per-pixel budget
 # if its loop stopped short of the target, and a target raised by what the saved copy lost, times

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ulixes_onnx.atomic import protect_inputs, remove_stale_parts, same_file
+from ulixes_onnx.cloaking.pipeline import Cloaker, CloakResult, FaceReport, PhotoInput
 from ulixes_onnx.errors import ImageError, UlixesError, UsageError
 from ulixes_onnx.faces.pasteback import PhotoDelta
-from ulixes_onnx.imageio import (
+from ulixes_onnx.photos.codec import (
     DEFAULT_MAX_PIXELS,
     Photo,
     decode_photo,
@@ -35,7 +36,6 @@ from ulixes_onnx.imageio import (
     write_encoded,
     write_photo,
 )
-from ulixes_onnx.pipeline import Cloaker, CloakResult, FaceReport, PhotoInput
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 NO_FACE_ACTIONS = ("skip", "copy")

@@ -58,7 +58,7 @@ from PIL import ExifTags, Image, JpegImagePlugin, PngImagePlugin, UnidentifiedIm
 
 from ulixes_onnx.atomic import ProtectedFileError, same_file, write_atomically
 from ulixes_onnx.errors import ImageError
-from ulixes_onnx.orientation import is_valid_orientation, stored_rectangle, to_stored, to_upright
+from ulixes_onnx.photos.orientation import is_valid_orientation, stored_rectangle, to_stored, to_upright
 
 if TYPE_CHECKING:
     from ulixes_onnx.faces.pasteback import PhotoDelta

@@ -34,11 +34,11 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from ulixes_onnx.dssim import image_dssim
+from ulixes_onnx.cloaking.dssim import image_dssim
+from ulixes_onnx.cloaking.perceptual import budget_map, to_opponent, to_rgb
 from ulixes_onnx.errors import UlixesError
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
-from ulixes_onnx.perceptual import budget_map, to_opponent, to_rgb
-from ulixes_onnx.recognition import FaceModel
 
 STRATEGIES = ("away", "self", "nearest", "farthest", "random", "random-farthest")
 POOL_STRATEGIES = ("nearest", "farthest", "random", "random-farthest")
