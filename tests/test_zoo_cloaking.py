@@ -18,7 +18,7 @@ import pytest
 
 from tests.zoo.conftest import SETUP_HINT
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloaking.loop import STALL_WINDOW, LoopSettings, View, cloak_canvases
+from ulixes_onnx.cloaking.loop import STALL_WINDOW, LoopSettings, ModelView, cloak_canvases
 from ulixes_onnx.cloaking.pipeline import Cloaker, CloakResult, FaceReport
 from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.cloaking.visibility import face_visibility
@@ -164,5 +164,5 @@ def test_the_cosine_models_first_steps_are_not_taken_for_a_stall(
     settings = LoopSettings(
         target=model.card.cloak.away_target, min_progress=model.card.cloak.min_progress, max_steps=steps
     )
-    (result,) = cloak_canvases([View(model, settings)], [canvas])
+    (result,) = cloak_canvases([ModelView(model, settings)], [canvas])
     assert result.steps == steps and result.stop_reasons["faceres"] == "max-steps"

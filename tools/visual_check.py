@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ulixes_onnx.atomic import write_atomically
-from ulixes_onnx.cloaking.files import InputPhoto, OutputOptions, cloak_file, expand_inputs
+from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, expand_inputs
 from ulixes_onnx.cloaking.pipeline import Cloaker
 from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.cloaking.visibility import face_region, face_visibility
@@ -109,7 +109,7 @@ def photo_pairs(args: argparse.Namespace, store: ModelStore) -> list[tuple[Path,
     options = OutputOptions(output_dir=args.out / "cloaked", overwrite=True)
     pairs = []
     for photo in photos:
-        report = cloak_file(cloaker, InputPhoto(photo.path, photo.subfolder), options)
+        report = cloak_file(cloaker, PhotoFile(photo.path, photo.subfolder), options)
         if report.error is not None:
             pairs.append((photo.path, report.error, []))
         elif report.output is None:

@@ -115,7 +115,7 @@ class Objective:
 
 
 @dataclass(frozen=True)
-class View:
+class ModelView:
     """One model's view of the faces being cloaked: its chips are cut from each face's canvas by the
     canvas's operator number `index`. `positives` are the embeddings to move away from (default: the
     model's embeddings of the original faces)."""
@@ -275,7 +275,7 @@ class _FaceState:
 
 
 def _confirmed_on_plain_views(
-    view: View,
+    view: ModelView,
     operators: list[ChipOperator],
     faces: list[_FaceState],
     rows: list[int],
@@ -302,7 +302,7 @@ def _confirmed_on_plain_views(
 
 
 def cloak_canvases(
-    views: list[View],
+    views: list[ModelView],
     canvases: Sequence[FaceCanvas],
     *,
     start: Sequence[np.ndarray] | None = None,

@@ -28,7 +28,7 @@ import numpy as np
 
 from ulixes_onnx import __version__
 from ulixes_onnx.atomic import write_atomically
-from ulixes_onnx.cloaking.files import InputPhoto, OutputOptions, cloak_file
+from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file
 from ulixes_onnx.cloaking.pipeline import Cloaker
 from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.evaluation.metrics import psnr
@@ -136,7 +136,7 @@ class CloakCache:
         staging = Path(tempfile.mkdtemp(dir=self.directory, prefix=".staging-"))
         try:
             report = cloak_file(
-                self.cloaker, InputPhoto(source), OutputOptions(output_dir=staging, suffix="", overwrite=True)
+                self.cloaker, PhotoFile(source), OutputOptions(output_dir=staging, suffix="", overwrite=True)
             )
             output = None
             if report.output is not None:
