@@ -29,7 +29,8 @@ from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoPixels
 from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings
 from ulixes_onnx.cloaking.visibility import face_region, face_visibility, ssimulacra2
 from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.photos.codec import decode_photo, encode_photo, read_photo
+from ulixes_onnx.photos.decoding import decode_photo, read_photo
+from ulixes_onnx.photos.encoding import encode_photo
 from ulixes_onnx.store import ModelStore
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "faces-dev"

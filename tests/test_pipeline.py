@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from tests.test_codec import store_with_orientation
+from tests.test_photos import store_with_orientation
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, cloak_files
 from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoPixels
 from ulixes_onnx.cloaking.visibility import face_visibility
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import detector_from_store, extract_chips
 from ulixes_onnx.photos import samples
-from ulixes_onnx.photos.codec import read_photo
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 

@@ -21,7 +21,7 @@ from ulixes_onnx.cloaking.visibility import (
     ssimulacra2,
 )
 from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.photos.codec import read_photo
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 # The reference computes in float64, this module in float32.

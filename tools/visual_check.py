@@ -34,7 +34,7 @@ from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.cloaking.visibility import face_region, face_visibility
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.photos.codec import read_photo
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 DIFFERENCE_GAIN = 8

@@ -30,7 +30,7 @@ from ulixes_onnx.engine.session import available_cores
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.photos import samples
-from ulixes_onnx.photos.codec import read_photo
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 WARMUP_RUNS = 2

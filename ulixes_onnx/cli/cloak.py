@@ -33,7 +33,8 @@ from ulixes_onnx.cloaking.pipeline import Cloaker
 from ulixes_onnx.cloaking.pool import build_pool, load_pool
 from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.errors import UlixesError, UsageError
-from ulixes_onnx.photos.codec import DEFAULT_MAX_PIXELS, check_suffix
+from ulixes_onnx.photos.decoding import DEFAULT_MAX_PIXELS
+from ulixes_onnx.photos.encoding import check_suffix
 
 # Exit codes beyond the error classes' own (documented in the README).
 EXIT_NO_FACE = 8

@@ -25,17 +25,9 @@ from ulixes_onnx.atomic import protect_inputs, remove_stale_parts, same_file
 from ulixes_onnx.cloaking.pipeline import Cloaker, CloakResult, FaceReport, PhotoPixels
 from ulixes_onnx.errors import ImageError, UlixesError, UsageError
 from ulixes_onnx.faces.pasteback import PhotoDelta
-from ulixes_onnx.photos.codec import (
-    DEFAULT_MAX_PIXELS,
-    Photo,
-    decode_photo,
-    encode_photo,
-    file_kind,
-    output_path,
-    read_photo,
-    write_encoded,
-    write_photo,
-)
+from ulixes_onnx.photos.decoding import DEFAULT_MAX_PIXELS, decode_photo, file_kind, read_photo
+from ulixes_onnx.photos.encoding import encode_photo, output_path, write_encoded, write_photo
+from ulixes_onnx.photos.photo import Photo
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 NO_FACE_ACTIONS = ("skip", "copy")

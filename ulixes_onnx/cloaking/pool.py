@@ -17,7 +17,7 @@ from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import MTCNN, extract_chips
-from ulixes_onnx.photos.codec import read_photo
+from ulixes_onnx.photos.decoding import read_photo
 
 _SHA_SUFFIX = ".sha256"
 

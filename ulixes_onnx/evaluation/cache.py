@@ -32,7 +32,7 @@ from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file
 from ulixes_onnx.cloaking.pipeline import Cloaker
 from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.evaluation.metrics import psnr
-from ulixes_onnx.photos.codec import read_photo
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore, sha256_of
 
 # Bumped when the record format changes, so older records are made again instead of misread.

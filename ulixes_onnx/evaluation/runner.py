@@ -45,7 +45,7 @@ from ulixes_onnx.evaluation.embeddings import FaceEmbedder
 from ulixes_onnx.evaluation.uploads import UPLOAD_TRANSFORMS
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.photos.codec import read_photo
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 Embeddings = dict[str, np.ndarray] | None
