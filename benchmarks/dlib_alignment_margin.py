@@ -29,7 +29,7 @@ import numpy as np
 
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
-from ulixes_onnx.imageio import read_photo
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 SIZE, PADDING = 150, 0.25

@@ -24,13 +24,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ulixes_onnx.cloaking.files import expand_inputs
+from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoPixels
+from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings
+from ulixes_onnx.cloaking.visibility import face_region, face_visibility, ssimulacra2
 from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.files import expand_inputs
-from ulixes_onnx.imageio import decode_photo, encode_photo, read_photo
-from ulixes_onnx.pipeline import Cloaker, PhotoInput
-from ulixes_onnx.settings import LEVELS, CloakSettings
+from ulixes_onnx.photos.decoding import decode_photo, read_photo
+from ulixes_onnx.photos.encoding import encode_photo
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_region, face_visibility, ssimulacra2
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "faces-dev"
 
@@ -59,7 +60,7 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
         return decode_photo(encode_photo(photo, delta), path).rgb8
 
     started = time.perf_counter()
-    (result,) = cloaker.cloak_many([PhotoInput(photo.rgb8, photo.is_gray, saved)])
+    (result,) = cloaker.cloak_many([PhotoPixels(photo.rgb8, photo.is_gray, saved)])
     cloak_seconds = time.perf_counter() - started
     original = photo.rgb8
     saved_copy = saved(result.delta)

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from tests.test_cli import run_cli
-from ulixes_onnx import samples
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import detector_from_store, extract_chips
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.photos import samples
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 

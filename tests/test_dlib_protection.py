@@ -12,8 +12,8 @@ import numpy as np
 
 from tests.dlib_reference import dlib_descriptor
 from tests.faces.dlib_chips import dlib_pipeline
-from ulixes_onnx import samples
-from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.photos import samples
 from ulixes_onnx.store import ModelStore
 
 

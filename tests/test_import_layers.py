@@ -21,13 +21,14 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 # Lowest first; a module may import modules of its own layer (without cycles) and of lower ones.
 # Names are module or package paths inside ulixes_onnx; a module takes the layer of its longest match.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"", "errors", "atomic", "cards", "samples"}),
+    ("foundation", {"", "errors", "atomic", "cards"}),
     ("engine", {"engine"}),
     ("zoo", {"zoo"}),
     ("store", {"store"}),
-    ("faces", {"faces", "recognition"}),
-    ("cloaking", {"cloak", "perceptual", "dssim", "visibility", "settings", "pipeline"}),
-    ("files", {"files", "imageio", "orientation", "pool", "references"}),
+    ("faces", {"faces", "face_model"}),
+    ("photos", {"photos"}),
+    ("cloaking", {"cloaking"}),
+    ("files", {"cloaking.files", "cloaking.references"}),
     ("applications", {"evaluation", "bench", "check", "server"}),
     ("cli", {"cli", "__main__"}),
 ]

@@ -14,7 +14,7 @@ from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.bench import run_bench
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.options import model_names
-from ulixes_onnx.settings import DEFAULT_MODELS
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS
 
 
 def bench(

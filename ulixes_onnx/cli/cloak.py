@@ -17,8 +17,7 @@ from rich.table import Table
 from ulixes_onnx.atomic import protect_inputs, same_file, write_atomically
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.options import DEFAULTS, Pool, References, choice, with_cloak_settings
-from ulixes_onnx.errors import UlixesError, UsageError
-from ulixes_onnx.files import (
+from ulixes_onnx.cloaking.files import (
     BATCH_PHOTOS,
     NO_FACE_ACTIONS,
     FileReport,
@@ -30,11 +29,13 @@ from ulixes_onnx.files import (
     find_inputs,
     plan_outputs,
 )
-from ulixes_onnx.imageio import DEFAULT_MAX_PIXELS, check_suffix
-from ulixes_onnx.pipeline import Cloaker
-from ulixes_onnx.pool import build_pool, load_pool
-from ulixes_onnx.references import references_from_paths
-from ulixes_onnx.settings import CloakSettings
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.pool import build_pool, load_pool
+from ulixes_onnx.cloaking.references import references_from_paths
+from ulixes_onnx.cloaking.settings import CloakSettings
+from ulixes_onnx.errors import UlixesError, UsageError
+from ulixes_onnx.photos.decoding import DEFAULT_MAX_PIXELS
+from ulixes_onnx.photos.encoding import check_suffix
 
 # Exit codes beyond the error classes' own (documented in the README).
 EXIT_NO_FACE = 8

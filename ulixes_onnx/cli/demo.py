@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from PIL import Image
 
-from ulixes_onnx import samples
 from ulixes_onnx.cli.cloak import cloak
+from ulixes_onnx.photos import samples
 
 
 def demo(

@@ -13,9 +13,9 @@ from rich.table import Table
 
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.options import DEFAULT_MODEL_LIST, DEFAULTS, Pool, model_names, with_cloak_settings
-from ulixes_onnx.cloak import POOL_STRATEGIES
+from ulixes_onnx.cloaking.loop import POOL_STRATEGIES
+from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.errors import UlixesError
-from ulixes_onnx.settings import CloakSettings
 
 
 class _RichProgress:

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from ulixes_onnx.cloak import STRATEGIES, CloakSettingsError
-from ulixes_onnx.settings import ENSEMBLES, LEVELS, CloakSettings
+from ulixes_onnx.cloaking.loop import STRATEGIES, CloakSettingsError
+from ulixes_onnx.cloaking.settings import ENSEMBLES, LEVELS, CloakSettings
 
 DEFAULTS = CloakSettings()
 PROTECTION = "Protection"

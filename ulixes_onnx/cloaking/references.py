@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ulixes_onnx.cloaking.files import find_inputs
 from ulixes_onnx.errors import UlixesError, UsageError
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import MTCNN, extract_chips
-from ulixes_onnx.files import find_inputs
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.photos.decoding import read_photo
 
 
 class ReferencePhotoError(UsageError):

@@ -29,7 +29,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloak import Boost, CanvasCloak, CloakSettingsError, View, cloak_canvases
+from ulixes_onnx.cloaking.loop import Boost, CanvasCloak, CloakSettingsError, ModelView, cloak_canvases
+from ulixes_onnx.cloaking.settings import CloakSettings, protect_distance
+from ulixes_onnx.cloaking.visibility import face_visibility
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     AlignedChips,
@@ -41,10 +44,7 @@ from ulixes_onnx.faces import (
 )
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta, too_small_reason
-from ulixes_onnx.recognition import FaceModel
-from ulixes_onnx.settings import CloakSettings, protect_distance
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_visibility
 
 # A face the closed loop finds unprotected gets, in the next round, this much more per-pixel budget
 # if its loop stopped short of the target, and a target raised by what the saved copy lost, times
@@ -98,7 +98,7 @@ class FaceReport:
 
     `embeddings` are the original face's embeddings per model, kept so that a saved copy can be
     measured against them again. `ssimulacra2` and `dssim` say how visible the cloak is on the face's
-    region (`ulixes_onnx.visibility.face_region`) of the photo as saved, at its own resolution.
+    region (`ulixes_onnx.cloaking.visibility.face_region`) of the photo as saved, at its own resolution.
     """
 
     index: int
@@ -168,7 +168,7 @@ def _quantised(image: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PhotoInput:
+class PhotoPixels:
     """One photo for `Cloaker.cloak_many`: its pixels, whether to keep it gray, and its encoder."""
 
     image: np.ndarray
@@ -181,7 +181,7 @@ class _PhotoJob:
     """A photo on its way through the rounds: its faces, their canvases and reports, and the cloak so
     far (per face and per loop pass: the canvas change that pass has made)."""
 
-    photo: PhotoInput
+    photo: PhotoPixels
     original: np.ndarray
     original8: np.ndarray
     canvases: dict[int, FaceCanvas]
@@ -247,9 +247,9 @@ class _PhotoJob:
 class Cloaker:
     """Cloak faces in photos with one model or an ensemble (see the module docstring), as `settings`
     say. `pool` maps model names to embeddings of other people's faces, needed by the strategies that
-    pick negatives (see `ulixes_onnx.pool`); `references` maps them to embeddings of other photos of
-    the person, which every face is also cloaked away from and measured against (see
-    `ulixes_onnx.references`).
+    pick negatives (see `ulixes_onnx.cloaking.pool`); `references` maps them to embeddings of other
+    photos of the person, which every face is also cloaked away from and measured against (see
+    `ulixes_onnx.cloaking.references`).
     """
 
     def __init__(
@@ -290,9 +290,9 @@ class Cloaker:
         to what a recogniser would decode from the saved file; by default the cloaked pixels are only
         rounded to 8 bits.
         """
-        return self.cloak_many([PhotoInput(image, gray, encode)])[0]
+        return self.cloak_many([PhotoPixels(image, gray, encode)])[0]
 
-    def cloak_many(self, photos: Sequence[PhotoInput]) -> list[CloakResult]:
+    def cloak_many(self, photos: Sequence[PhotoPixels]) -> list[CloakResult]:
         """Cloak several photos at once: the faces of all of them advance together through the loop,
         in one batch per model and step, which keeps the cores busier than one face at a time. Each
         photo's result is the one `cloak` gives it alone."""
@@ -305,7 +305,7 @@ class Cloaker:
                 job.finish_round(loop_results, round_index, self)
         return [job.result() for job in jobs]
 
-    def _prepare(self, photo: PhotoInput) -> _PhotoJob:
+    def _prepare(self, photo: PhotoPixels) -> _PhotoJob:
         """Detect and align a photo's faces, embed the originals and lay out each face's canvas."""
         started = time.perf_counter()
         original = _as_rgb(photo.image)
@@ -364,7 +364,7 @@ class Cloaker:
             key = self._pass_key(members)
             faces = [(job, index) for job in jobs for index in job.pending]
             views = [
-                View(
+                ModelView(
                     self.models[position],
                     self.loop[self.models[position].name],
                     index=position,
@@ -440,7 +440,7 @@ class Cloaker:
         for model in self.models:
             aligned = extract_chips(seen8, faces, model.chip_spec)
             originals = np.stack([report.embeddings[model.name] for report in reports])
-            view = View(model, self.loop[model.name], references=self.references.get(model.name))
+            view = ModelView(model, self.loop[model.name], references=self.references.get(model.name))
             distances[model.name] = view.nearest(model.embed(aligned.chips), originals)[0]
             matrices[model.name] = aligned.matrices
         return distances, [found is not None for found in matched], matrices

@@ -34,11 +34,11 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from ulixes_onnx.dssim import image_dssim
+from ulixes_onnx.cloaking.dssim import image_dssim
+from ulixes_onnx.cloaking.perceptual import budget_map, to_opponent, to_rgb
 from ulixes_onnx.errors import UlixesError
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
-from ulixes_onnx.perceptual import budget_map, to_opponent, to_rgb
-from ulixes_onnx.recognition import FaceModel
 
 STRATEGIES = ("away", "self", "nearest", "farthest", "random", "random-farthest")
 POOL_STRATEGIES = ("nearest", "farthest", "random", "random-farthest")
@@ -115,7 +115,7 @@ class Objective:
 
 
 @dataclass(frozen=True)
-class View:
+class ModelView:
     """One model's view of the faces being cloaked: its chips are cut from each face's canvas by the
     canvas's operator number `index`. `positives` are the embeddings to move away from (default: the
     model's embeddings of the original faces); `references` [R, D] are the person's other photos,
@@ -290,7 +290,7 @@ class _FaceState:
 
 
 def _confirmed_on_plain_views(
-    view: View,
+    view: ModelView,
     operators: list[ChipOperator],
     faces: list[_FaceState],
     rows: list[int],
@@ -317,7 +317,7 @@ def _confirmed_on_plain_views(
 
 
 def cloak_canvases(
-    views: list[View],
+    views: list[ModelView],
     canvases: Sequence[FaceCanvas],
     *,
     start: Sequence[np.ndarray] | None = None,
