@@ -18,9 +18,12 @@ ENSEMBLES = ("max", "sum", "joint")
 DEFAULT_MODELS = ("dlib-resnet",)
 # How far each level moves a face, relative to the cards' targets and protection distances.
 LEVELS = {"low": 0.85, "mid": 1.0, "high": 1.15}
+# The loop's own defaults: the settings share them, but for input diversity (off in the loop alone,
+# so that a bare loop is plain gradient ascent, on in the settings for the transfer it measurably gives).
+_LOOP = LoopSettings()
 # The per-pixel budget (grey levels of lightness at the face's median contrast) a face starts with;
 # the closed loop doubles it for a face whose loop stops short of its target.
-DEFAULT_BUDGET = 8.0
+DEFAULT_BUDGET = _LOOP.budget
 
 
 @dataclass(frozen=True)
@@ -35,17 +38,17 @@ class CloakSettings:
     target: float | None = None
     margin: float | None = None
     min_progress: float | None = None
-    step: float = 0.004
-    chroma: float = 0.2
+    step: float = _LOOP.step
+    chroma: float = _LOOP.chroma
     diversity: float = 0.05
-    momentum: float = 0.0
-    smoothing: float = 0.0
+    momentum: float = _LOOP.momentum
+    smoothing: float = _LOOP.smoothing
     canvas_cap: float = 4.0
-    max_dssim: float = 0.03
-    max_steps: int = 100
+    max_dssim: float = _LOOP.max_dssim
+    max_steps: int = _LOOP.max_steps
     max_rounds: int = 3
-    random_negatives: int = 5
-    seed: int = 0
+    random_negatives: int = _LOOP.random_negatives
+    seed: int = _LOOP.seed
     min_face_size: float = 20.0
 
     def __post_init__(self) -> None:
@@ -76,7 +79,7 @@ class CloakSettings:
     def loop_settings(self, card: ModelCard | None) -> LoopSettings:
         """The loop's settings for one model, its card's defaults filled in (None: the loop's own
         defaults, for checking the settings)."""
-        defaults = LoopSettings()
+        defaults = _LOOP
         cloak = None if card is None else card.cloak
         return LoopSettings(
             strategy=self.strategy,
