@@ -1,0 +1,243 @@
+"""Where the time of cloaking one photo goes, stage by stage, for one or several versions of the code.
+
+usage: python benchmarks/stage_profile.py PHOTO... [--tree DIR --label NAME]... [--threads N]
+
+Each version (`--tree`: a checkout of the repository; default this one) is measured in processes of
+its own, one after the other, so that a table compares versions measured minutes apart on the same
+(possibly shared) machine. Per version:
+
+- `--help` and `cloak PHOTO` run as the user runs them (`python -m ulixes_onnx`), process start
+  included: wall seconds, the median of `--cli-repeats` runs;
+- in one process: the imports the `cloak` command needs, loading the models, then each photo cloaked
+  by `cloak_file` (after one warm-up photo) with every stage timed. A stage's time excludes the
+  stages it calls, which are listed under it (verification's re-detection under "verify").
+
+The built-in sample (the astronaut) is always measured first; the photos given are added to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+# (module, attribute, stage): what is timed. A method is given as "Class.method". Functions imported
+# by name into another module are timed where the pipeline looks them up. Missing ones are skipped,
+# so that older and newer versions of the code can be profiled by the same list.
+TIMED = [
+    ("ulixes_onnx.pipeline", "Cloaker.__init__", "load models"),
+    ("ulixes_onnx.faces.align", "five_point_predictor", "load landmark model"),
+    ("ulixes_onnx.files", "read_photo", "decode"),
+    ("ulixes_onnx.files", "decode_photo", "decode"),
+    ("ulixes_onnx.files", "encode_photo", "encode"),
+    ("ulixes_onnx.files", "write_encoded", "write file"),
+    ("ulixes_onnx.files", "write_photo", "write file"),
+    ("ulixes_onnx.files", "_write", "save and re-measure"),
+    ("ulixes_onnx.faces.mtcnn", "MTCNN.detect", "detect"),
+    ("ulixes_onnx.faces.align", "dlib_landmarks", "landmarks"),
+    ("ulixes_onnx.pipeline", "extract_chips", "align chips"),
+    ("ulixes_onnx.pipeline", "make_canvas", "canvases"),
+    ("ulixes_onnx.recognition", "FaceModel.embed", "embed"),
+    ("ulixes_onnx.pipeline", "cloak_canvases", "cloak loop"),
+    ("ulixes_onnx.pipeline", "Cloaker.photo_delta", "paste back"),
+    ("ulixes_onnx.pipeline", "Cloaker.verify", "verify"),
+    ("ulixes_onnx.pipeline", "Cloaker.remeasure", "re-measure"),
+    ("ulixes_onnx.pipeline", "face_visibility", "visibility (SSIMULACRA2, DSSIM)"),
+    ("ulixes_onnx.pipeline", "faces_visibility", "visibility (SSIMULACRA2, DSSIM)"),
+]
+
+
+class StageClock:
+    """Exclusive seconds per stage path ("verify/detect"): time spent in a stage minus its sub-stages."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._stack: list[list] = []  # [path, started, seconds of sub-stages]
+
+    def wrap(self, function: Callable, stage: str) -> Callable:
+        @functools.wraps(function)
+        def timed(*args: object, **kwargs: object) -> object:
+            path = f"{self._stack[-1][0]}/{stage}" if self._stack else stage
+            frame = [path, time.perf_counter(), 0.0]
+            self._stack.append(frame)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._stack.pop()
+                elapsed = time.perf_counter() - frame[1]
+                self.seconds[path] = self.seconds.get(path, 0.0) + elapsed - frame[2]
+                if self._stack:
+                    self._stack[-1][2] += elapsed
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        seconds, self.seconds = self.seconds, {}
+        return seconds
+
+
+def instrument(clock: StageClock) -> None:
+    for module_name, attribute, stage in TIMED:
+        owner = importlib.import_module(module_name)
+        *classes, name = attribute.split(".")
+        for class_name in classes:
+            owner = getattr(owner, class_name, None)
+        if owner is not None and hasattr(owner, name):
+            setattr(owner, name, clock.wrap(getattr(owner, name), stage))
+
+
+def wall_seconds(command: list[str], cwd: Path, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, cwd=cwd, check=False, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_tree(tree: Path, photos: list[Path], threads: int, cli_repeats: int) -> dict:
+    """Every measurement of one version of the code (run from its checkout)."""
+    python = sys.executable
+    results: dict = {"python -c pass": wall_seconds([python, "-c", "pass"], tree, cli_repeats)}
+    results["--help"] = wall_seconds([python, "-m", "ulixes_onnx", "--help"], tree, cli_repeats)
+    with tempfile.TemporaryDirectory() as output:
+        cloak = [python, "-m", "ulixes_onnx", "cloak", "--output-dir", output, "--overwrite"]
+        results["cloak (CLI, process start included)"] = {
+            photo.name: wall_seconds([*cloak, "--threads", str(threads), str(photo)], tree, cli_repeats)
+            for photo in photos
+        }
+    worker = subprocess.run(
+        [python, str(Path(__file__).resolve()), "--worker", "--threads", str(threads), *map(str, photos)],
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+    )
+    results.update(json.loads(worker.stdout))
+    return results
+
+
+def worker(photos: list[Path], threads: int) -> dict:
+    """The in-process measurements, in a process of their own (imports are measured cold)."""
+    started = time.perf_counter()
+    import ulixes_onnx.cli
+    import ulixes_onnx.cli.cloak  # noqa: F401  (a command that may be loaded only when run)
+
+    imports = time.perf_counter() - started
+    from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
+    from ulixes_onnx.pipeline import Cloaker
+
+    clock = StageClock()
+    instrument(clock)
+    cloaker = Cloaker(threads=threads)
+    loading = clock.take()
+    per_photo = {}
+    with tempfile.TemporaryDirectory() as output:
+        options = OutputOptions(output_dir=Path(output), overwrite=True)
+        cloak_file(cloaker, InputPhoto(photos[0]), options)  # warm-up: first runs of the sessions
+        clock.take()
+        for photo in photos:
+            started = time.perf_counter()
+            report = cloak_file(cloaker, InputPhoto(photo), options)
+            total = time.perf_counter() - started
+            stages = clock.take()
+            stages["(other)"] = total - sum(stages.values())
+            per_photo[photo.name] = {
+                "total": total,
+                "faces": sum(1 for face in report.faces if face.models),
+                "stages": stages,
+            }
+    return {"imports": imports, "loading": loading, "photos": per_photo}
+
+
+def sample_photo(folder: Path) -> Path:
+    from PIL import Image
+
+    from ulixes_onnx import samples
+
+    path = folder / "astronaut.png"
+    Image.fromarray(samples.astronaut()).save(path)
+    return path
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _cells(values: list[float | None]) -> str:
+    cells = [_cell(value) for value in values]
+    if len(values) > 1 and values[0] and values[-1] is not None:
+        cells.append(f"{values[-1] / values[0]:.2f}")
+    elif len(values) > 1:
+        cells.append("-")
+    return " | ".join(cells)
+
+
+def markdown(labels: list[str], runs: list[dict]) -> str:
+    ratio = ["last/first"] if len(labels) > 1 else []
+    header = f"| {{}} | {' | '.join(labels + ratio)} |\n|---|{'---|' * (len(labels) + len(ratio))}"
+    lines = [header.format("process (wall s)")]
+    for key in ("python -c pass", "--help"):
+        lines.append(f"| `{key}` | {_cells([run[key] for run in runs])} |")
+    for photo in runs[0]["cloak (CLI, process start included)"]:
+        values = [run["cloak (CLI, process start included)"][photo] for run in runs]
+        lines.append(f"| `cloak {photo}` | {_cells(values)} |")
+    lines.append(f"| imports of `cloak` (in process) | {_cells([run['imports'] for run in runs])} |")
+    stages = list(dict.fromkeys(stage for run in runs for stage in run["loading"]))
+    for stage in stages:
+        lines.append(f"| {stage} | {_cells([run['loading'].get(stage) for run in runs])} |")
+    for photo in runs[0]["photos"]:
+        lines.append("")
+        faces = runs[0]["photos"][photo]["faces"]
+        lines.append(header.format(f"{photo}, {faces} face(s), warm (s)"))
+        stages = list(dict.fromkeys(stage for run in runs for stage in run["photos"][photo]["stages"]))
+        ordered = sorted(stages, key=lambda stage: (stage == "(other)", stage))
+        for stage in ordered:
+            values = [run["photos"][photo]["stages"].get(stage) for run in runs]
+            name = "&nbsp;&nbsp;&nbsp;" * stage.count("/") + stage.rsplit("/", 1)[-1]
+            lines.append(f"| {name} | {_cells(values)} |")
+        lines.append(f"| **total** | {_cells([run['photos'][photo]['total'] for run in runs])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("photos", nargs="*", type=Path)
+    parser.add_argument("--tree", action="append", type=Path, help="a checkout to measure (repeatable)")
+    parser.add_argument("--label", action="append", help="a column title per --tree")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cli-repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.photos, args.threads)))
+        return
+    trees = args.tree or [REPOSITORY]
+    labels = args.label or [str(tree) for tree in trees]
+    if len(labels) != len(trees):
+        raise SystemExit("give one --label per --tree")
+    with tempfile.TemporaryDirectory() as folder:
+        photos = [sample_photo(Path(folder)), *(photo.resolve() for photo in args.photos)]
+        runs = [measure_tree(tree.resolve(), photos, args.threads, args.cli_repeats) for tree in trees]
+    if args.json:
+        args.json.write_text(json.dumps(dict(zip(labels, runs, strict=True)), indent=2))
+    print(markdown(labels, runs))
+
+
+if __name__ == "__main__":
+    main()
