@@ -21,7 +21,6 @@ one original (the cloaking loop's candidates).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -323,10 +322,4 @@ def face_visibility(original: np.ndarray, changed: np.ndarray, box: Sequence[flo
         raise ValueError(f"photos differ in shape: original {original.shape}, changed {changed.shape}")
     rows, cols = face_region(box, original.shape)
     before, after = original[rows, cols], changed[rows, cols]
-    # The two measures run side by side (OpenCV and NumPy release the GIL on images this large): on a
-    # face of a few megapixels each takes a second. DSSIM goes a strip at a time, so running it
-    # alongside adds little memory.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ulixes-dssim") as helper:
-        dssim = helper.submit(image_dssim, before, after)
-        score = ssimulacra2(before, after)
-        return Visibility(ssimulacra2=score, dssim=dssim.result())
+    return Visibility(ssimulacra2=ssimulacra2(before, after), dssim=image_dssim(before, after))
