@@ -1,6 +1,6 @@
 """Where the time of cloaking one photo goes, stage by stage, for one or several versions of the code.
 
-usage: python benchmarks/stage_profile.py PHOTO... [--tree DIR --label NAME]... [--threads N]
+usage: python benchmarks/stage_profile.py PHOTO... [--tree DIR --label NAME [--models-dir DIR]]...
 
 Each version (`--tree`: a checkout of the repository; default this one) is measured in processes of
 its own, the versions taking turns measurement by measurement, so that a busier minute of a shared
@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -102,13 +102,27 @@ def instrument(clock: StageClock) -> None:
             setattr(owner, name, clock.wrap(getattr(owner, name), stage))
 
 
-def wall_seconds(command: list[str], cwd: Path) -> float:
+@dataclass(frozen=True)
+class Tree:
+    """A checkout to measure and the model store its processes use."""
+
+    path: Path
+    models_dir: Path | None
+
+    def run(self, command: list[str]) -> subprocess.CompletedProcess:
+        environment = {**os.environ, "PYTHONPATH": str(self.path)}
+        if self.models_dir is not None:
+            environment["ULIXES_ONNX_MODELS_DIR"] = str(self.models_dir)
+        return subprocess.run(command, cwd=self.path, capture_output=True, text=True, env=environment)
+
+
+def wall_seconds(command: list[str], tree: Tree) -> float:
     started = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=False, capture_output=True)
+    tree.run(command)
     return time.perf_counter() - started
 
 
-def interleaved_seconds(command: list[str], trees: list[Path], repeats: int) -> list[float]:
+def interleaved_seconds(command: list[str], trees: list[Tree], repeats: int) -> list[float]:
     """Median wall seconds of `command` run from each tree, the trees taking turns."""
     times: list[list[float]] = [[] for _ in trees]
     for _ in range(repeats):
@@ -117,22 +131,22 @@ def interleaved_seconds(command: list[str], trees: list[Path], repeats: int) -> 
     return [statistics.median(tree_times) for tree_times in times]
 
 
-def run_worker(tree: Path, photo: Path, threads: int) -> dict:
-    worker = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads), str(photo)],
-        cwd=tree,
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tree)},
+def run_worker(tree: Tree, photo: Path, threads: int) -> dict:
+    worker = tree.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads), str(photo)]
     )
+    if worker.returncode:
+        raise SystemExit(f"the worker failed in {tree.path}:\n{worker.stderr}")
     return json.loads(worker.stdout)
 
 
-def measure(trees: list[Path], photos: list[Path], threads: int, cli_repeats: int) -> list[dict]:
+def measure(trees: list[Tree], photos: list[Path], threads: int, cli_repeats: int) -> list[dict]:
     """Every measurement of each version of the code (run from its checkout), the versions taking
     turns measurement by measurement so that a busier minute of the machine hits them alike."""
     python = sys.executable
+    for tree in trees:
+        # Graphs derived from the models (keyed by the engine's version) are made before any timing.
+        tree.run([python, "-c", "from ulixes_onnx.pipeline import Cloaker; Cloaker()"])
     runs: list[dict] = [{"cloak (CLI, process start included)": {}, "photos": {}} for _ in trees]
     processes = {"python -c pass": [python, "-c", "pass"], "--help": [python, "-m", "ulixes_onnx", "--help"]}
     for key, command in processes.items():
@@ -256,6 +270,13 @@ def main() -> None:
     parser.add_argument("photos", nargs="*", type=Path)
     parser.add_argument("--tree", action="append", type=Path, help="a checkout to measure (repeatable)")
     parser.add_argument("--label", action="append", help="a column title per --tree")
+    parser.add_argument(
+        "--models-dir",
+        action="append",
+        type=Path,
+        help="a model store per --tree: versions whose engines differ replace each other's derived "
+        "graphs in a shared store, so each would rebuild them on every run",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cli-repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write every number here")
@@ -266,11 +287,13 @@ def main() -> None:
         return
     trees = args.tree or [REPOSITORY]
     labels = args.label or [str(tree) for tree in trees]
-    if len(labels) != len(trees):
-        raise SystemExit("give one --label per --tree")
+    stores = args.models_dir or [None] * len(trees)
+    if len(labels) != len(trees) or len(stores) != len(trees):
+        raise SystemExit("give one --label (and one --models-dir, if any) per --tree")
     with tempfile.TemporaryDirectory() as folder:
         photos = [sample_photo(Path(folder)), *(photo.resolve() for photo in args.photos)]
-        runs = measure([tree.resolve() for tree in trees], photos, args.threads, args.cli_repeats)
+        checkouts = [Tree(tree.resolve(), store) for tree, store in zip(trees, stores, strict=True)]
+        runs = measure(checkouts, photos, args.threads, args.cli_repeats)
     if args.json:
         args.json.write_text(json.dumps(dict(zip(labels, runs, strict=True)), indent=2))
     print(markdown(labels, runs))
