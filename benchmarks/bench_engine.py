@@ -229,7 +229,7 @@ def benchmark_model(name: str, store_root: Path | None, args: argparse.Namespace
 
     from ulixes_onnx.cards import get_card
     from ulixes_onnx.engine.cloak_graph import build_cloak_graph
-    from ulixes_onnx.recognition import forward_graph
+    from ulixes_onnx.face_model import forward_graph
     from ulixes_onnx.store import ModelStore
 
     card = get_card(name)

@@ -136,7 +136,7 @@ def main() -> None:
     from ulixes_onnx.engine.adapter import with_canonical_input
     from ulixes_onnx.engine.cloak_graph import build_cloak_graph
     from ulixes_onnx.engine.session import create_session
-    from ulixes_onnx.recognition import adapter_spec
+    from ulixes_onnx.face_model import adapter_spec
     from ulixes_onnx.store import ModelStore
 
     card = get_card(args.model)

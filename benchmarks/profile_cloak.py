@@ -16,17 +16,17 @@ import pstats
 # Stage -> (file suffix, function name) pairs; the first pair found in a profile counts.
 STAGES = {
     "whole run": [("cli/cloak.py", "cloak")],
-    "read photo": [("imageio.py", "read_photo")],
+    "read photo": [("photos/decoding.py", "read_photo")],
     "detect faces (all passes)": [("mtcnn.py", "detect")],
     "load landmark model": [("shape_predictor.py", "five_point_predictor")],
     "align chips": [("align.py", "extract_chips")],
     "face canvases": [("canvas.py", "make_canvas")],
-    "cloak loop (onnxruntime + NumPy)": [("cloak.py", "cloak_canvases")],
-    "DSSIM": [("dssim.py", "plane_ssim"), ("_structural_similarity.py", "structural_similarity")],
-    "canvas to photo": [("pipeline.py", "photo_delta")],
-    "encode output": [("imageio.py", "encode_photo")],
-    "decode for verification": [("imageio.py", "decode_photo")],
-    "verify (re-detect, re-embed)": [("pipeline.py", "verify")],
+    "cloak loop (onnxruntime + NumPy)": [("cloaking/loop.py", "cloak_canvases")],
+    "DSSIM": [("cloaking/dssim.py", "plane_ssim"), ("_structural_similarity.py", "structural_similarity")],
+    "canvas to photo": [("cloaking/pipeline.py", "photo_delta")],
+    "encode output": [("photos/encoding.py", "encode_photo")],
+    "decode for verification": [("photos/decoding.py", "decode_photo")],
+    "verify (re-detect, re-embed)": [("cloaking/pipeline.py", "verify")],
     "onnxruntime runs (all)": [("~", "<built-in method onnxruntime.capi.onnxruntime_pybind11_state.run>")],
 }
 

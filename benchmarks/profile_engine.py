@@ -25,7 +25,7 @@ import onnxruntime as ort
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.engine.cloak_graph import build_cloak_graph
 from ulixes_onnx.engine.session import available_cores
-from ulixes_onnx.recognition import forward_graph
+from ulixes_onnx.face_model import forward_graph
 from ulixes_onnx.store import ModelStore
 
 WARM_UP_RUNS = 3

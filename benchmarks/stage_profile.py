@@ -38,28 +38,32 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 # (module, attribute, stage): what is timed. A method is given as "Class.method". Functions imported
-# by name into another module are timed where the pipeline looks them up. Missing ones are skipped,
-# so that older and newer versions of the code can be profiled by the same list.
+# by name into another module are timed where the pipeline looks them up. Modules are named as before
+# and after the package split (`pipeline` became `cloaking.pipeline`); missing ones are skipped, so
+# that older and newer versions of the code can be profiled by the same list.
 TIMED = [
-    ("ulixes_onnx.pipeline", "Cloaker.__init__", "load models"),
-    ("ulixes_onnx.faces.align", "five_point_predictor", "load landmark model"),
-    ("ulixes_onnx.files", "read_photo", "decode"),
-    ("ulixes_onnx.files", "decode_photo", "decode"),
-    ("ulixes_onnx.files", "encode_photo", "encode"),
-    ("ulixes_onnx.files", "write_encoded", "write file"),
-    ("ulixes_onnx.files", "write_photo", "write file"),
-    ("ulixes_onnx.files", "_write", "save and re-measure"),
-    ("ulixes_onnx.faces.mtcnn", "MTCNN.detect", "detect"),
-    ("ulixes_onnx.faces.align", "dlib_landmarks", "landmarks"),
-    ("ulixes_onnx.pipeline", "extract_chips", "align chips"),
-    ("ulixes_onnx.pipeline", "make_canvas", "canvases"),
-    ("ulixes_onnx.recognition", "FaceModel.embed", "embed"),
-    ("ulixes_onnx.pipeline", "cloak_canvases", "cloak loop"),
-    ("ulixes_onnx.pipeline", "Cloaker.photo_delta", "paste back"),
-    ("ulixes_onnx.pipeline", "Cloaker.verify", "verify"),
-    ("ulixes_onnx.pipeline", "Cloaker.remeasure", "re-measure"),
-    ("ulixes_onnx.pipeline", "face_visibility", "visibility (SSIMULACRA2, DSSIM)"),
-    ("ulixes_onnx.pipeline", "faces_visibility", "visibility (SSIMULACRA2, DSSIM)"),
+    (module, attribute, stage)
+    for modules, attribute, stage in [
+        (("pipeline", "cloaking.pipeline"), "Cloaker.__init__", "load models"),
+        (("faces.align",), "five_point_predictor", "load landmark model"),
+        (("files", "cloaking.files"), "read_photo", "decode"),
+        (("files", "cloaking.files"), "decode_photo", "decode"),
+        (("files", "cloaking.files"), "encode_photo", "encode"),
+        (("files", "cloaking.files"), "write_encoded", "write file"),
+        (("files", "cloaking.files"), "write_photo", "write file"),
+        (("files", "cloaking.files"), "_write", "save and re-measure"),
+        (("faces.mtcnn",), "MTCNN.detect", "detect"),
+        (("faces.align",), "dlib_landmarks", "landmarks"),
+        (("pipeline", "cloaking.pipeline"), "extract_chips", "align chips"),
+        (("pipeline", "cloaking.pipeline"), "make_canvas", "canvases"),
+        (("recognition", "face_model"), "FaceModel.embed", "embed"),
+        (("pipeline", "cloaking.pipeline"), "cloak_canvases", "cloak loop"),
+        (("pipeline", "cloaking.pipeline"), "Cloaker.photo_delta", "paste back"),
+        (("pipeline", "cloaking.pipeline"), "Cloaker.verify", "verify"),
+        (("pipeline", "cloaking.pipeline"), "Cloaker.remeasure", "re-measure"),
+        (("pipeline", "cloaking.pipeline"), "face_visibility", "visibility (SSIMULACRA2, DSSIM)"),
+    ]
+    for module in (f"ulixes_onnx.{name}" for name in modules)
 ]
 
 
@@ -94,7 +98,10 @@ class StageClock:
 
 def instrument(clock: StageClock) -> None:
     for module_name, attribute, stage in TIMED:
-        owner = importlib.import_module(module_name)
+        try:
+            owner = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
         *classes, name = attribute.split(".")
         for class_name in classes:
             owner = getattr(owner, class_name, None)
@@ -146,7 +153,7 @@ def measure(trees: list[Tree], photos: list[Path], threads: int, cli_repeats: in
     python = sys.executable
     for tree in trees:
         # Graphs derived from the models (keyed by the engine's version) are made before any timing.
-        tree.run([python, "-c", "from ulixes_onnx.pipeline import Cloaker; Cloaker()"])
+        tree.run([python, "-c", "import ulixes_onnx; ulixes_onnx.Cloaker()"])
     runs: list[dict] = [{"cloak (CLI, process start included)": {}, "photos": {}} for _ in trees]
     processes = {"python -c pass": [python, "-c", "pass"], "--help": [python, "-m", "ulixes_onnx", "--help"]}
     for key, command in processes.items():
@@ -178,11 +185,15 @@ def worker(photo: Path, threads: int) -> dict:
     cold). A short cloak of the same photo first (two steps, one round) warms the sessions up."""
     started = time.perf_counter()
     import ulixes_onnx.cli
-    import ulixes_onnx.cli.cloak  # noqa: F401  (a command that may be loaded only when run)
+    import ulixes_onnx.cli.cloak
 
     imports = time.perf_counter() - started
-    from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
-    from ulixes_onnx.pipeline import Cloaker
+    # Through the package's public names, which both sides of the package split have.
+    Cloaker, OutputOptions = ulixes_onnx.Cloaker, ulixes_onnx.OutputOptions
+    photo_file = getattr(ulixes_onnx, "PhotoFile", None) or ulixes_onnx.InputPhoto
+
+    def cloak_file(cloaker: object, source: Path, options: object) -> object:
+        return next(ulixes_onnx.cloak_files(cloaker, [photo_file(source)], options))
 
     clock = StageClock()
     instrument(clock)
@@ -191,10 +202,10 @@ def worker(photo: Path, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as output:
         options = OutputOptions(output_dir=Path(output), overwrite=True)
         short = cloaker.with_settings(replace(cloaker.settings, max_steps=2, max_rounds=1))
-        cloak_file(short, InputPhoto(photo), options)
+        cloak_file(short, photo, options)
         clock.take()
         started = time.perf_counter()
-        report = cloak_file(cloaker, InputPhoto(photo), options)
+        report = cloak_file(cloaker, photo, options)
         total = time.perf_counter() - started
     stages = clock.take()
     stages["(other)"] = total - sum(stages.values())
@@ -209,7 +220,10 @@ def worker(photo: Path, threads: int) -> dict:
 def sample_photo(folder: Path) -> Path:
     from PIL import Image
 
-    from ulixes_onnx import samples
+    try:
+        from ulixes_onnx.photos import samples
+    except ModuleNotFoundError:
+        from ulixes_onnx import samples
 
     path = folder / "astronaut.png"
     Image.fromarray(samples.astronaut()).save(path)

@@ -8,7 +8,7 @@ no re-encoding), and SSIMULACRA2 of the original re-encoded as JPEG at quality 9
 4:2:0), the yardstick of "looks unchanged". It also times SSIMULACRA2 per region on one OpenCV thread.
 
 usage: python benchmarks/visibility_baseline.py [FOLDER] [--count 20] [--extra PHOTO ...] [--level mid]
-       [--out FILE.md]
+       [--set FIELD=VALUE ...] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ulixes_onnx.cloaking.files import expand_inputs
+from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoPixels
+from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings
+from ulixes_onnx.cloaking.visibility import face_region, face_visibility, ssimulacra2
 from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.files import expand_inputs
-from ulixes_onnx.imageio import decode_photo, encode_photo, read_photo
-from ulixes_onnx.pipeline import Cloaker, PhotoInput
-from ulixes_onnx.settings import LEVELS, CloakSettings
+from ulixes_onnx.photos.decoding import decode_photo, read_photo
+from ulixes_onnx.photos.encoding import encode_photo
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_region, face_visibility, ssimulacra2
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "faces-dev"
 
@@ -59,7 +60,7 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
         return decode_photo(encode_photo(photo, delta), path).rgb8
 
     started = time.perf_counter()
-    (result,) = cloaker.cloak_many([PhotoInput(photo.rgb8, photo.is_gray, saved)])
+    (result,) = cloaker.cloak_many([PhotoPixels(photo.rgb8, photo.is_gray, saved)])
     cloak_seconds = time.perf_counter() - started
     original = photo.rgb8
     saved_copy = saved(result.delta)
@@ -129,7 +130,15 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more photos (their largest face each)")
     parser.add_argument("--out", type=Path, help="write the markdown table here too")
     parser.add_argument("--level", choices=tuple(LEVELS), default=CloakSettings().level)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="other settings, e.g. diversity=0"
+    )
     args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        kind = type(getattr(CloakSettings(), name))
+        overrides[name] = kind(value)
     cv2.setNumThreads(1)
     store = ModelStore()
     chosen = largest_faces(args.folder, args.count, store)
@@ -140,7 +149,7 @@ def main() -> None:
     by_photo: dict[Path, list[float]] = {}
     for path, width in chosen:
         by_photo.setdefault(path, []).append(width)
-    cloaker = Cloaker(CloakSettings(level=args.level), store=store, threads=1)
+    cloaker = Cloaker(CloakSettings(level=args.level, **overrides), store=store, threads=1)
     rows = []
     for path, widths in by_photo.items():
         rows += measure_photo(cloaker, path, widths)

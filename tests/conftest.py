@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.store import MODELS_DIR_ENV, ModelStore
 
 FACES_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "faces-dev"

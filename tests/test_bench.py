@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,13 @@ from ulixes_onnx.store import ModelStore
 
 def test_median_ms_times_the_call() -> None:
     calls = []
-    assert median_ms(lambda: calls.append(1), repeats=3) >= 0
+
+    def sleep_5_ms() -> None:
+        calls.append(1)
+        time.sleep(0.005)
+
+    # sleep() lasts at least as long as asked; the upper margin allows for a busy shared machine.
+    assert 5 <= median_ms(sleep_5_ms, repeats=3) < 500
     assert len(calls) == 3 + 2  # warm-up runs are not timed
 
 

@@ -12,7 +12,10 @@ import pytest
 from PIL import Image
 
 from tests.test_cli import run_cli
-from ulixes_onnx import samples
+from ulixes_onnx.face_model import FaceModel
+from ulixes_onnx.faces import detector_from_store, extract_chips
+from ulixes_onnx.photos import samples
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 
@@ -101,11 +104,58 @@ def test_existing_output_needs_overwrite(tmp_path: Path, store: ModelStore) -> N
 def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     result = run_cli("cloak", str(tmp_path), "--strategy", "closest")
     assert result.returncode == 2 and "'closest' is not one of" in result.stderr
+    # The models are checked before the paths: an unknown one is a model error even here.
     result = run_cli("cloak", str(tmp_path / "nothing-here"), "--models", "no-such-model")
-    assert result.returncode in (3, 5) and "Traceback" not in result.stderr
+    assert result.returncode == 3 and "unknown model 'no-such-model'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_demo_cloaks_the_sample_photo(tmp_path: Path, store: ModelStore) -> None:
     result = run_cli("demo", "--output-dir", str(tmp_path), models_dir=store.root)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "astronaut.png").is_file() and (tmp_path / "astronaut_cloaked.png").is_file()
+
+
+def test_reference_photos_are_pushed_away_from_too(tmp_path: Path, store: ModelStore) -> None:
+    astronaut = samples.astronaut()
+    photo = _write(tmp_path / "astronaut.png", astronaut)
+    # The mirrored photo stands in for another photo of the same person.
+    reference = _write(tmp_path / "refs" / "mirrored.png", np.ascontiguousarray(astronaut[:, ::-1]))
+    report_path = tmp_path / "report.json"
+    result = run_cli(
+        "cloak", str(photo), "--reference", str(reference.parent), "--json", str(report_path),
+        models_dir=store.root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(report_path.read_text())["faces"][0]["per_model"]["dlib-resnet"]
+    # measured independently: the saved copy is far from both the original and the reference
+    model = FaceModel("dlib-resnet", store)
+    detector = detector_from_store(store)
+    cloaked = read_photo(tmp_path / "astronaut_cloaked.png").rgb8
+
+    def embedding(pixels: np.ndarray) -> np.ndarray:
+        face = max(detector.detect(pixels), key=lambda found: found.width)
+        return model.embed(extract_chips(pixels, [face], model.chip_spec).chips)
+
+    seen = embedding(cloaked)
+    to_reference = float(model.distance(seen, embedding(np.ascontiguousarray(astronaut[:, ::-1])))[0])
+    to_original = float(model.distance(seen, embedding(astronaut))[0])
+    assert min(to_reference, to_original) >= outcome["protect_distance"] - 0.02
+    assert outcome["distance"] == pytest.approx(min(to_reference, to_original), abs=0.02)
+
+
+def test_unusable_reference_photos_stop_before_any_work(tmp_path: Path, store: ModelStore) -> None:
+    photo = _write(tmp_path / "astronaut.png", samples.astronaut())
+    coffee = _write(tmp_path / "coffee.png", np.ascontiguousarray(__import__("skimage.data").data.coffee()))
+    for reference, message in (
+        (coffee, "coffee.png: no face found"),
+        (tmp_path / "missing.jpg", "missing.jpg"),
+        (tmp_path / "empty-folder", "no photos found"),
+    ):
+        if reference.name == "empty-folder":
+            reference.mkdir()
+        result = run_cli("cloak", str(photo), "--reference", str(reference), models_dir=store.root)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "astronaut_cloaked.png").exists()

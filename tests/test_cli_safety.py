@@ -17,10 +17,11 @@ from PIL import Image
 
 from tests.peak_rss import run_measuring_peak_rss
 from tests.test_cli import run_cli
-from ulixes_onnx import samples
 from ulixes_onnx.errors import ImageError
 from ulixes_onnx.faces.pasteback import too_small_reason
-from ulixes_onnx.imageio import read_photo, write_photo
+from ulixes_onnx.photos import samples
+from ulixes_onnx.photos.decoding import read_photo
+from ulixes_onnx.photos.encoding import write_photo
 from ulixes_onnx.store import ModelStore
 
 COFFEE = np.ascontiguousarray(skimage.data.coffee())  # no face: cheap to process

@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ulixes_onnx import samples
-from ulixes_onnx.cloak import (
+from ulixes_onnx.cloaking.loop import (
     STALL_WINDOW,
     CloakSettingsError,
     LoopSettings,
-    View,
+    ModelView,
     cloak_canvases,
     plan_objectives,
 )
+from ulixes_onnx.face_model import FaceModel, distances
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
-from ulixes_onnx.recognition import FaceModel, distances
+from ulixes_onnx.photos import samples
 from ulixes_onnx.store import ModelStore
 
 NAME = "dlib-resnet"
@@ -47,7 +47,7 @@ def _distance(model: FaceModel, canvas: FaceCanvas, delta: np.ndarray | None = N
 
 def test_away_reaches_its_target_within_the_per_pixel_budget(dlib_model, canvases) -> None:
     settings = LoopSettings(strategy="away", target=0.7, budget=16.0, chroma=0.2)
-    results = cloak_canvases([View(dlib_model, settings)], canvases)
+    results = cloak_canvases([ModelView(dlib_model, settings)], canvases)
     for result, canvas in zip(results, canvases, strict=True):
         assert result.stop_reasons[NAME] == "target-reached"
         assert result.distances[NAME] >= 0.69
@@ -63,24 +63,24 @@ def test_away_reaches_its_target_within_the_per_pixel_budget(dlib_model, canvase
 
 def test_results_are_deterministic_for_a_seed(dlib_model, canvases) -> None:
     settings = LoopSettings(strategy="away", target=0.5, seed=3, diversity=0.1, momentum=0.5)
-    first = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
-    second = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
+    first = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    second = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
     np.testing.assert_array_equal(first.delta, second.delta)
-    other_seed = cloak_canvases([View(dlib_model, LoopSettings(target=0.5, seed=4))], canvases[:1])[0]
+    other_seed = cloak_canvases([ModelView(dlib_model, LoopSettings(target=0.5, seed=4))], canvases[:1])[0]
     assert not np.array_equal(first.delta, other_seed.delta)
 
 
 def test_a_batch_gives_each_face_its_own_result(dlib_model, canvases) -> None:
     settings = LoopSettings(strategy="away", target=0.5)
-    together = cloak_canvases([View(dlib_model, settings)], canvases)
-    alone = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
+    together = cloak_canvases([ModelView(dlib_model, settings)], canvases)
+    alone = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
     assert together[0].steps == alone.steps
     np.testing.assert_allclose(together[0].delta, alone.delta, atol=1e-5)
 
 
 def test_self_is_inert_on_dlib_and_stops_on_slow_progress(dlib_model, canvases) -> None:
     results = cloak_canvases(
-        [View(dlib_model, LoopSettings(strategy="self", margin=0.6, min_progress=0.005))], canvases
+        [ModelView(dlib_model, LoopSettings(strategy="self", margin=0.6, min_progress=0.005))], canvases
     )
     assert {result.stop_reasons[NAME] for result in results} <= {"slow-progress", "loss-zero"}
     # it drifts (the random start and the max-norm steps move the face a little), but stalls far
@@ -91,7 +91,7 @@ def test_self_is_inert_on_dlib_and_stops_on_slow_progress(dlib_model, canvases) 
 def test_dssim_bound_and_step_limit_stop_faces(dlib_model, canvases) -> None:
     bounded = cloak_canvases(
         [
-            View(
+            ModelView(
                 dlib_model,
                 LoopSettings(target=2.0, max_dssim=0.00002, budget=64.0, min_progress=-1.0, step=0.02),
             )
@@ -99,13 +99,15 @@ def test_dssim_bound_and_step_limit_stop_faces(dlib_model, canvases) -> None:
         canvases[:1],
     )[0]
     assert bounded.stop_reasons[NAME] == "dssim-bound" and bounded.dssim <= 0.00002
-    limited = cloak_canvases([View(dlib_model, LoopSettings(target=2.0, max_steps=3))], canvases[:1])[0]
+    limited = cloak_canvases([ModelView(dlib_model, LoopSettings(target=2.0, max_steps=3))], canvases[:1])[0]
     assert limited.stop_reasons[NAME] == "max-steps" and limited.steps == 3
 
 
 def test_continuing_from_an_earlier_state(dlib_model, canvases) -> None:
-    first = cloak_canvases([View(dlib_model, LoopSettings(target=0.4))], canvases[:1])[0]
-    more = cloak_canvases([View(dlib_model, LoopSettings(target=0.7))], canvases[:1], start=[first.state])[0]
+    first = cloak_canvases([ModelView(dlib_model, LoopSettings(target=0.4))], canvases[:1])[0]
+    more = cloak_canvases(
+        [ModelView(dlib_model, LoopSettings(target=0.7))], canvases[:1], start=[first.state]
+    )[0]
     assert more.distances[NAME] >= 0.69 and more.dssim > first.dssim
 
 
@@ -113,7 +115,7 @@ def test_input_diversity_and_momentum_still_reach_the_target(dlib_model, canvase
     settings = LoopSettings(
         target=0.7, budget=16.0, diversity=0.1, momentum=0.5, smoothing=1.0, min_progress=-1.0
     )
-    result = cloak_canvases([View(dlib_model, settings)], canvases[:1])[0]
+    result = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
     assert result.stop_reasons[NAME] == "target-reached"
     # a random view past the target ends nothing until the plain view confirms it
     assert result.distances[NAME] >= 0.7
@@ -201,8 +203,8 @@ def test_joint_views_follow_both_models(dlib_model, store: ModelStore) -> None:
     mirrored = np.array([[-1.0, 0.0, 149.0], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0.0, 0.0, 1.0]])
     canvas = make_canvas(photo, [matrix, mirrored], [150, 150], cap=4.0)
     views = [
-        View(dlib_model, LoopSettings(target=0.5), index=0),
-        View(dlib_model, LoopSettings(target=0.5), index=1),
+        ModelView(dlib_model, LoopSettings(target=0.5), index=0),
+        ModelView(dlib_model, LoopSettings(target=0.5), index=1),
     ]
     (result,) = cloak_canvases(views, [canvas])
     assert set(result.stop_reasons.values()) == {"target-reached"}
@@ -211,3 +213,34 @@ def test_joint_views_follow_both_models(dlib_model, store: ModelStore) -> None:
         operator = canvas.operator(index)
         moved = dlib_model.embed(operator.forward(clean + result.delta)[None])
         assert dlib_model.distance(moved, dlib_model.embed(operator.forward(clean)[None]))[0] >= 0.45
+
+
+def test_nearest_takes_the_closest_of_the_positive_and_the_references() -> None:
+    view = ModelView(_EuclideanModel(), LoopSettings(), references=np.array([[3.0, 0.0], [0.0, 1.0]]))
+    embeddings = np.array([[0.0, 2.0], [2.5, 0.0]])
+    positives = np.array([[0.0, 0.0], [0.0, 0.0]])
+    distance, nearest = view.nearest(embeddings, positives)
+    np.testing.assert_allclose(distance, [1.0, 0.5])
+    np.testing.assert_allclose(nearest, [[0.0, 1.0], [3.0, 0.0]])
+    alone, positive = ModelView(_EuclideanModel(), LoopSettings()).nearest(embeddings, positives)
+    np.testing.assert_allclose(alone, [2.0, 2.5])
+    np.testing.assert_allclose(positive, positives)
+
+
+def test_a_face_moves_away_from_the_references_too(dlib_model, canvases) -> None:
+    # A reference on the far side of where the face goes alone: without it the face ends near it;
+    # with it, the face must end the target's distance from both.
+    settings = LoopSettings(strategy="away", target=0.6, diversity=0.0)
+    alone = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    operator = canvases[0].operator(0)
+    clean = canvases[0].image / 127.5 - 1
+    original = dlib_model.embed(operator.forward(clean)[None])[0]
+    moved = dlib_model.embed(operator.forward(clean + alone.delta)[None])[0]
+    reference = original + 1.2 * (moved - original)  # beyond where the face went
+    assert float(dlib_model.distance(moved[None], reference[None])[0]) < 0.3
+    result = cloak_canvases([ModelView(dlib_model, settings, references=reference[None])], canvases[:1])[0]
+    assert result.stop_reasons[NAME] == "target-reached"
+    cloaked = dlib_model.embed(operator.forward(clean + result.delta)[None])
+    assert float(dlib_model.distance(cloaked, original[None])[0]) >= 0.59
+    assert float(dlib_model.distance(cloaked, reference[None])[0]) >= 0.59
+    assert result.distances[NAME] >= 0.59

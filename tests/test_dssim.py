@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from ulixes_onnx.dssim import WINDOW, batch_dssim, chip_dssim, image_dssim, plane_ssim
+from ulixes_onnx.cloaking.dssim import WINDOW, batch_dssim, chip_dssim, image_dssim, plane_ssim
 
 
 def _skimage_dssim(a: np.ndarray, b: np.ndarray, channel_axis: int, data_range: float) -> float:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ulixes_onnx.cloaking.files import OutputOptions, _measured_as_written, _Pending
+from ulixes_onnx.cloaking.pipeline import CloakResult, FaceReport, ModelOutcome
 from ulixes_onnx.faces import Face
 from ulixes_onnx.faces.pasteback import PhotoDelta
-from ulixes_onnx.files import OutputOptions, _measured_as_written, _Pending
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import CloakResult, FaceReport, ModelOutcome
+from ulixes_onnx.photos.decoding import read_photo
 
 PIXELS = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
 

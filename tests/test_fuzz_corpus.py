@@ -18,8 +18,8 @@ from PIL import Image
 
 from tests.peak_rss import run_measuring_peak_rss
 from tests.test_cli_safety import _read_only, _undo_read_only
-from ulixes_onnx import samples
 from ulixes_onnx.cli.cloak import _literal
+from ulixes_onnx.photos import samples
 from ulixes_onnx.store import ModelStore
 
 # Slow: runs `cloak` over a corpus of 300+ entries.

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ulixes_onnx.orientation import is_valid_orientation, stored_rectangle, to_stored, to_upright
+from ulixes_onnx.photos.orientation import is_valid_orientation, stored_rectangle, to_stored, to_upright
 
 ORIENTATIONS = range(1, 9)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import import_module
 
 import pytest
 
@@ -11,9 +12,10 @@ import ulixes_onnx
 
 
 def test_every_public_name_resolves_to_its_module() -> None:
-    for name in ulixes_onnx.__all__:
-        assert getattr(ulixes_onnx, name) is not None
-    assert ulixes_onnx.Cloaker.__module__ == "ulixes_onnx.pipeline"
+    for name, module in ulixes_onnx._PUBLIC.items():
+        assert getattr(ulixes_onnx, name) is getattr(import_module(module), name)
+    assert set(ulixes_onnx.__all__) == {"__version__", *ulixes_onnx._PUBLIC}
+    assert ulixes_onnx.Cloaker.__module__ == "ulixes_onnx.cloaking.pipeline"
     assert ulixes_onnx.CloakSettings().level == "mid"
     with pytest.raises(AttributeError, match="no attribute 'Cloak'"):
         _ = ulixes_onnx.Cloak

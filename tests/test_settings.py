@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloak import CloakSettingsError
-from ulixes_onnx.settings import LEVELS, CloakSettings, protect_distance
+from ulixes_onnx.cloaking.loop import CloakSettingsError
+from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings, protect_distance
 
 
 def test_card_defaults_fill_what_is_left_as_none() -> None:

@@ -87,5 +87,5 @@ def test_cloaking_a_photo_loads_neither_onnx_nor_evaluation_code(
     Image.fromarray(astronaut).save(photo)
     modules = imported_by("cloak", str(photo), "--max-steps", "2", "--max-rounds", "1")
     assert (tmp_path / "astronaut_cloaked.png").exists()
-    assert "ulixes_onnx.pipeline" in modules
+    assert "ulixes_onnx.cloaking.pipeline" in modules
     assert loaded(modules, NOT_FOR_CLOAKING) == []

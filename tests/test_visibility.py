@@ -11,11 +11,8 @@ import pytest
 from PIL import Image
 from ssimulacra2 import compute_ssimulacra2
 
-from ulixes_onnx.dssim import image_dssim
-from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import (
+from ulixes_onnx.cloaking.dssim import image_dssim
+from ulixes_onnx.cloaking.visibility import (
     MIN_SIDE,
     Ssimulacra2Reference,
     Visibility,
@@ -23,6 +20,9 @@ from ulixes_onnx.visibility import (
     face_visibility,
     ssimulacra2,
 )
+from ulixes_onnx.faces import detector_from_store
+from ulixes_onnx.photos.decoding import read_photo
+from ulixes_onnx.store import ModelStore
 
 # The reference computes in float64, this module in float32.
 AGREEMENT = 0.5

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ulixes_onnx import samples
+from ulixes_onnx.cloaking.visibility import face_region, face_visibility
 from ulixes_onnx.faces import detector_from_store
+from ulixes_onnx.photos import samples
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_region, face_visibility
 
 _spec = importlib.util.spec_from_file_location(
     "visual_check", Path(__file__).resolve().parents[1] / "tools" / "visual_check.py"

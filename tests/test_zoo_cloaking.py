@@ -18,15 +18,15 @@ import pytest
 
 from tests.zoo.conftest import SETUP_HINT
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloak import STALL_WINDOW, LoopSettings, View, cloak_canvases
+from ulixes_onnx.cloaking.loop import STALL_WINDOW, LoopSettings, ModelView, cloak_canvases
+from ulixes_onnx.cloaking.pipeline import Cloaker, CloakResult, FaceReport
+from ulixes_onnx.cloaking.settings import CloakSettings
+from ulixes_onnx.cloaking.visibility import face_visibility
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import Face, chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.align import chip_corners_in_photo
 from ulixes_onnx.faces.canvas import make_canvas
-from ulixes_onnx.pipeline import Cloaker, CloakResult, FaceReport
-from ulixes_onnx.recognition import FaceModel
-from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_visibility
 from ulixes_onnx.zoo.npm import npm_available
 from ulixes_onnx.zoo.toolchain import installed_toolchain
 
@@ -164,5 +164,5 @@ def test_the_cosine_models_first_steps_are_not_taken_for_a_stall(
     settings = LoopSettings(
         target=model.card.cloak.away_target, min_progress=model.card.cloak.min_progress, max_steps=steps
     )
-    (result,) = cloak_canvases([View(model, settings)], [canvas])
+    (result,) = cloak_canvases([ModelView(model, settings)], [canvas])
     assert result.steps == steps and result.stop_reasons["faceres"] == "max-steps"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "faces-dev"

@@ -1,7 +1,7 @@
 """Look at cloaks where people look: each face region at 1:1, original | cloaked | difference x8.
 
-For each photo (files, folders, globs) this cloaks it with the Python API (`ulixes_onnx.files`, which
-drives `ulixes_onnx.pipeline.Cloaker` and writes the copy as `ulixes-onnx cloak` would, into
+For each photo (files, folders, globs) this cloaks it with the Python API (`ulixes_onnx.cloaking.files`, which
+drives `ulixes_onnx.cloaking.pipeline.Cloaker` and writes the copy as `ulixes-onnx cloak` would, into
 OUT/cloaked/), or, with --cloaked DIR, takes the cloaked copy already in DIR (`<stem>_cloaked<ext>` or
 the same file name). Per face it writes OUT/<photo>-face<i>-s2_<score>.png: the face's region (its box
 grown by a quarter on each side) of the original, of the cloaked copy and their difference amplified 8
@@ -28,14 +28,14 @@ import numpy as np
 from PIL import Image
 
 from ulixes_onnx.atomic import write_atomically
+from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, expand_inputs
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.settings import CloakSettings
+from ulixes_onnx.cloaking.visibility import face_region, face_visibility
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, expand_inputs
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import Cloaker
-from ulixes_onnx.settings import CloakSettings
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_region, face_visibility
 
 DIFFERENCE_GAIN = 8
 GAP = 4  # pixels of white between the three panels
@@ -109,7 +109,7 @@ def photo_pairs(args: argparse.Namespace, store: ModelStore) -> list[tuple[Path,
     options = OutputOptions(output_dir=args.out / "cloaked", overwrite=True)
     pairs = []
     for photo in photos:
-        report = cloak_file(cloaker, InputPhoto(photo.path, photo.subfolder), options)
+        report = cloak_file(cloaker, PhotoFile(photo.path, photo.subfolder), options)
         if report.error is not None:
             pairs.append((photo.path, report.error, []))
         elif report.output is None:

@@ -1,7 +1,7 @@
 """ulixes-onnx: adversarial face cloaks against facial recognition, computed with ONNX gradient graphs.
 
 The public API, importable from here: `Cloaker` and `CloakSettings` (cloak pixels), `cloak_files` with
-`InputPhoto` and `OutputOptions` (cloak files as the `cloak` command does), and the results
+`PhotoFile` and `OutputOptions` (cloak files as the `cloak` command does), and the results
 `CloakResult`, `FaceReport` and `FileReport`. They are loaded on first use, so that importing the
 package (and the command line's `--help`) stays quick.
 """
@@ -11,15 +11,15 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Cloaker": "ulixes_onnx.pipeline",
-    "CloakResult": "ulixes_onnx.pipeline",
-    "FaceReport": "ulixes_onnx.pipeline",
-    "PhotoInput": "ulixes_onnx.pipeline",
-    "CloakSettings": "ulixes_onnx.settings",
-    "cloak_files": "ulixes_onnx.files",
-    "FileReport": "ulixes_onnx.files",
-    "InputPhoto": "ulixes_onnx.files",
-    "OutputOptions": "ulixes_onnx.files",
+    "Cloaker": "ulixes_onnx.cloaking.pipeline",
+    "CloakResult": "ulixes_onnx.cloaking.pipeline",
+    "FaceReport": "ulixes_onnx.cloaking.pipeline",
+    "PhotoPixels": "ulixes_onnx.cloaking.pipeline",
+    "CloakSettings": "ulixes_onnx.cloaking.settings",
+    "cloak_files": "ulixes_onnx.cloaking.files",
+    "FileReport": "ulixes_onnx.cloaking.files",
+    "PhotoFile": "ulixes_onnx.cloaking.files",
+    "OutputOptions": "ulixes_onnx.cloaking.files",
 }
 __all__ = ["__version__", *_PUBLIC]
 

@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ulixes_onnx import samples
-from ulixes_onnx.cloak import View, cloak_canvases
+from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, cloak_files, expand_inputs
+from ulixes_onnx.cloaking.loop import ModelView, cloak_canvases
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, CloakSettings
 from ulixes_onnx.engine.session import available_cores
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
-from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file, cloak_files, expand_inputs
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import Cloaker
-from ulixes_onnx.recognition import FaceModel
-from ulixes_onnx.settings import DEFAULT_MODELS, CloakSettings
+from ulixes_onnx.photos import samples
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 WARMUP_RUNS = 2
@@ -156,7 +156,9 @@ def bench_model(
         forward = median_ms(lambda x=x: model.embed(x), repeats)
         step = median_ms(lambda x=x, e=embeddings: model.step(x, e, e, settings.target, 0.0), repeats)
         started = time.perf_counter()
-        results = cloak_canvases([View(model, settings)], [canvases[i % len(canvases)] for i in range(batch)])
+        results = cloak_canvases(
+            [ModelView(model, settings)], [canvases[i % len(canvases)] for i in range(batch)]
+        )
         loop_seconds = time.perf_counter() - started
         per_batch[str(batch)] = {
             "forward_ms": round(forward, 2),
@@ -168,11 +170,11 @@ def bench_model(
         }
     with tempfile.TemporaryDirectory() as output:
         options = OutputOptions(output_dir=Path(output), overwrite=True)
-        cloak_file(cloaker, InputPhoto(photos[0]), options)  # warm-up
+        cloak_file(cloaker, PhotoFile(photos[0]), options)  # warm-up
         end_to_end = []
         visibility = []
         for photo in photos:
-            report = cloak_file(cloaker, InputPhoto(photo), options)
+            report = cloak_file(cloaker, PhotoFile(photo), options)
             cloaked = [face for face in report.faces if face.models]
             visibility += [
                 {
@@ -187,7 +189,7 @@ def bench_model(
                 end_to_end.append(report.seconds / len(cloaked))
         # The folder as `ulixes-onnx cloak` does it: photos in batches, the next one decoded meanwhile.
         started = time.perf_counter()
-        reports = list(cloak_files(cloaker, [InputPhoto(photo) for photo in photos], options))
+        reports = list(cloak_files(cloaker, [PhotoFile(photo) for photo in photos], options))
         folder_seconds = time.perf_counter() - started
         folder_faces = sum(1 for report in reports for face in report.faces if face.models)
     end_to_end_seconds = statistics.median(end_to_end) if end_to_end else None

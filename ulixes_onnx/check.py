@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ulixes_onnx import samples
 from ulixes_onnx.cards import ModelCard, all_cards, get_card
 from ulixes_onnx.engine import default_domain_only
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import (
     MTCNN,
     ChipSpec,
@@ -26,7 +26,7 @@ from ulixes_onnx.faces import (
     extract_chips,
     five_point_predictor,
 )
-from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.photos import samples
 from ulixes_onnx.store import ModelStatus, ModelStore
 
 FINITE_DIFFERENCE_STEP = 1e-3

@@ -13,7 +13,7 @@ import skimage.data
 from PIL import Image
 
 from tests.test_cli import run_cli
-from ulixes_onnx import samples
+from ulixes_onnx.photos import samples
 from ulixes_onnx.store import ModelStore
 
 PAIRS = """a,b,same

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ulixes_onnx.cloaking.settings import ENSEMBLES, CloakSettings
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.evaluation.report import render_markdown
 from ulixes_onnx.evaluation.runner import (
@@ -14,7 +15,6 @@ from ulixes_onnx.evaluation.runner import (
     leave_one_out_rows,
     transfer_rows,
 )
-from ulixes_onnx.settings import ENSEMBLES, CloakSettings
 
 
 def test_one_cloak_model_is_one_row() -> None:

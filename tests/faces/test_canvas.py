@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -110,3 +111,20 @@ def test_a_jittered_operator_samples_elsewhere(astronaut, aligned):
     plain = canvas.operator(0).forward(clean)
     shifted = canvas.operator(0, shift).forward(clean)
     np.testing.assert_allclose(shifted[:, :, 10:140], plain[:, :, 7:137], atol=1e-4)
+
+
+def test_a_realigned_canvas_cuts_its_chips_where_the_new_alignment_says():
+    noise = np.random.default_rng(2).normal(size=(2000, 2000, 3)).astype(np.float32)
+    # Structure at the chip's scale (a few chip pixels), so that where a chip is cut matters.
+    smooth = cv2.GaussianBlur(noise, (0, 0), 25)
+    photo = np.clip(128 + smooth * (60 / smooth.std()), 0, 255).astype(np.uint8)
+    canvas = make_canvas(photo, [_matrix(10.0, 200.0, 300.0)], [150], cap=4.0)
+    moved = _matrix(10.2, 212.0, 291.0)  # the landmarks found 12 and -9 px away, a slightly larger face
+    realigned = canvas.realigned([moved])
+    # the image and mask stay the original's; only the operator follows the new alignment
+    assert realigned.image is canvas.image and realigned.mask is canvas.mask
+    expected = warp_chips(photo, moved[None], 150)[0]
+    chip = realigned.operator(0).forward(realigned.image / 127.5 - 1)
+    old_chip = canvas.operator(0).forward(canvas.image / 127.5 - 1)
+    error = np.abs(chip - expected).mean()
+    assert error < 0.04 and error < 0.25 * np.abs(old_chip - expected).mean()

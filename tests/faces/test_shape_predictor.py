@@ -9,8 +9,9 @@ import pytest
 from tests.dlib_reference import dlib, reference_models
 from tests.test_dlib_format import encode_int, encode_real
 from ulixes_onnx.faces import dlib_landmarks, face_rectangle, five_point_predictor
-from ulixes_onnx.faces.shape_predictor import ShapePredictor, _evaluate_forest, read_shape_predictor
+from ulixes_onnx.faces.shape_predictor import _evaluate_forest, predict_shapes
 from ulixes_onnx.zoo.dlib_format import DlibFormatError
+from ulixes_onnx.zoo.dlib_shape_predictor import ShapePredictor, read_shape_predictor
 
 # A two-point predictor with one level of one depth-1 tree: it compares the pixel under point 0 with
 # the pixel under point 1 and moves both points right by 0.1 of the rectangle if the first is
@@ -63,10 +64,10 @@ def test_tiny_model_is_read_as_written():
 def test_tree_goes_left_only_when_the_difference_exceeds_the_threshold():
     model = read_shape_predictor(_tiny_model())
     rectangle = np.array([[0.0, 0.0, 99.0, 99.0]])
-    brighter = model.predict(_two_tone(121, 100), rectangle)[0]
+    brighter = predict_shapes(model, _two_tone(121, 100), rectangle)[0]
     np.testing.assert_allclose(brighter, [[0.35 * 99, 49.5], [0.85 * 99, 49.5]], atol=1e-4)
     # A difference of exactly the threshold is not "more than" it.
-    equal = model.predict(_two_tone(120, 100), rectangle)[0]
+    equal = predict_shapes(model, _two_tone(120, 100), rectangle)[0]
     np.testing.assert_allclose(equal[:, 0], [0.15 * 99, 0.65 * 99], atol=1e-4)
 
 
@@ -92,9 +93,9 @@ def test_colour_is_read_as_dlibs_truncated_grey():
     photo[:, :50] = (100, 100, 102)  # (R + G + B) // 3 = 100: grey 100, not 100.67
     photo[:, 50:] = 80
     rectangle = np.array([[0.0, 0.0, 99.0, 99.0]])
-    moved = model.predict(photo, rectangle)[0, 0, 0]
+    moved = predict_shapes(model, photo, rectangle)[0, 0, 0]
     assert moved == pytest.approx(0.15 * 99, abs=1e-4)
-    assert model.predict(_two_tone(101, 80, colour=True), rectangle)[0, 0, 0] == pytest.approx(
+    assert predict_shapes(model, _two_tone(101, 80, colour=True), rectangle)[0, 0, 0] == pytest.approx(
         0.35 * 99, abs=1e-4
     )
 
@@ -105,16 +106,18 @@ def test_pixels_outside_the_photo_read_as_black():
     rectangle = np.array([[-60.0, 0.0, 39.0, 99.0]])
     photo = _two_tone(255, 255)
     np.testing.assert_allclose(
-        model.predict(photo, rectangle)[0, :, 0], [-60 + 0.15 * 99, -60 + 0.65 * 99], atol=1e-4
+        predict_shapes(model, photo, rectangle)[0, :, 0], [-60 + 0.15 * 99, -60 + 0.65 * 99], atol=1e-4
     )
 
 
 def test_several_rectangles_are_predicted_at_once():
     model = read_shape_predictor(_tiny_model())
     rectangles = np.array([[0.0, 0.0, 99.0, 99.0], [10.0, 0.0, 109.0, 99.0]])
-    together = model.predict(_two_tone(200, 0), rectangles)
+    together = predict_shapes(model, _two_tone(200, 0), rectangles)
     for index, rectangle in enumerate(rectangles):
-        np.testing.assert_array_equal(together[index], model.predict(_two_tone(200, 0), rectangle[None])[0])
+        np.testing.assert_array_equal(
+            together[index], predict_shapes(model, _two_tone(200, 0), rectangle[None])[0]
+        )
 
 
 @pytest.mark.parametrize(
@@ -141,7 +144,9 @@ def test_saved_arrays_load_back_to_the_same_predictor(tmp_path):
     loaded = ShapePredictor.from_npz(saved)
     rectangle = np.array([[0.0, 0.0, 99.0, 99.0]])
     for photo in (_two_tone(121, 100), _two_tone(120, 100)):  # one moves right, the other left
-        np.testing.assert_array_equal(loaded.predict(photo, rectangle), model.predict(photo, rectangle))
+        np.testing.assert_array_equal(
+            predict_shapes(loaded, photo, rectangle), predict_shapes(model, photo, rectangle)
+        )
 
 
 def test_the_store_keeps_the_parsed_predictor(store):
@@ -184,7 +189,7 @@ def test_points_match_dlibs_predictor_on_the_same_rectangles(astronaut, variant)
     predictor = reference_models()[1]
     for rectangle in _astronaut_rectangles(photo):
         theirs = np.array([[p.x, p.y] for p in predictor(photo, dlib.rectangle(*rectangle)).parts()])
-        ours = five_point_predictor().predict(photo, np.array([rectangle], float))[0]
+        ours = predict_shapes(five_point_predictor(), photo, np.array([rectangle], float))[0]
         # dlib rounds its points to whole pixels; the port is exact up to that rounding.
         np.testing.assert_array_equal(np.floor(ours + 0.5), theirs)
 

@@ -13,11 +13,11 @@ import pytest
 
 from tests.server.conftest import png_bytes, serving_client, temp_root, wait_until
 from tests.test_cli import run_cli
-from ulixes_onnx.cloak import CloakSettingsError
-from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
-from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file
+from ulixes_onnx.cloaking.loop import CloakSettingsError
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.server.jobs import Limits
-from ulixes_onnx.settings import CloakSettings
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,7 @@ def test_cloak_answers_the_report_and_the_same_file_as_the_cloak_command(
     assert download.status_code == 200
     assert download.headers["content-type"] == "image/png"
     assert 'filename="My_holiday_cloaked.png"' in download.headers["content-disposition"]
-    reference = cloak_file(
-        Cloaker(store=store), InputPhoto(astronaut_png), OutputOptions(output_dir=tmp_path)
-    )
+    reference = cloak_file(Cloaker(store=store), PhotoFile(astronaut_png), OutputOptions(output_dir=tmp_path))
     assert download.content == reference.output.read_bytes()
     assert result["size"] == len(download.content)
     # Downloaded: the job and its files are gone.
@@ -226,7 +224,7 @@ def test_serve_without_the_extra_says_what_to_install(tmp_path):
         timeout=120,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path.cwd())])},
     )
-    assert result.returncode != 0
+    assert result.returncode == 1  # a user error (README: exit codes)
     assert (
         result.stderr.strip()
         == "ulixes-onnx: error: serve needs the serve extra: pip install 'ulixes-onnx[serve]'"

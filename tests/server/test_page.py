@@ -17,8 +17,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
-from ulixes_onnx.pipeline import Cloaker
+from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file
+from ulixes_onnx.cloaking.pipeline import Cloaker
 
 # Slow: drives a real browser.
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def test_upload_cloak_view_and_download_in_a_browser(browser, live_server, store
     browser.save_screenshot(str(SCREENSHOT))
 
     # The download is the file `cloak` writes for the same photo, alone and in the zip.
-    expected = cloak_file(Cloaker(store=store), InputPhoto(astronaut_png), OutputOptions(output_dir=tmp_path))
+    expected = cloak_file(Cloaker(store=store), PhotoFile(astronaut_png), OutputOptions(output_dir=tmp_path))
     card.find_element(By.CSS_SELECTOR, "a.download").click()
     assert downloaded(browser.downloads, "astronaut_cloaked.png") == expected.output.read_bytes()
     browser.find_element(By.ID, "download-all").click()

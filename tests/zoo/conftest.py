@@ -12,7 +12,7 @@ import pytest
 from tests.engine.test_cloak_graph import directional_errors
 from ulixes_onnx.cards import ModelCard
 from ulixes_onnx.engine import build_cloak_graph, create_session, with_canonical_input
-from ulixes_onnx.recognition import adapter_spec
+from ulixes_onnx.face_model import adapter_spec
 from ulixes_onnx.zoo.conversion import native_input, probe_chips
 from ulixes_onnx.zoo.toolchain import installed_toolchain
 

@@ -22,8 +22,11 @@ from ulixes_onnx.zoo.npm import npm_available
 # Slow: converts models in the export toolchain (the suite's peak memory).
 pytestmark = pytest.mark.slow
 
+# The models whose real weights are converted here (tests/zoo/test_recipe_coverage.py counts them).
+REAL_WEIGHTS = ("facenet-vggface2", "faceres", "faceres-deep")
 
-@pytest.fixture(scope="session", params=["facenet-vggface2", "faceres", "faceres-deep"])
+
+@pytest.fixture(scope="session", params=REAL_WEIGHTS)
 def converted(request, export_python, tmp_path_factory) -> tuple[str, ConvertedModel]:
     card = get_card(request.param)
     if card.source.package and importlib.util.find_spec(card.source.package) is None:

@@ -8,6 +8,8 @@ source framework on face chips (ONNX vs tf-keras, or vs torch) and the engine di
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.zoo.conftest import gradient_check_errors
@@ -18,18 +20,14 @@ from ulixes_onnx.zoo.toolchain import run_export_script
 # Slow: builds and converts networks in the export toolchain.
 pytestmark = pytest.mark.slow
 
-# model card -> (export script, job that writes random weights of that architecture)
+# model card -> (the script that writes random weights of its architecture, its job)
+KERAS_WEIGHTS = str(Path(__file__).with_name("random_keras_weights.py"))
+TORCH_WEIGHTS = str(Path(__file__).with_name("random_state_dict.py"))
 RANDOM_WEIGHTS = {
-    "vggface-vgg16": (
-        "export_tensorflow.py",
-        {"format": "random-keras-weights", "architecture": "vggface-vgg16"},
-    ),
-    "vggface-resnet50": (
-        "export_tensorflow.py",
-        {"format": "random-keras-weights", "architecture": "vggface-resnet50"},
-    ),
-    "deepface": ("export_tensorflow.py", {"format": "random-keras-weights", "architecture": "deepface"}),
-    "facenet-pytorch-vggface2": ("export_torch.py", {"format": "random-state-dict", "classes": 8631}),
+    "vggface-vgg16": (KERAS_WEIGHTS, {"architecture": "vggface-vgg16"}),
+    "vggface-resnet50": (KERAS_WEIGHTS, {"architecture": "vggface-resnet50"}),
+    "deepface": (KERAS_WEIGHTS, {"architecture": "deepface"}),
+    "facenet-pytorch-vggface2": (TORCH_WEIGHTS, {"classes": 8631}),
 }
 
 

@@ -17,10 +17,10 @@ from typing import Annotated
 
 import click
 import typer
-from typer.core import TyperCommand, TyperGroup
 
 from ulixes_onnx import __version__
 from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.cli.help import PlainCommand, PlainGroup
 from ulixes_onnx.errors import UlixesError
 
 
@@ -71,11 +71,11 @@ def load_command(name: str) -> click.Command:
     if isinstance(target, typer.Typer):
         return typer.main.get_group(target)
     single = typer.Typer(add_completion=False)
-    single.command(name=name)(target)
+    single.command(name=name, cls=PlainCommand)(target)
     return typer.main.get_command(single)
 
 
-class _CommandsOnDemand(TyperGroup):
+class _CommandsOnDemand(PlainGroup):
     """The root group: lists `COMMANDS` from their summaries and imports a command only to run it."""
 
     listing = False
@@ -87,7 +87,7 @@ class _CommandsOnDemand(TyperGroup):
         if cmd_name not in COMMANDS:
             return None
         if self.listing:
-            return TyperCommand(cmd_name, help=COMMANDS[cmd_name].summary)
+            return PlainCommand(cmd_name, help=COMMANDS[cmd_name].summary)
         if cmd_name not in self.commands:
             self.commands[cmd_name] = load_command(cmd_name)
         return self.commands[cmd_name]
@@ -122,6 +122,7 @@ def root(
     models_dir: Annotated[
         Path | None,
         typer.Option(
+            metavar="DIR",
             help="Model cache directory (default: $ULIXES_ONNX_MODELS_DIR or the XDG cache dir).",
             file_okay=False,
         ),

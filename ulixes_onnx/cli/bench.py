@@ -14,22 +14,26 @@ from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.bench import run_bench
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.options import model_names
-from ulixes_onnx.settings import DEFAULT_MODELS
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS
 
 
 def bench(
     ctx: typer.Context,
-    models: Annotated[str, typer.Option(help="Comma-separated models to measure.")] = ",".join(
-        DEFAULT_MODELS
-    ),
-    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
-    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per measurement (median reported).")] = 10,
+    models: Annotated[
+        str, typer.Option(metavar="NAMES", help="Comma-separated models to measure.")
+    ] = ",".join(DEFAULT_MODELS),
+    batch: Annotated[str, typer.Option(metavar="SIZES", help="Comma-separated batch sizes.")] = "1,8,32",
+    repeats: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Timed runs per measurement (median reported).")
+    ] = 10,
     images: Annotated[
-        Path | None, typer.Option(help="Folder of photos (default: astronaut variants).")
+        Path | None, typer.Option(metavar="DIR", help="Folder of photos (default: astronaut variants).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="CPU threads (default: all cores).")
+    ] = None,
     json_output: Annotated[
-        Path | None, typer.Option("--json", help="Also write the results as JSON.")
+        Path | None, typer.Option("--json", metavar="FILE", help="Also write the results as JSON.")
     ] = None,
 ) -> None:
     """Measure cloak steps, faces per second, seconds per face end to end and peak memory."""

@@ -16,9 +16,8 @@ from rich.table import Table
 
 from ulixes_onnx.atomic import protect_inputs, same_file, write_atomically
 from ulixes_onnx.cli.context import CliState
-from ulixes_onnx.cli.options import DEFAULTS, Pool, choice, with_cloak_settings
-from ulixes_onnx.errors import UlixesError, UsageError
-from ulixes_onnx.files import (
+from ulixes_onnx.cli.options import DEFAULTS, Pool, References, choice, with_cloak_settings
+from ulixes_onnx.cloaking.files import (
     BATCH_PHOTOS,
     NO_FACE_ACTIONS,
     FileReport,
@@ -30,10 +29,13 @@ from ulixes_onnx.files import (
     find_inputs,
     plan_outputs,
 )
-from ulixes_onnx.imageio import DEFAULT_MAX_PIXELS, check_suffix
-from ulixes_onnx.pipeline import Cloaker
-from ulixes_onnx.pool import build_pool, load_pool
-from ulixes_onnx.settings import CloakSettings
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.pool import build_pool, load_pool
+from ulixes_onnx.cloaking.references import references_from_paths
+from ulixes_onnx.cloaking.settings import CloakSettings
+from ulixes_onnx.errors import UlixesError, UsageError
+from ulixes_onnx.photos.decoding import DEFAULT_MAX_PIXELS
+from ulixes_onnx.photos.encoding import check_suffix
 
 # Exit codes beyond the error classes' own (documented in the README).
 EXIT_NO_FACE = 8
@@ -46,45 +48,65 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 @with_cloak_settings("--models", "Comma-separated models to protect against; several make an ensemble.")
 def cloak(
     ctx: typer.Context,
-    paths: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or globs.")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(metavar="PHOTO...", help="Photos, folders (searched recursively) or globs."),
+    ],
     output_dir: Annotated[
-        Path | None, typer.Option(help="Write copies here instead of next to each photo.")
+        Path | None, typer.Option(metavar="DIR", help="Write copies here instead of next to each photo.")
     ] = None,
-    suffix: Annotated[str, typer.Option(help="Added to each output's name.")] = "_cloaked",
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (never an input).")] = False,
-    skip_existing: Annotated[
-        bool, typer.Option(help="Skip photos whose copy exists already: resume an interrupted run.")
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing copies (never an input).")
     ] = False,
-    max_pixels: Annotated[
-        int, typer.Option(min=1, help="Refuse photos of more pixels (decompression bombs).")
-    ] = DEFAULT_MAX_PIXELS,
-    quality: Annotated[
-        int | None, typer.Option(min=1, max=100, help="JPEG/WebP quality (default: the input's own).")
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing", help="Skip photos whose copy exists already: resume an interrupted run."
+        ),
+    ] = False,
+    json_report: Annotated[
+        Path | None,
+        typer.Option("--json", metavar="FILE", help="Write a per-face JSON report here ('-': stdout)."),
     ] = None,
+    suffix: Annotated[str, typer.Option(metavar="TEXT", help="Added to each copy's name.")] = "_cloaked",
     keep_exif: Annotated[
         bool,
         typer.Option(
+            "--keep-exif",
             help="Keep all metadata: EXIF (GPS, captions, names, serials), XMP, PNG and TIFF text "
-            "(default: only orientation, colour space, ICC profile and resolution)."
+            "(default: only orientation, colour space, ICC profile and resolution).",
         ),
     ] = False,
     no_face: Annotated[
-        str, typer.Option(help="Photos without faces: skip, or copy them as they are.")
+        str,
+        typer.Option(
+            metavar="|".join(NO_FACE_ACTIONS), help="Photos without faces: skip, or copy them as they are."
+        ),
     ] = "skip",
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
-    batch: Annotated[
-        int, typer.Option(min=1, help="Photos cloaked together (their faces share the loop's batches).")
-    ] = BATCH_PHOTOS,
-    json_report: Annotated[
-        Path | None, typer.Option("--json", help="Write a per-face JSON report here ('-': stdout).")
+    quality: Annotated[
+        int | None,
+        typer.Option(min=1, max=100, metavar="1-100", help="JPEG/WebP quality (default: the input's own)."),
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option(metavar="N", help="CPU threads (default: all cores).")
+    ] = None,
+    batch: Annotated[
+        int,
+        typer.Option(
+            min=1, metavar="N", help="Photos cloaked together (their faces share the loop's batches)."
+        ),
+    ] = BATCH_PHOTOS,
+    max_pixels: Annotated[
+        int,
+        typer.Option(min=1, metavar="N", help="Refuse photos of more pixels (decompression bombs)."),
+    ] = DEFAULT_MAX_PIXELS,
     pool: Pool = None,
+    reference: References = None,
     settings: CloakSettings = DEFAULTS,
 ) -> None:
     """Cloak every face in the photos; write `<name>_cloaked.<ext>` copies and verify them.
 
-    One line per photo or skipped entry goes to stdout (to stderr with --json -); progress and the
-    summary go to stderr.
+    One line per photo or skipped entry on stdout (stderr with --json -); progress and summary on stderr.
     """
     choice(no_face, NO_FACE_ACTIONS, "--no-face")
     try:
@@ -97,7 +119,7 @@ def cloak(
     if not found.photos:
         for report in found.skipped:
             _print_file_line(results, report)
-        raise typer.BadParameter("no photos found", param_hint="PATHS")
+        raise typer.BadParameter("no photos found", param_hint="PHOTO...")
     options = OutputOptions(
         output_dir, suffix, overwrite, quality, keep_exif, no_face, skip_existing, max_pixels
     )
@@ -111,6 +133,10 @@ def cloak(
             else build_pool(
                 [photo.path for photo in expand_inputs([str(pool)])], cloaker.models, cloaker.detector
             )
+        )
+    if reference:
+        cloaker.references = references_from_paths(
+            [str(path) for path in reference], cloaker.models, cloaker.detector
         )
     console = Console(stderr=True, highlight=False, markup=False)
     reports: list[FileReport] = list(found.skipped)

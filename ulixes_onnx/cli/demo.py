@@ -8,15 +8,15 @@ from typing import Annotated
 import typer
 from PIL import Image
 
-from ulixes_onnx import samples
 from ulixes_onnx.cli.cloak import cloak
+from ulixes_onnx.photos import samples
 
 
 def demo(
     ctx: typer.Context,
-    output_dir: Annotated[Path, typer.Option(help="Where to write the sample and its cloaked copy.")] = Path(
-        "ulixes-demo"
-    ),
+    output_dir: Annotated[
+        Path, typer.Option(metavar="DIR", help="Where to write the sample and its cloaked copy.")
+    ] = Path("ulixes-demo"),
 ) -> None:
     """Write the sample astronaut photo, cloak it with the default model and verify the copy."""
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ from rich.table import Table
 
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.options import DEFAULT_MODEL_LIST, DEFAULTS, Pool, model_names, with_cloak_settings
-from ulixes_onnx.cloak import POOL_STRATEGIES
+from ulixes_onnx.cloaking.loop import POOL_STRATEGIES
+from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.errors import UlixesError
-from ulixes_onnx.settings import CloakSettings
 
 
 class _RichProgress:
@@ -41,37 +41,45 @@ class _RichProgress:
 )
 def evaluate(
     ctx: typer.Context,
-    dataset: Annotated[Path, typer.Argument(help="Folder of identity/photo files.")],
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="Folder of identity/photo files.")],
     pairs: Annotated[
-        Path | None, typer.Option(help="CSV with columns a,b,same (default: DATASET/pairs.csv).")
+        Path | None,
+        typer.Option(metavar="FILE", help="CSV with columns a,b,same (default: DATASET/pairs.csv)."),
     ] = None,
     models: Annotated[
-        str, typer.Option(help="Comma-separated models that judge the cloaks.")
+        str, typer.Option(metavar="NAMES", help="Comma-separated models that judge the cloaks.")
     ] = DEFAULT_MODEL_LIST,
     pool: Pool = None,
     transfer: Annotated[bool, typer.Option(help="Measure the transfer matrix.")] = True,
     exclude_evaluated: Annotated[
-        bool, typer.Option(help="Transfer: remake ensemble cloaks without the model judging them.")
+        bool,
+        typer.Option(
+            "--exclude-evaluated", help="Transfer: remake ensemble cloaks without the model judging them."
+        ),
     ] = False,
     leave_one_out: Annotated[
         bool,
         typer.Option(
+            "--leave-one-out",
             help="Only this: each --models model judges cloaks made by the ensemble of the others "
-            "(--ensemble and the other cloak settings apply; --cloak-models is not used)."
+            "(--ensemble and the other cloak settings apply; --cloak-models is not used).",
         ),
     ] = False,
     robustness: Annotated[bool, typer.Option(help="Re-measure after JPEG q85/q75 and downscaling.")] = True,
     allow_single: Annotated[
-        bool, typer.Option(help="Accept identities with one photo (left out of identification).")
+        bool,
+        typer.Option("--allow-single", help="Accept identities with one photo (left out of identification)."),
     ] = False,
-    out: Annotated[Path, typer.Option(help="Folder for report.json, report.md and plots.")] = Path(
-        "eval-report"
-    ),
+    out: Annotated[
+        Path, typer.Option(metavar="DIR", help="Folder for report.json, report.md and plots.")
+    ] = Path("eval-report"),
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cloaked copies are kept here (default: OUT/cache).")
+        Path | None, typer.Option(metavar="DIR", help="Cloaked copies are kept here (default: OUT/cache).")
     ] = None,
     plots: Annotated[bool, typer.Option(help="Draw PNG plots (needs matplotlib).")] = True,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(metavar="N", help="CPU threads (default: all cores).")
+    ] = None,
     settings: CloakSettings = DEFAULTS,
 ) -> None:
     """Cloak a labelled dataset and measure verification, identification, clustering, transfer and more."""

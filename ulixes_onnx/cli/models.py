@@ -13,10 +13,11 @@ from rich.table import Table
 from ulixes_onnx.cards import all_cards, get_card
 from ulixes_onnx.check import check_models
 from ulixes_onnx.cli.context import CliState
+from ulixes_onnx.cli.help import PlainCommand, PlainGroup
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.store import ModelStatus
 
-app = typer.Typer(help="List, build and check face models.", no_args_is_help=True)
+app = typer.Typer(cls=PlainGroup, help="List, build and check face models.", no_args_is_help=True)
 
 CHECK_FAILED_EXIT_CODE = 7
 
@@ -25,7 +26,7 @@ def _size_mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-@app.command("list")
+@app.command("list", cls=PlainCommand)
 def list_models(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -67,15 +68,18 @@ def list_models(
             console.print(f"{row['name']} needs: {row['needs']}", highlight=False)
 
 
-@app.command("build")
+@app.command("build", cls=PlainCommand)
 def build_models(
     ctx: typer.Context,
-    names: Annotated[list[str] | None, typer.Argument(help="Models to build (default: all).")] = None,
-    force: Annotated[bool, typer.Option(help="Rebuild even if a verified copy exists.")] = False,
+    names: Annotated[
+        list[str] | None, typer.Argument(metavar="MODEL...", help="Models to build (default: all).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a verified copy exists.")] = False,
     weights: Annotated[
         list[Path] | None,
         typer.Option(
             "--weights",
+            metavar="FILE",
             help="Your weights file for a model that needs one (see `models list`); "
             "repeat for models with several files, in the order the card lists them.",
             exists=True,
@@ -118,11 +122,12 @@ def build_models(
         typer.echo(f"{card.name}: built ({size}) in {store.model_dir(card)}")
 
 
-@app.command("check")
+@app.command("check", cls=PlainCommand)
 def check(
     ctx: typer.Context,
     names: Annotated[
-        list[str] | None, typer.Argument(help="Models to check (default: every built one).")
+        list[str] | None,
+        typer.Argument(metavar="MODEL...", help="Models to check (default: every built one)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a summary.")] = False,
 ) -> None:

@@ -1,5 +1,5 @@
 """Option parsing shared by the commands: every cloaking option once, its default read from
-`CloakSettings`, the algorithm's settings under one "Advanced" help panel."""
+`CloakSettings`, how far faces move under "Protection" and the algorithm's settings under "Advanced"."""
 
 from __future__ import annotations
 
@@ -11,42 +11,72 @@ from typing import Annotated
 
 import typer
 
-from ulixes_onnx.cloak import STRATEGIES, CloakSettingsError
-from ulixes_onnx.settings import ENSEMBLES, LEVELS, CloakSettings
+from ulixes_onnx.cloaking.loop import STRATEGIES, CloakSettingsError
+from ulixes_onnx.cloaking.settings import ENSEMBLES, LEVELS, CloakSettings
 
 DEFAULTS = CloakSettings()
+PROTECTION = "Protection"
 ADVANCED = "Advanced: the cloaking algorithm"
 DEFAULT_MODEL_LIST = ",".join(DEFAULTS.models)
 
 Level = Annotated[
     str,
-    typer.Option(help=f"How far each face must move, and so how visible the cloak is: {', '.join(LEVELS)}."),
+    typer.Option(
+        metavar="|".join(LEVELS),
+        help="How far each face must move, and so how visible the cloak is.",
+        rich_help_panel=PROTECTION,
+    ),
 ]
 Target = Annotated[
-    float | None, typer.Option(help="Distance from the original to reach (default: each model's card).")
+    float | None,
+    typer.Option(
+        metavar="DISTANCE",
+        help="Distance from the original to reach (default: each model's card).",
+        rich_help_panel=PROTECTION,
+    ),
 ]
 Strategy = Annotated[
-    str, typer.Option(help=f"Negative examples: {', '.join(STRATEGIES)}.", rich_help_panel=ADVANCED)
+    str,
+    typer.Option(
+        metavar="NAME", help=f"Negative examples: {', '.join(STRATEGIES)}.", rich_help_panel=ADVANCED
+    ),
 ]
 Ensemble = Annotated[
     str,
     typer.Option(
-        help=f"Several models: {', '.join(ENSEMBLES)} (the larger or the summed change, or one joint loop).",
+        metavar="|".join(ENSEMBLES),
+        help="Several models: the larger or the summed change, or one joint loop.",
         rich_help_panel=ADVANCED,
     ),
 ]
 Pool = Annotated[
     Path | None,
     typer.Option(
-        help="Other people's faces for pool strategies: a folder or a .npz pool.", rich_help_panel=ADVANCED
+        metavar="PATH",
+        help="Other people's faces for pool strategies: a folder or a .npz pool.",
+        rich_help_panel=ADVANCED,
+    ),
+]
+References = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--reference",
+        metavar="PHOTO",
+        help="Another photo of yourself (repeat, or a folder): faces are also cloaked away from it, "
+        "and measured against it.",
+        rich_help_panel=PROTECTION,
     ),
 ]
 Margin = Annotated[
-    float | None, typer.Option(help="Triplet margin (default: each model's card).", rich_help_panel=ADVANCED)
+    float | None,
+    typer.Option(
+        metavar="DISTANCE", help="Triplet margin (default: each model's card).", rich_help_panel=ADVANCED
+    ),
 ]
 MinProgress = Annotated[
     float | None,
     typer.Option(
+        metavar="DISTANCE",
         help="Stop when five steps move the face less than five times this (the paper's t; default: card).",
         rich_help_panel=ADVANCED,
     ),
@@ -54,42 +84,65 @@ MinProgress = Annotated[
 Budget = Annotated[
     float | None,
     typer.Option(
+        metavar="LEVELS",
         help="Per-pixel budget a face starts with, grey levels of lightness at the median contrast.",
         rich_help_panel=ADVANCED,
     ),
 ]
 Chroma = Annotated[
-    float, typer.Option(help="Colour budget as a share of the lightness budget.", rich_help_panel=ADVANCED)
+    float,
+    typer.Option(
+        metavar="SHARE", help="Colour budget as a share of the lightness budget.", rich_help_panel=ADVANCED
+    ),
 ]
 Diversity = Annotated[
     float,
     typer.Option(
+        metavar="SHARE",
         help="Input diversity: each step sees the face rescaled, shifted and rotated by up to this share.",
         rich_help_panel=ADVANCED,
     ),
 ]
-Momentum = Annotated[float, typer.Option(help="Momentum of the steps (0: none).", rich_help_panel=ADVANCED)]
+Momentum = Annotated[
+    float, typer.Option(metavar="FACTOR", help="Momentum of the steps (0: none).", rich_help_panel=ADVANCED)
+]
 Smoothing = Annotated[
     float,
     typer.Option(
-        help="Gaussian on each step's gradient, in photo pixels (0: none).", rich_help_panel=ADVANCED
+        metavar="PIXELS",
+        help="Gaussian on each step's gradient, in photo pixels (0: none).",
+        rich_help_panel=ADVANCED,
     ),
 ]
 CanvasCap = Annotated[
     float,
     typer.Option(
-        help="Canvas pixels per pixel of the finest model chip on large faces.", rich_help_panel=ADVANCED
+        metavar="RATIO",
+        help="Canvas pixels per pixel of the finest model chip on large faces.",
+        rich_help_panel=ADVANCED,
     ),
 ]
-Step = Annotated[float, typer.Option(help="Step size in [-1, 1] pixel units.", rich_help_panel=ADVANCED)]
-MaxDssim = Annotated[
-    float, typer.Option(help="Stop before a face canvas's DSSIM exceeds this.", rich_help_panel=ADVANCED)
+Step = Annotated[
+    float, typer.Option(metavar="SIZE", help="Step size in [-1, 1] pixel units.", rich_help_panel=ADVANCED)
 ]
-MaxSteps = Annotated[int, typer.Option(help="Most steps per face and round.", rich_help_panel=ADVANCED)]
-MaxRounds = Annotated[int, typer.Option(help="Most verify-and-continue rounds.", rich_help_panel=ADVANCED)]
-Seed = Annotated[int, typer.Option(help="Random seed (results are deterministic).", rich_help_panel=ADVANCED)]
+MaxDssim = Annotated[
+    float,
+    typer.Option(
+        metavar="DSSIM", help="Stop before a face canvas's DSSIM exceeds this.", rich_help_panel=ADVANCED
+    ),
+]
+MaxSteps = Annotated[
+    int, typer.Option(metavar="N", help="Most steps per face and round.", rich_help_panel=ADVANCED)
+]
+MaxRounds = Annotated[
+    int, typer.Option(metavar="N", help="Most verify-and-continue rounds.", rich_help_panel=ADVANCED)
+]
+Seed = Annotated[
+    int, typer.Option(metavar="N", help="Random seed (results are deterministic).", rich_help_panel=ADVANCED)
+]
 MinFaceSize = Annotated[
-    float, typer.Option(help="Smallest face searched for, in pixels.", rich_help_panel=ADVANCED)
+    float,
+    typer.Option(metavar="PIXELS", help="Smallest face searched for, in pixels.", rich_help_panel=ADVANCED),
 ]
 
 
@@ -142,6 +195,12 @@ def cloak_settings(models: str, models_option: str = "--models", **values: objec
         raise typer.BadParameter(str(error)) from None
 
 
+def _help_panel(parameter: inspect.Parameter) -> str | None:
+    for info in getattr(parameter.annotation, "__metadata__", ()):
+        return getattr(info, "rich_help_panel", None)
+    return None
+
+
 def with_cloak_settings(
     models_option: str, models_help: str
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -153,11 +212,22 @@ def with_cloak_settings(
         own = [
             p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"
         ]
+        # The command's own advanced options (e.g. --pool) go last, so that the help panels come in
+        # the order: the command's options, Protection, Advanced.
+        own_advanced = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if _help_panel(p) == ADVANCED
+        ]
+        own = [p for p in own if _help_panel(p) != ADVANCED]
         added = [
             inspect.Parameter(
                 models_name,
                 inspect.Parameter.KEYWORD_ONLY,
-                annotation=Annotated[str, typer.Option(models_option, help=models_help)],
+                annotation=Annotated[
+                    str,
+                    typer.Option(
+                        models_option, metavar="NAMES", help=models_help, rich_help_panel=PROTECTION
+                    ),
+                ],
                 default=DEFAULT_MODEL_LIST,
             ),
             *(
@@ -177,7 +247,7 @@ def with_cloak_settings(
             )
             command(*args, settings=settings, **kwargs)
 
-        run.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
+        run.__signature__ = inspect.Signature([*own, *added, *own_advanced])  # type: ignore[attr-defined]
         return run
 
     return decorate

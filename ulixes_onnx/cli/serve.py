@@ -16,22 +16,37 @@ SERVE_EXTRA_HINT = "serve needs the serve extra: pip install 'ulixes-onnx[serve]
 def serve(
     ctx: typer.Context,
     host: Annotated[
-        str, typer.Option(help="Address to listen on (loopback: only this computer).")
+        str, typer.Option(metavar="ADDRESS", help="Address to listen on (loopback: only this computer).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="Photos cloaked at once (CPU-bound).")] = 1,
-    queue: Annotated[int, typer.Option(min=0, help="Photos that may wait; beyond, 503 + Retry-After.")] = 8,
-    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body, in MB.")] = 50.0,
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, metavar="N", help="Photos cloaked at once (CPU-bound).")] = 1,
+    queue: Annotated[
+        int, typer.Option(min=0, metavar="N", help="Photos that may wait; beyond, 503 + Retry-After.")
+    ] = 8,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.001, metavar="MB", help="Largest request body, in MB.")
+    ] = 50.0,
     max_megapixels: Annotated[
-        float, typer.Option(min=0.001, help="Largest photo, in megapixels (decompression-bomb guard).")
+        float,
+        typer.Option(
+            min=0.001, metavar="MP", help="Largest photo, in megapixels (decompression-bomb guard)."
+        ),
     ] = 50.0,
     timeout: Annotated[
-        float, typer.Option(min=1, help="Seconds a request may wait for its photo (queue included).")
+        float,
+        typer.Option(
+            min=1, metavar="SECONDS", help="Seconds a request may wait for its photo (queue included)."
+        ),
     ] = 300.0,
     keep: Annotated[
-        float, typer.Option(min=1, help="Seconds an undownloaded result is kept before it is deleted.")
+        float,
+        typer.Option(
+            min=1, metavar="SECONDS", help="Seconds an undownloaded result is kept before it is deleted."
+        ),
     ] = 600.0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads per worker (default: all cores).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(metavar="N", help="CPU threads per worker (default: all cores).")
+    ] = None,
 ) -> None:
     """Serve a web page and an HTTP API that cloak uploaded photos on this computer."""
     try:

@@ -218,8 +218,8 @@ def _masked(g: BackwardGraph, mask: str, grad: str, like: str) -> str:
     """The gradient where a boolean mask holds, zero elsewhere (`like`: a forward tensor of the
     gradient's element type).
 
-    Multiplying by the mask cast to float is over ten times faster in onnxruntime than Where with a
-    broadcast scalar zero, which takes a generic broadcasting path.
+    Multiplying by the mask cast to float is much faster in onnxruntime than Where with a broadcast
+    scalar zero, which takes a generic broadcasting path (benchmarks/results/design-measurements-*).
     """
     return g.op("Mul", [grad, _mask_as_float(g, mask, like)])
 
@@ -423,7 +423,7 @@ def _scatter_windows(g: BackwardGraph, per_tap: str, channels: int, window: _Win
 # convolutions of enough input channels (see `_transposes_slowly`).
 _MAX_POLYPHASE_WORK = 1.5
 # onnxruntime's fast (NCHWc) Conv works on blocks of 16 channels: below that ConvTranspose's col2im
-# dominates (16.9 ms against 5 ms for the polyphase Conv and its Col2Im on FaceRes's first layer).
+# dominates (on FaceRes's first layer; benchmarks/results/design-measurements-*).
 _MIN_CONV_TRANSPOSE_CHANNELS = 16
 
 
@@ -442,8 +442,7 @@ def _transposes_slowly(weight: np.ndarray, group: int) -> bool:
 
     It runs one GEMM per group, then col2im over C/group * prod(kernel) rows per group: grouped
     (depthwise) convolutions and convolutions of few input channels C (the first layer, whose input
-    is the chip) spend their time there. On HSE FaceRes at batch 8 the polyphase Conv makes the whole
-    step 8% faster.
+    is the chip) spend their time there; on HSE FaceRes the polyphase Conv makes the whole step faster.
     """
     input_channels = weight.shape[1] * group
     return group > 1 or input_channels < _MIN_CONV_TRANSPOSE_CHANNELS
@@ -567,9 +566,9 @@ def _max_pool(g: BackwardGraph, node: onnx.NodeProto, dys: Gradients) -> Gradien
     # A Conv with one-hot kernels copies every window's taps out exactly (one output channel per
     # channel and tap); the taps equal to the window's maximum share its gradient equally (as the
     # Max and ReduceMax rules and torch do for ties), and Col2Im sends them back to their input
-    # positions. Asking MaxPool for Indices would switch onnxruntime to a kernel about 30x slower;
-    # strided slices of the input cost several passes per tap, and ArgMax is 8x slower than the
-    # ReduceSum that counts the ties.
+    # positions. Asking MaxPool for Indices would switch onnxruntime to a much slower kernel; strided
+    # slices of the input cost several passes per tap, and ArgMax is slower than the ReduceSum that
+    # counts the ties (benchmarks/results/design-measurements-*).
     x, y = node.input[0], node.output[0]
     kernel = _ints_attr(node, "kernel_shape", [])
     window = _Window(g, node, kernel)

@@ -4,10 +4,10 @@
 on disk) and returns the report document, and `write_report` writes report.json, report.md and plots.
 """
 
+from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.evaluation.dataset import Dataset, DatasetError, Pair, load_dataset
 from ulixes_onnx.evaluation.report import write_report
 from ulixes_onnx.evaluation.runner import Evaluation, EvaluationSettings
-from ulixes_onnx.settings import CloakSettings
 
 __all__ = [
     "CloakSettings",

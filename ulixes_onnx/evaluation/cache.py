@@ -28,21 +28,18 @@ import numpy as np
 
 from ulixes_onnx import __version__
 from ulixes_onnx.atomic import write_atomically
+from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.evaluation.metrics import psnr
-from ulixes_onnx.files import InputPhoto, OutputOptions, cloak_file
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import Cloaker
-from ulixes_onnx.settings import CloakSettings
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore, sha256_of
 
 # Bumped when the record format changes, so older records are made again instead of misread.
 RECORD_VERSION = 2
 # The code that decides what a cloaked file contains (files and subpackages of ulixes_onnx): editing any
 # of it, even within one release, gives new cache keys instead of stale copies.
-CLOAK_CODE = (
-    "cloak.py", "perceptual.py", "settings.py", "pipeline.py", "files.py", "imageio.py", "orientation.py",
-    "visibility.py", "recognition.py", "faces", "engine",
-)  # fmt: skip
+CLOAK_CODE = ("cloaking", "photos", "face_model.py", "faces", "engine")
 
 
 @dataclass(frozen=True)
@@ -139,7 +136,7 @@ class CloakCache:
         staging = Path(tempfile.mkdtemp(dir=self.directory, prefix=".staging-"))
         try:
             report = cloak_file(
-                self.cloaker, InputPhoto(source), OutputOptions(output_dir=staging, suffix="", overwrite=True)
+                self.cloaker, PhotoFile(source), OutputOptions(output_dir=staging, suffix="", overwrite=True)
             )
             output = None
             if report.output is not None:

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ulixes_onnx.cloaking.files import PHOTO_SUFFIXES
 from ulixes_onnx.errors import UlixesError
-from ulixes_onnx.files import PHOTO_SUFFIXES
 
 PAIR_COLUMNS = ("a", "b", "same")
 _TRUE = ("1", "true", "yes")

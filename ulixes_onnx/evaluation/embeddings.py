@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import MTCNN, extract_chips
-from ulixes_onnx.recognition import FaceModel
 
 
 class FaceEmbedder:

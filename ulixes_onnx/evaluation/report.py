@@ -51,8 +51,23 @@ def render_markdown(document: dict) -> str:
     """The report's tables as Markdown."""
     if "leave_one_out" in document:
         return render_leave_one_out(document)
+    sections = (
+        _summary,
+        _verification,
+        _perceptibility,
+        _identification,
+        _clustering,
+        _transferability,
+        _robustness,
+        _wall_time,
+    )
+    return "\n".join(line for section in sections for line in section(document))
+
+
+def _summary(document: dict) -> list[str]:
+    """The title, the dataset and the cloak's settings."""
     dataset, cloak = document["dataset"], document["cloak"]
-    lines = [
+    return [
         "# Ulixes cloak evaluation",
         "",
         f"Dataset `{dataset['root']}`: {dataset['photos']} photos of {dataset['identities']} identities, "
@@ -64,6 +79,11 @@ def render_markdown(document: dict) -> str:
         f"{cloak['faces']} faces protected by the cloaker's own check, {cloak['faces_too_small']} too small; "
         f"{_num(cloak['seconds_per_photo']['mean'], 2)} s per photo.",
         "",
+    ]
+
+
+def _verification(document: dict) -> list[str]:
+    lines = [
         "## Verification",
         "",
         f"Protocol: {document['protocols']['verification']}. The best accuracy re-tunes the threshold "
@@ -91,6 +111,10 @@ def render_markdown(document: dict) -> str:
         ["model", "photo b", "pairs", "threshold", "TP rate", "FP rate", "accuracy", "best accuracy", "AUC"],
         rows,
     )
+    return lines
+
+
+def _perceptibility(document: dict) -> list[str]:
     perceptibility = document["perceptibility"]
     scores, dssim, face_psnr, photo_psnr = (
         perceptibility["face_ssimulacra2"],
@@ -98,7 +122,7 @@ def render_markdown(document: dict) -> str:
         perceptibility["face_psnr_db"],
         perceptibility["photo_psnr_db"],
     )
-    lines += [
+    lines = [
         "## Perceptibility",
         "",
         "SSIMULACRA2 and DSSIM of each face's region (its box grown by a quarter on each side) in the saved "
@@ -143,7 +167,11 @@ def render_markdown(document: dict) -> str:
                 for face in most_visible
             ],
         )
-    lines += ["## Identification", "", f"Protocol: {document['protocols']['identification']}.", ""]
+    return lines
+
+
+def _identification(document: dict) -> list[str]:
+    lines = ["## Identification", "", f"Protocol: {document['protocols']['identification']}.", ""]
     for model, section in document["identification"].items():
         if "skipped" in section:
             lines += [f"{model}: skipped, {section['skipped']}.", ""]
@@ -165,7 +193,11 @@ def render_markdown(document: dict) -> str:
                 for name, row in section["classifiers"].items()
             ],
         )
-    lines += ["## Clustering", "", f"Protocol: {document['protocols']['clustering']}.", ""]
+    return lines
+
+
+def _clustering(document: dict) -> list[str]:
+    lines = ["## Clustering", "", f"Protocol: {document['protocols']['clustering']}.", ""]
     for model, section in document["clustering"].items():
         lines += [f"{model}: {section['photos']} photos of {section['identities']} identities.", ""]
         fractions = list(section["distance_stop"])
@@ -190,67 +222,80 @@ def render_markdown(document: dict) -> str:
                 for fraction in fractions
             ],
         )
-    if "transfer" in document:
-        transfer = document["transfer"]
-        excluded = " (ensembles exclude the evaluated model)" if transfer["exclude_evaluated"] else ""
-        lines += ["## Transferability", "", f"Relative change of verification accuracy{excluded}.", ""]
-        lines += _table(
-            ["cloaked with", *transfer["columns"]],
+    return lines
+
+
+def _transferability(document: dict) -> list[str]:
+    if "transfer" not in document:
+        return []
+    transfer = document["transfer"]
+    excluded = " (ensembles exclude the evaluated model)" if transfer["exclude_evaluated"] else ""
+    lines = ["## Transferability", "", f"Relative change of verification accuracy{excluded}.", ""]
+    lines += _table(
+        ["cloaked with", *transfer["columns"]],
+        [
+            [row, *(_change(cell["change"]) if cell else "n/a" for cell in cells)]
+            for row, cells in zip(transfer["rows"], transfer["cells"], strict=True)
+        ],
+    )
+    return lines
+
+
+def _robustness(document: dict) -> list[str]:
+    if "robustness" not in document:
+        return []
+    lines = ["## Robustness after upload", "", f"Protocol: {document['protocols']['robustness']}.", ""]
+    rows = []
+    for model, section in document["robustness"].items():
+        verification = document["verification"][model]
+        rows.append(
             [
-                [row, *(_change(cell["change"]) if cell else "n/a" for cell in cells)]
-                for row, cells in zip(transfer["rows"], transfer["cells"], strict=True)
-            ],
+                model,
+                "none",
+                _pct(verification["clean"]["at_threshold"]["accuracy"]),
+                _pct(verification["cloaked"]["at_threshold"]["accuracy"]),
+                _pct(verification["cloaked"]["at_threshold"]["tp_rate"]),
+                _num(verification["same_pair_distance"]["cloaked"]["mean"], 3),
+                # The reference: all of the protection, if the cloaks gave any.
+                "100.0%"
+                if verification["accuracy_change"] and verification["accuracy_change"] < 0
+                else "n/a",
+            ]
         )
-    if "robustness" in document:
-        lines += ["## Robustness after upload", "", f"Protocol: {document['protocols']['robustness']}.", ""]
-        rows = []
-        for model, section in document["robustness"].items():
-            verification = document["verification"][model]
+        for transform in TRANSFORM_ORDER:
+            row = section[transform]
             rows.append(
                 [
                     model,
-                    "none",
-                    _pct(verification["clean"]["at_threshold"]["accuracy"]),
-                    _pct(verification["cloaked"]["at_threshold"]["accuracy"]),
-                    _pct(verification["cloaked"]["at_threshold"]["tp_rate"]),
-                    _num(verification["same_pair_distance"]["cloaked"]["mean"], 3),
-                    # The reference: all of the protection, if the cloaks gave any.
-                    "100.0%"
-                    if verification["accuracy_change"] and verification["accuracy_change"] < 0
-                    else "n/a",
+                    transform,
+                    _pct(row["clean"]["accuracy"]),
+                    _pct(row["cloaked"]["accuracy"]),
+                    _pct(row["cloaked"]["tp_rate"]),
+                    _num(row["same_pair_distance"]["cloaked"]["mean"], 3),
+                    _pct(row["protection_remaining"]),
                 ]
             )
-            for transform in TRANSFORM_ORDER:
-                row = section[transform]
-                rows.append(
-                    [
-                        model,
-                        transform,
-                        _pct(row["clean"]["accuracy"]),
-                        _pct(row["cloaked"]["accuracy"]),
-                        _pct(row["cloaked"]["tp_rate"]),
-                        _num(row["same_pair_distance"]["cloaked"]["mean"], 3),
-                        _pct(row["protection_remaining"]),
-                    ]
-                )
-        lines += _table(
-            [
-                "model",
-                "transform",
-                "accuracy clean",
-                "accuracy cloaked",
-                "TP rate cloaked",
-                "same-pair distance cloaked",
-                "protection left",
-            ],
-            rows,
-        )
+    lines += _table(
+        [
+            "model",
+            "transform",
+            "accuracy clean",
+            "accuracy cloaked",
+            "TP rate cloaked",
+            "same-pair distance cloaked",
+            "protection left",
+        ],
+        rows,
+    )
+    return lines
+
+
+def _wall_time(document: dict) -> list[str]:
     timing = document["timing"]
-    lines += [
+    return [
         f"Wall time: {timing['total_seconds']:.0f} s, of which cloaking {timing['cloaking_seconds']:.0f} s.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def render_leave_one_out(document: dict) -> str:

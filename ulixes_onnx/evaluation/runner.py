@@ -28,6 +28,10 @@ import numpy as np
 
 from ulixes_onnx import __version__
 from ulixes_onnx.cards import get_card
+from ulixes_onnx.cloaking.files import expand_inputs
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.pool import build_pool, load_pool
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, ENSEMBLES, CloakSettings
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.evaluation import clustering, identification, metrics
 from ulixes_onnx.evaluation.cache import (
@@ -39,13 +43,9 @@ from ulixes_onnx.evaluation.cache import (
 from ulixes_onnx.evaluation.dataset import Dataset
 from ulixes_onnx.evaluation.embeddings import FaceEmbedder
 from ulixes_onnx.evaluation.uploads import UPLOAD_TRANSFORMS
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import detector_from_store
-from ulixes_onnx.files import expand_inputs
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.pipeline import Cloaker
-from ulixes_onnx.pool import build_pool, load_pool
-from ulixes_onnx.recognition import FaceModel
-from ulixes_onnx.settings import DEFAULT_MODELS, ENSEMBLES, CloakSettings
+from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
 
 Embeddings = dict[str, np.ndarray] | None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from ulixes_onnx.samples import rescaled
+from ulixes_onnx.photos.samples import rescaled
 
 Transform = Callable[[np.ndarray], np.ndarray]
 

@@ -13,7 +13,8 @@ from ulixes_onnx.faces.align import (
     similarity_transform,
     warp_chips,
 )
-from ulixes_onnx.faces.mtcnn import MTCNN, Face, detector_from_store, mtcnn_paths
+from ulixes_onnx.faces.face import Face
+from ulixes_onnx.faces.mtcnn import MTCNN, detector_from_store, mtcnn_paths
 from ulixes_onnx.faces.pasteback import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     DeltaPatch,
@@ -25,6 +26,7 @@ from ulixes_onnx.faces.shape_predictor import (
     dlib_landmarks,
     face_rectangle,
     five_point_predictor,
+    predict_shapes,
 )
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "merge_patches",
     "mtcnn_paths",
     "photo_pixels_per_chip_pixel",
+    "predict_shapes",
     "similarity_transform",
     "warp_chips",
 ]

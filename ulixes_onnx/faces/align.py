@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ulixes_onnx.errors import FaceError, ModelError
-from ulixes_onnx.faces.mtcnn import Face, as_rgb_uint8
+from ulixes_onnx.faces.face import Face, as_rgb_uint8
 from ulixes_onnx.faces.shape_predictor import dlib_landmarks, five_point_predictor
 from ulixes_onnx.store import ModelStore
 

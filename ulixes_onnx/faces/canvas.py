@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -140,6 +140,12 @@ class FaceCanvas:
             matrix = compose(jitter, matrix)
         return ChipOperator(matrix, self.image.shape[:2], size)
 
+    def realigned(self, matrices: Sequence[np.ndarray]) -> FaceCanvas:
+        """The same canvas with the models' chips cut where new photo -> chip `matrices` put them (the
+        alignment a recogniser finds in the cloaked photo); the image and mask stay the original's."""
+        to_chip = tuple(_canvas_to_chip(matrix, self.x0, self.y0, self.scale) for matrix in matrices)
+        return replace(self, to_chip=to_chip)
+
     def to_photo(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A canvas-resolution change [H, W, 3] (already masked) and the mask, resampled to the photo
         region at full resolution: ([h, w, 3], [h, w])."""
@@ -151,6 +157,17 @@ class FaceCanvas:
         photo_delta = cv2.warpAffine(delta, warp, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
         photo_mask = cv2.warpAffine(self.mask, warp, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
         return photo_delta, photo_mask
+
+
+def _canvas_to_chip(photo_to_chip: np.ndarray, x0: int, y0: int, scale: float) -> np.ndarray:
+    """The canvas -> chip matrix of a photo -> chip matrix, for a canvas of the photo region from
+    (x0, y0) at `scale` canvas pixels per photo pixel."""
+    region_to_chip = np.array(photo_to_chip, np.float64)
+    region_to_chip[:, 2] += region_to_chip[:, :2] @ np.array([x0, y0], np.float64)
+    canvas_to_region = cv2.invertAffineTransform(
+        np.array([[scale, 0.0, 0.5 * scale - 0.5], [0.0, scale, 0.5 * scale - 0.5]])
+    )
+    return compose(region_to_chip, canvas_to_region)
 
 
 def make_canvas(
@@ -192,15 +209,10 @@ def make_canvas(
         image = region.copy()
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
-    canvas_to_region = cv2.invertAffineTransform(
-        np.array([[scale, 0.0, 0.5 * scale - 0.5], [0.0, scale, 0.5 * scale - 0.5]])
-    )
     to_chip = []
     mask = np.zeros(image.shape[:2], np.float32)
     for matrix, size in zip(matrices, sizes, strict=True):
-        region_to_chip = np.array(matrix, np.float64)
-        region_to_chip[:, 2] += region_to_chip[:, :2] @ np.array([x0, y0], np.float64)
-        canvas_to_chip = compose(region_to_chip, canvas_to_region)
+        canvas_to_chip = _canvas_to_chip(matrix, int(x0), int(y0), scale)
         to_chip.append(canvas_to_chip)
         np.maximum(
             mask, feathered_mask(canvas_to_chip, image.shape[1], image.shape[0], size, feather), out=mask

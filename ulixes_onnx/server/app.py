@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ulixes_onnx import __version__
 from ulixes_onnx.cards import all_cards
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, LEVELS, CloakSettings
 from ulixes_onnx.server.jobs import (
     Cloakers,
     Job,
@@ -41,7 +42,6 @@ from ulixes_onnx.server.jobs import (
     ShuttingDownError,
 )
 from ulixes_onnx.server.report import download_name, job_json
-from ulixes_onnx.settings import DEFAULT_MODELS, LEVELS, CloakSettings
 from ulixes_onnx.store import ModelStatus, ModelStore
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from ulixes_onnx.cloaking.files import PHOTO_SUFFIXES, FileReport, OutputOptions, PhotoFile, cloak_file
+from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.errors import UlixesError
-from ulixes_onnx.files import PHOTO_SUFFIXES, FileReport, InputPhoto, OutputOptions, cloak_file
-from ulixes_onnx.pipeline import Cloaker
-from ulixes_onnx.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class JobQueue:
             cloaker = self._cloakers.get(job.settings)
             report = cloak_file(
                 cloaker,
-                InputPhoto(job.upload),
+                PhotoFile(job.upload),
                 OutputOptions(output_dir=job.folder, max_pixels=self.limits.max_pixels),
             )
         except UlixesError as error:

@@ -6,7 +6,7 @@ import dataclasses
 import mimetypes
 from pathlib import Path
 
-from ulixes_onnx.pipeline import FaceReport
+from ulixes_onnx.cloaking.pipeline import FaceReport
 from ulixes_onnx.server.jobs import Job, JobQueue, JobStatus
 
 # FaceReport fields that are not reported as they are: `face` and `models` are reported in their own

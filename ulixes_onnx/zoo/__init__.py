@@ -14,6 +14,8 @@ from typing import TypeVar
 from ulixes_onnx.cards import ModelCard
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo.dlib_format import DlibFormatError
+from ulixes_onnx.zoo.dlib_shape_predictor import read_shape_predictor
+from ulixes_onnx.zoo.recipes import RECIPES
 
 Builder = Callable[[ModelCard, dict[str, Path]], dict[str, bytes]]
 T = TypeVar("T")
@@ -40,8 +42,6 @@ def _build_dlib_resnet(card: ModelCard, sources: dict[str, Path]) -> dict[str, b
 
 
 def _build_dlib_shape_predictor(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
-    from ulixes_onnx.faces.shape_predictor import read_shape_predictor
-
     predictor = _read_dlib_file(card, sources["predictor"], "shape predictor", read_shape_predictor)
     return {"predictor": predictor.to_npz()}
 
@@ -57,21 +57,11 @@ def _convert(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
     return {"model": convert(card, sources).model.SerializeToString()}
 
 
-# Converted models: the recipe names in zoo/conversion.py (kept in sync by tests/zoo).
-_CONVERTED = (
-    "facenet-graphdef",
-    "faceres-tfjs",
-    "vggface-vgg16-h5",
-    "vggface-resnet50-h5",
-    "deepface-h5",
-    "facenet-pytorch",
-)
-
 BUILDERS: dict[str, Builder] = {
     "dlib-resnet": _build_dlib_resnet,
     "dlib-shape-predictor": _build_dlib_shape_predictor,
     "copy": _copy_files,
-    **dict.fromkeys(_CONVERTED, _convert),
+    **dict.fromkeys(RECIPES, _convert),
 }
 
 

@@ -23,6 +23,7 @@ import skimage.data
 
 from ulixes_onnx.cards import ModelCard, ModelInput
 from ulixes_onnx.errors import ModelError
+from ulixes_onnx.zoo.recipes import RECIPES
 from ulixes_onnx.zoo.toolchain import run_export_script
 
 OUTPUT_NAME = "embedding"
@@ -30,27 +31,6 @@ BATCH_DIM = "N"
 # The source frameworks and onnxruntime sum in different orders; float32 rounding stays far below this.
 FIDELITY_TOLERANCE = 1e-4
 _COUNTER = re.compile(r"__+\d+")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How to convert one kind of source: which export script, which format, which tensors."""
-
-    script: str
-    source_format: str
-    source_input: str = ""
-    source_output: str = ""
-    architecture: str = ""
-
-
-RECIPES: dict[str, Recipe] = {
-    "facenet-graphdef": Recipe("export_tensorflow.py", "graphdef", "input:0", "embeddings:0"),
-    "faceres-tfjs": Recipe("export_tensorflow.py", "tfjs", "input_1", "global_pooling/Mean"),
-    "vggface-vgg16-h5": Recipe("export_tensorflow.py", "keras", architecture="vggface-vgg16"),
-    "vggface-resnet50-h5": Recipe("export_tensorflow.py", "keras", architecture="vggface-resnet50"),
-    "deepface-h5": Recipe("export_tensorflow.py", "keras", architecture="deepface"),
-    "facenet-pytorch": Recipe("export_torch.py", "state-dict"),
-}
 
 
 @dataclass(frozen=True)

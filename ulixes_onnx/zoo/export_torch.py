@@ -26,7 +26,7 @@ import torch
 OPSET = 17
 
 
-def _inception_resnet_v1_class() -> type:
+def inception_resnet_v1_class() -> type:
     spec = importlib.util.find_spec("facenet_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("facenet-pytorch is not installed in the export toolchain")
@@ -45,7 +45,7 @@ def _embedding_model(state: dict[str, torch.Tensor]) -> torch.nn.Module:
     of another architecture fails loudly) but not exported: classify=False stops at the embedding.
     """
     classes = state["logits.weight"].shape[0] if "logits.weight" in state else None
-    model = _inception_resnet_v1_class()(classify=False, num_classes=classes)
+    model = inception_resnet_v1_class()(classify=False, num_classes=classes)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -73,25 +73,8 @@ def export_state_dict(job: dict) -> None:
     Path(job["report"]).write_text(json.dumps({"seconds": time.perf_counter() - started}))
 
 
-def save_random_state_dict(path: str, seed: int, classes: int) -> None:
-    """Save a randomly initialised InceptionResnetV1 state dict with a classifier (used by the tests)."""
-    torch.manual_seed(seed)
-    model = _inception_resnet_v1_class()(classify=False, num_classes=classes)
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-            # Non-trivial running statistics, so that a mix-up of batch-norm buffers would show.
-            module.running_mean.normal_(0.0, 0.1, generator=generator)
-            module.running_var.uniform_(0.5, 1.5, generator=generator)
-    torch.save(model.state_dict(), path)
-
-
 def main(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
-    if job["format"] == "random-state-dict":
-        save_random_state_dict(job["output"], job["seed"], job["classes"])
-    else:
-        export_state_dict(job)
+    export_state_dict(json.loads(Path(job_path).read_text()))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ulixes_onnx.errors import ModelError
 
 EXPORT_PYTHON_ENV = "ULIXES_ONNX_EXPORT_PYTHON"
 
-# Tested together (tf2onnx 1.17 with onnx 1.23 and numpy 2 needs export_tensorflow.py's numpy shim).
+# Tested together (tf2onnx 1.17 with onnx 1.23 and numpy 2 needs export_setup.py's numpy shim).
 REQUIREMENTS = (
     "tensorflow-cpu==2.21.0",
     "tf-keras==2.21.0",
@@ -122,7 +122,8 @@ def _python_error(stderr: str) -> str | None:
 
 
 def run_export_script(script: str, job: dict, *, python: Path | None = None) -> None:
-    """Run export_<framework>.py on a job in the export interpreter; its failure is a `ModelError`."""
+    """Run an export script (a file name in zoo/, or a path) on a job in the export interpreter; its
+    failure is a `ModelError`."""
     python = python or export_python()
     with tempfile.TemporaryDirectory(prefix="ulixes-export-job-") as scratch:
         job_path = Path(scratch) / "job.json"

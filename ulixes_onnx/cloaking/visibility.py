@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ulixes_onnx.dssim import image_dssim
+from ulixes_onnx.cloaking.dssim import image_dssim
 
 SCALES = 6
 # Below this many pixels on a side a scale is not measured (nor are smaller ones).

@@ -8,7 +8,7 @@ import pytest
 
 from ulixes_onnx.engine import create_session
 from ulixes_onnx.errors import ModelError
-from ulixes_onnx.recognition import FaceModel, distances
+from ulixes_onnx.face_model import FaceModel, distances
 from ulixes_onnx.store import ModelStore
 
 

@@ -22,20 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from ulixes_onnx.atomic import protect_inputs, remove_stale_parts, same_file
+from ulixes_onnx.cloaking.pipeline import Cloaker, CloakResult, FaceReport, PhotoPixels
 from ulixes_onnx.errors import ImageError, UlixesError, UsageError
 from ulixes_onnx.faces.pasteback import PhotoDelta
-from ulixes_onnx.imageio import (
-    DEFAULT_MAX_PIXELS,
-    Photo,
-    decode_photo,
-    encode_photo,
-    file_kind,
-    output_path,
-    read_photo,
-    write_encoded,
-    write_photo,
-)
-from ulixes_onnx.pipeline import Cloaker, CloakResult, FaceReport, PhotoInput
+from ulixes_onnx.photos.decoding import DEFAULT_MAX_PIXELS, decode_photo, file_kind, read_photo
+from ulixes_onnx.photos.encoding import encode_photo, output_path, write_encoded, write_photo
+from ulixes_onnx.photos.photo import Photo
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 NO_FACE_ACTIONS = ("skip", "copy")
@@ -70,7 +62,7 @@ class FileReport:
 
 
 @dataclass(frozen=True)
-class InputPhoto:
+class PhotoFile:
     """A photo to cloak; `subfolder` is its folder relative to a folder given on the command line,
     mirrored under the output folder so that equal names in different folders never collide."""
 
@@ -82,11 +74,11 @@ class InputPhoto:
 class FoundInputs:
     """The photos to cloak, and every entry met on the way that is left out (a report each)."""
 
-    photos: list[InputPhoto]
+    photos: list[PhotoFile]
     skipped: list[FileReport]
 
 
-def expand_inputs(arguments: Iterable[str], *, exclude_suffix: str | None = None) -> list[InputPhoto]:
+def expand_inputs(arguments: Iterable[str], *, exclude_suffix: str | None = None) -> list[PhotoFile]:
     """The photos of `find_inputs`."""
     return find_inputs(arguments, exclude_suffix=exclude_suffix).photos
 
@@ -99,13 +91,13 @@ def find_inputs(arguments: Iterable[str], *, exclude_suffix: str | None = None) 
     `exclude_suffix`), other files, symlinks to folders, broken symlinks, loops, FIFOs and devices are
     left out, each with a reason.
     """
-    photos: dict[Path, InputPhoto] = {}
+    photos: dict[Path, PhotoFile] = {}
     skipped: dict[Path, FileReport] = {}
 
     def consider(candidate: Path, subfolder: Path) -> None:
         reason = _left_out(candidate, exclude_suffix)
         if reason is None:
-            photos.setdefault(candidate, InputPhoto(candidate, subfolder))
+            photos.setdefault(candidate, PhotoFile(candidate, subfolder))
         else:
             skipped.setdefault(candidate, FileReport(candidate, skipped=reason))
 
@@ -122,7 +114,7 @@ def find_inputs(arguments: Iterable[str], *, exclude_suffix: str | None = None) 
             for match in matches:
                 consider(Path(match), Path())
         else:
-            photos.setdefault(path, InputPhoto(path))
+            photos.setdefault(path, PhotoFile(path))
     return FoundInputs(
         list(photos.values()), [report for key, report in skipped.items() if key not in photos]
     )
@@ -177,12 +169,12 @@ class OutputOptions:
 class PlannedPhoto:
     """An input with where its copy goes, or why it will not be cloaked (`report`)."""
 
-    source: InputPhoto
+    source: PhotoFile
     destination: Path | None
     report: FileReport | None = None
 
 
-def plan_outputs(sources: Sequence[InputPhoto], options: OutputOptions) -> list[PlannedPhoto]:
+def plan_outputs(sources: Sequence[PhotoFile], options: OutputOptions) -> list[PlannedPhoto]:
     """Each input's destination, decided before any work: raises `UsageError` if two inputs would be
     written to the same file or a copy would land on an input; an existing copy makes a report
     (an error, or skipped with `skip_existing`). Leaves no temporary file of an earlier, killed run
@@ -234,7 +226,7 @@ BATCH_PIXELS = 8_000_000
 
 def cloak_files(
     cloaker: Cloaker,
-    sources: Sequence[InputPhoto],
+    sources: Sequence[PhotoFile],
     options: OutputOptions = OutputOptions(),
     *,
     batch_photos: int = BATCH_PHOTOS,
@@ -265,7 +257,7 @@ def cloak_files(
 
 def cloak_file(
     cloaker: Cloaker,
-    source: InputPhoto,
+    source: PhotoFile,
     options: OutputOptions = OutputOptions(),
 ) -> FileReport:
     """Cloak one photo file (see `cloak_files`)."""
@@ -316,7 +308,7 @@ def _cloak_batch(cloaker: Cloaker, batch: list[_Pending], options: OutputOptions
         if ready:
             results = cloaker.cloak_many(
                 [
-                    PhotoInput(pending.photo.rgb8, pending.photo.is_gray, _saved_as(pending, options))
+                    PhotoPixels(pending.photo.rgb8, pending.photo.is_gray, _saved_as(pending, options))
                     for pending in ready
                 ]
             )

@@ -15,9 +15,9 @@ import numpy as np
 
 from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.errors import UlixesError
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import MTCNN, extract_chips
-from ulixes_onnx.imageio import read_photo
-from ulixes_onnx.recognition import FaceModel
+from ulixes_onnx.photos.decoding import read_photo
 
 _SHA_SUFFIX = ".sha256"
 

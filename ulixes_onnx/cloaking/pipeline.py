@@ -29,7 +29,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloak import Boost, CanvasCloak, CloakSettingsError, View, cloak_canvases
+from ulixes_onnx.cloaking.loop import Boost, CanvasCloak, CloakSettingsError, ModelView, cloak_canvases
+from ulixes_onnx.cloaking.settings import CloakSettings, protect_distance
+from ulixes_onnx.cloaking.visibility import face_visibility
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
     AlignedChips,
@@ -41,10 +44,7 @@ from ulixes_onnx.faces import (
 )
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta, too_small_reason
-from ulixes_onnx.recognition import FaceModel
-from ulixes_onnx.settings import CloakSettings, protect_distance
 from ulixes_onnx.store import ModelStore
-from ulixes_onnx.visibility import face_visibility
 
 # A face the closed loop finds unprotected gets, in the next round, this much more per-pixel budget
 # if its loop stopped short of the target, and a target raised by what the saved copy lost, times
@@ -98,7 +98,7 @@ class FaceReport:
 
     `embeddings` are the original face's embeddings per model, kept so that a saved copy can be
     measured against them again. `ssimulacra2` and `dssim` say how visible the cloak is on the face's
-    region (`ulixes_onnx.visibility.face_region`) of the photo as saved, at its own resolution.
+    region (`ulixes_onnx.cloaking.visibility.face_region`) of the photo as saved, at its own resolution.
     """
 
     index: int
@@ -168,7 +168,7 @@ def _quantised(image: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PhotoInput:
+class PhotoPixels:
     """One photo for `Cloaker.cloak_many`: its pixels, whether to keep it gray, and its encoder."""
 
     image: np.ndarray
@@ -181,7 +181,7 @@ class _PhotoJob:
     """A photo on its way through the rounds: its faces, their canvases and reports, and the cloak so
     far (per face and per loop pass: the canvas change that pass has made)."""
 
-    photo: PhotoInput
+    photo: PhotoPixels
     original: np.ndarray
     original8: np.ndarray
     canvases: dict[int, FaceCanvas]
@@ -198,7 +198,7 @@ class _PhotoJob:
         self.total = cloaker.photo_delta(self)
         encode = self.photo.encode
         self.seen = encode(self.total) if encode else self.total.apply(self.original8)
-        distances, redetected = cloaker.verify(self.seen, [self.reports[i] for i in self.pending])
+        distances, redetected, matrices = cloaker._measure(self.seen, [self.reports[i] for i in self.pending])
         for row, index in enumerate(self.pending):
             previous = self.reports[index].models
             result = loop_results[index]
@@ -218,9 +218,18 @@ class _PhotoJob:
             self.reports[index] = replace(
                 self.reports[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
             )
+        measured = list(self.pending)
         self.pending = [i for i in self.pending if not self.reports[i].finished]
         for index in self.pending:
-            self.boosts[index] = _next_boost(self.boosts.get(index, Boost()), self.reports[index])
+            # The next round cuts the chips where a recogniser aligns the cloaked face: the cloak moves
+            # the landmarks it is aligned by, and a change made for the old alignment loses distance.
+            row = measured.index(index)
+            self.canvases[index] = self.canvases[index].realigned(
+                [matrices[model.name][row] for model in cloaker.models]
+            )
+            self.boosts[index] = _next_boost(
+                self.boosts.get(index, Boost()), self.reports[index], realigned=round_index == 0
+            )
 
     def result(self) -> CloakResult:
         height, width = self.original8.shape[:2]
@@ -238,7 +247,9 @@ class _PhotoJob:
 class Cloaker:
     """Cloak faces in photos with one model or an ensemble (see the module docstring), as `settings`
     say. `pool` maps model names to embeddings of other people's faces, needed by the strategies that
-    pick negatives (see `ulixes_onnx.pool`).
+    pick negatives (see `ulixes_onnx.cloaking.pool`); `references` maps them to embeddings of other
+    photos of the person, which every face is also cloaked away from and measured against (see
+    `ulixes_onnx.cloaking.references`).
     """
 
     def __init__(
@@ -247,6 +258,7 @@ class Cloaker:
         *,
         store: ModelStore | None = None,
         pool: dict[str, np.ndarray] | None = None,
+        references: dict[str, np.ndarray] | None = None,
         threads: int | None = None,
     ) -> None:
         settings = settings or CloakSettings()
@@ -254,6 +266,7 @@ class Cloaker:
         self.models = [FaceModel(get_card(name), store, threads=threads) for name in settings.models]
         self.detector = detector_from_store(store, min_face_size=settings.min_face_size)
         self.pool = pool or {}
+        self.references = references or {}
         self._use(settings)
 
     def _use(self, settings: CloakSettings) -> None:
@@ -277,9 +290,9 @@ class Cloaker:
         to what a recogniser would decode from the saved file; by default the cloaked pixels are only
         rounded to 8 bits.
         """
-        return self.cloak_many([PhotoInput(image, gray, encode)])[0]
+        return self.cloak_many([PhotoPixels(image, gray, encode)])[0]
 
-    def cloak_many(self, photos: Sequence[PhotoInput]) -> list[CloakResult]:
+    def cloak_many(self, photos: Sequence[PhotoPixels]) -> list[CloakResult]:
         """Cloak several photos at once: the faces of all of them advance together through the loop,
         in one batch per model and step, which keeps the cores busier than one face at a time. Each
         photo's result is the one `cloak` gives it alone."""
@@ -292,7 +305,7 @@ class Cloaker:
                 job.finish_round(loop_results, round_index, self)
         return [job.result() for job in jobs]
 
-    def _prepare(self, photo: PhotoInput) -> _PhotoJob:
+    def _prepare(self, photo: PhotoPixels) -> _PhotoJob:
         """Detect and align a photo's faces, embed the originals and lay out each face's canvas."""
         started = time.perf_counter()
         original = _as_rgb(photo.image)
@@ -351,7 +364,7 @@ class Cloaker:
             key = self._pass_key(members)
             faces = [(job, index) for job in jobs for index in job.pending]
             views = [
-                View(
+                ModelView(
                     self.models[position],
                     self.loop[self.models[position].name],
                     index=position,
@@ -359,6 +372,7 @@ class Cloaker:
                         [job.reports[i].embeddings[self.models[position].name] for job, i in faces]
                     ),
                     pool=self.pool.get(self.models[position].name),
+                    references=self.references.get(self.models[position].name),
                 )
                 for position in members
             ]
@@ -406,20 +420,30 @@ class Cloaker:
     def verify(
         self, seen: np.ndarray, reports: Sequence[FaceReport]
     ) -> tuple[dict[str, np.ndarray], list[bool]]:
-        """Each model's distance from the originals as a recogniser would measure it in `seen`.
+        """Each model's distance from the originals (or from the nearest reference photo, when that is
+        nearer) as a recogniser would measure it in `seen`.
 
         Faces are re-detected near where they were and re-aligned; a face the detector no longer
         finds is measured at its original placement (another detector might still find it).
         """
+        distances, redetected, _ = self._measure(seen, reports)
+        return distances, redetected
+
+    def _measure(
+        self, seen: np.ndarray, reports: Sequence[FaceReport]
+    ) -> tuple[dict[str, np.ndarray], list[bool], dict[str, np.ndarray]]:
+        """`verify`, also returning each model's photo -> chip matrices [N, 2, 3] in `seen`."""
         seen8 = _quantised(seen)
         matched = [self._redetect(seen8, report.face) for report in reports]
         faces = [found or report.face for found, report in zip(matched, reports, strict=True)]
-        distances = {}
+        distances, matrices = {}, {}
         for model in self.models:
-            embeddings = model.embed(extract_chips(seen8, faces, model.chip_spec).chips)
+            aligned = extract_chips(seen8, faces, model.chip_spec)
             originals = np.stack([report.embeddings[model.name] for report in reports])
-            distances[model.name] = model.distance(embeddings, originals)
-        return distances, [found is not None for found in matched]
+            view = ModelView(model, self.loop[model.name], references=self.references.get(model.name))
+            distances[model.name] = view.nearest(model.embed(aligned.chips), originals)[0]
+            matrices[model.name] = aligned.matrices
+        return distances, [found is not None for found in matched], matrices
 
     def remeasure(self, seen: np.ndarray, reports: list[FaceReport]) -> list[FaceReport]:
         """The reports with every model's distance measured again in `seen` (e.g. the saved file)."""
@@ -475,7 +499,7 @@ class Cloaker:
         return skipped
 
 
-def _next_boost(boost: Boost, report: FaceReport) -> Boost:
+def _next_boost(boost: Boost, report: FaceReport, *, realigned: bool = False) -> Boost:
     """How much to raise a face's target and budget for the next round, from why it fell short: a
     loop that stopped short of its target needs a larger budget; a loop that reached it but whose saved
     copy lost some of the distance (rounding, re-encoding, re-alignment) needs a target raised by what
@@ -486,6 +510,8 @@ def _next_boost(boost: Boost, report: FaceReport) -> Boost:
         max(outcome.protect_distance, SAVED_TARGET_SHARE * outcome.target) / max(outcome.distance, 1e-6)
         for outcome in outcomes
     )
+    if realigned:
+        lost = 1.0
     return Boost(
         target=boost.target * max(1.0, lost * TARGET_MARGIN),
         budget=boost.budget * (BUDGET_GROWTH if stopped_short else 1.0),

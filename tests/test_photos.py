@@ -13,20 +13,15 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin
+from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin
 
 import ulixes_onnx.atomic
-from ulixes_onnx import imageio
 from ulixes_onnx.errors import ImageError
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta
-from ulixes_onnx.imageio import (
-    Photo,
-    encode_photo,
-    estimate_jpeg_quality,
-    output_path,
-    read_photo,
-    write_photo,
-)
+from ulixes_onnx.photos import encoding
+from ulixes_onnx.photos.decoding import estimate_jpeg_quality, read_photo
+from ulixes_onnx.photos.encoding import encode_photo, output_path, write_photo
+from ulixes_onnx.photos.photo import DEFAULT_JPEG_QUALITY, Photo, PhotoMetadata
 
 GPS_IFD = ExifTags.IFD.GPSInfo
 EXIF_IFD = ExifTags.IFD.Exif
@@ -164,8 +159,8 @@ def test_16_bit_png_stays_16_bit_and_exact(tmp_path, channels):
     if channels == 2:
         # OpenCV cannot write gray+alpha, so this input comes from the module's own encoder.
         source.write_bytes(
-            imageio._encode_png16(
-                pixels[..., 0], pixels[..., 1], imageio.PhotoMetadata(), exif=None, xmp=None, text={}
+            encoding._encode_png16(
+                pixels[..., 0], pixels[..., 1], PhotoMetadata(), exif=None, xmp=None, text={}
             )
         )
     else:
@@ -436,7 +431,7 @@ def test_exif_with_nothing_to_show_the_photo_is_not_written(tmp_path, astronaut)
 
 
 def png_with_text(astronaut: Image.Image, path: Path) -> Path:
-    info = imageio.PngImagePlugin.PngInfo()
+    info = PngImagePlugin.PngInfo()
     # ImageMagick writes EXIF fields as tEXt chunks named "exif:<tag>".
     info.add_text("exif:GPSLatitude", "48/1, 51/1, 29/1")
     info.add_text("exif:GPSLongitude", "2/1, 17/1, 40/1")
@@ -453,7 +448,7 @@ def test_png_text_chunks_are_dropped_by_default_and_kept_on_request(tmp_path, as
         photo = read_photo(source)
         pixels = photo.samples.astype(np.uint16) * 257
         source.write_bytes(
-            imageio._encode_png16(
+            encoding._encode_png16(
                 pixels, None, photo.metadata, exif=None, xmp=None, text=photo.metadata.png_text
             )
         )
@@ -475,7 +470,7 @@ def test_png_text_chunks_are_dropped_by_default_and_kept_on_request(tmp_path, as
 
 def test_imagemagick_raw_exif_text_is_filtered_like_exif(tmp_path, astronaut):
     exif = identifying_exif().tobytes()
-    info = imageio.PngImagePlugin.PngInfo()
+    info = PngImagePlugin.PngInfo()
     # ImageMagick's layout: a blank line, the profile name, its length, then the bytes in hex.
     info.add_text("Raw profile type exif", f"\nexif\n{len(exif)}\n{exif.hex()}")
     photo = read_photo(save(astronaut, tmp_path / "in.png", pnginfo=info))
@@ -492,7 +487,7 @@ def test_imagemagick_raw_exif_text_is_filtered_like_exif(tmp_path, astronaut):
 def test_xmp_is_dropped_by_default_and_kept_on_request(tmp_path, astronaut, suffix):
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><exif:GPSLatitude>48,51N</exif:GPSLatitude></x:xmpmeta>'
     if suffix == ".png":
-        info = imageio.PngImagePlugin.PngInfo()
+        info = PngImagePlugin.PngInfo()
         info.add_itxt("XML:com.adobe.xmp", xmp.decode())
         source = save(astronaut, tmp_path / "in.png", pnginfo=info)
     else:
@@ -594,7 +589,7 @@ def test_explicit_jpeg_quality_overrides_the_source(tmp_path, astronaut):
 
 
 def test_quality_estimate_without_tables_is_the_default():
-    assert estimate_jpeg_quality(()) == imageio.DEFAULT_JPEG_QUALITY
+    assert estimate_jpeg_quality(()) == DEFAULT_JPEG_QUALITY
 
 
 @pytest.mark.parametrize(("subsampling", "pillow_code"), [("4:2:0", 2), ("4:4:4", 0)])

@@ -34,11 +34,11 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from ulixes_onnx.dssim import image_dssim
+from ulixes_onnx.cloaking.dssim import image_dssim
+from ulixes_onnx.cloaking.perceptual import budget_map, to_opponent, to_rgb
 from ulixes_onnx.errors import UlixesError
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
-from ulixes_onnx.perceptual import budget_map, to_opponent, to_rgb
-from ulixes_onnx.recognition import FaceModel
 
 STRATEGIES = ("away", "self", "nearest", "farthest", "random", "random-farthest")
 POOL_STRATEGIES = ("nearest", "farthest", "random", "random-farthest")
@@ -115,16 +115,31 @@ class Objective:
 
 
 @dataclass(frozen=True)
-class View:
+class ModelView:
     """One model's view of the faces being cloaked: its chips are cut from each face's canvas by the
     canvas's operator number `index`. `positives` are the embeddings to move away from (default: the
-    model's embeddings of the original faces)."""
+    model's embeddings of the original faces); `references` [R, D] are the person's other photos,
+    which every face also moves away from: its loss and distance are taken to whichever of its
+    positive and the references is nearest."""
 
     model: FaceModel
     settings: LoopSettings
     index: int = 0
     positives: np.ndarray | None = None
     pool: np.ndarray | None = None
+    references: np.ndarray | None = None
+
+    def nearest(self, embeddings: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each face's distance to the nearest of its positive and the references, and that
+        embedding ([N], [N, D])."""
+        candidates = positives[:, None, :]
+        if self.references is not None and len(self.references):
+            references = np.broadcast_to(self.references, (len(positives), *self.references.shape))
+            candidates = np.concatenate([candidates, references], axis=1)
+        distances = self.model.distance(embeddings[:, None, :], candidates)
+        nearest = np.argmin(distances, axis=1)
+        rows = np.arange(len(positives))
+        return distances[rows, nearest], candidates[rows, nearest]
 
 
 @dataclass(frozen=True)
@@ -275,7 +290,7 @@ class _FaceState:
 
 
 def _confirmed_on_plain_views(
-    view: View,
+    view: ModelView,
     operators: list[ChipOperator],
     faces: list[_FaceState],
     rows: list[int],
@@ -293,16 +308,16 @@ def _confirmed_on_plain_views(
         [operators[rows[r]].forward(faces[rows[r]].clean + faces[rows[r]].delta()) for r in chosen]
     )
     embeddings = view.model.embed(chips)
-    for r, embedding in zip(chosen, embeddings, strict=True):
+    nearest, _ = view.nearest(embeddings, positives[[rows[r] for r in chosen]])
+    for r, embedding, distance in zip(chosen, embeddings, nearest, strict=True):
         target = targets[r]
         loss = target.neg_weight * float(view.model.distance(embedding[None], target.negative[None])[0])
-        loss += target.margin - float(view.model.distance(embedding[None], positives[rows[r]][None])[0])
-        met[r] = loss <= 0
+        met[r] = loss + target.margin - float(distance) <= 0
     return met
 
 
 def cloak_canvases(
-    views: list[View],
+    views: list[ModelView],
     canvases: Sequence[FaceCanvas],
     *,
     start: Sequence[np.ndarray] | None = None,
@@ -353,6 +368,8 @@ def cloak_canvases(
         ]
         for view, chips, positive in zip(views, original_chips, positives, strict=True)
     ]
+    # What each face moves away from: its positive, or the reference it has come nearer to.
+    away_from = [np.array(positive, np.float32, copy=True) for positive in positives]
     steps = np.zeros(count, int)
     objective = np.zeros((len(views), count), int)
     history: list[list[list[float]]] = [[[] for _ in range(count)] for _ in views]
@@ -384,16 +401,25 @@ def cloak_canvases(
             targets = [plans[v][i][objective[v, i]] for i in rows]
             result = view.model.step(
                 np.stack(chips),
-                positives[v][rows],
+                away_from[v][rows],
                 np.stack([target.negative for target in targets]),
                 np.array([target.margin for target in targets], np.float32),
                 np.array([target.neg_weight for target in targets], np.float32),
             )
-            confirmed = _confirmed_on_plain_views(
-                view, plain[v], faces, rows, result.loss, targets, positives[v]
-            )
+            losses, nearest_distance, nearest = result.loss, result.d_pos, away_from[v][rows]
+            if view.references is not None:
+                # Past the target only if the nearest of the face's positive and references is.
+                nearest_distance, nearest = view.nearest(result.emb, positives[v][rows])
+                losses = np.maximum(
+                    np.array([target.neg_weight for target in targets]) * result.d_neg
+                    - nearest_distance
+                    + np.array([target.margin for target in targets]),
+                    0.0,
+                )
+            confirmed = _confirmed_on_plain_views(view, plain[v], faces, rows, losses, targets, positives[v])
             for row, index in enumerate(rows):
-                distance = float(result.d_pos[row])
+                distance = float(nearest_distance[row])
+                away_from[v][index] = nearest[row]
                 seen = history[v][index]
                 ended = None
                 if confirmed[row]:
@@ -415,7 +441,7 @@ def cloak_canvases(
                         advanced.add(index)
                     continue
                 seen.append(distance)
-                if result.loss[row] <= 0:
+                if losses[row] <= 0:
                     # A random view past the target that the plain view does not confirm: no gradient
                     # from it, the next step draws another view.
                     advanced.add(index)
@@ -475,7 +501,7 @@ def cloak_canvases(
         chips = np.stack(
             [op.forward(face.clean + face.delta()) for op, face in zip(plain[v], faces, strict=True)]
         )
-        distances.append(view.model.distance(view.model.embed(chips), positives[v]))
+        distances.append(view.nearest(view.model.embed(chips), positives[v])[0])
     return [
         CanvasCloak(
             face.delta(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ulixes_onnx.cards import ModelCard
-from ulixes_onnx.cloak import STRATEGIES, CloakSettingsError, LoopSettings
+from ulixes_onnx.cloaking.loop import STRATEGIES, CloakSettingsError, LoopSettings
 
 ENSEMBLES = ("max", "sum", "joint")
 DEFAULT_MODELS = ("dlib-resnet",)
