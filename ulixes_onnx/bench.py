@@ -6,6 +6,10 @@ face end to end on photo files (decode, detect, align, cloak, paste back, encode
 a time and for the whole folder in `ulixes-onnx cloak`'s batches. Timings are
 medians over repeated runs after a warm-up; this machine may be shared, so compare ratios measured in
 the same run rather than absolute numbers across runs.
+
+End-to-end times are also given in forward passes: seconds per face divided by the time of one forward
+pass of the default model on one face, measured in the same run. The unit scales with the machine, so
+forward passes per face compare across machines where seconds do not.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from PIL import Image
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, cloak_files, expand_inputs
 from ulixes_onnx.cloaking.loop import ModelView, cloak_canvases
 from ulixes_onnx.cloaking.pipeline import Cloaker
-from ulixes_onnx.cloaking.settings import CloakSettings
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, CloakSettings
 from ulixes_onnx.engine.session import available_cores
+from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.photos import samples
@@ -119,8 +124,26 @@ def face_chips(
     return np.stack(chips), canvases
 
 
+def forward_pass_ms(store: ModelStore, photos: list[Path], repeats: int, threads: int | None) -> float:
+    """The unit of end-to-end times: one forward pass of the default model on one face, in ms."""
+    model = FaceModel(DEFAULT_MODELS[0], store, threads=threads)
+    chips, _ = face_chips(photos[:1], store, model.card.input.alignment, CloakSettings().canvas_cap)
+    return median_ms(lambda: model.embed(chips[:1]), repeats)
+
+
+def in_forward_passes(seconds: float | None, unit_ms: float) -> float | None:
+    """`seconds` as a number of forward passes of `unit_ms` each."""
+    return None if seconds is None else round(1000 * seconds / unit_ms, 1)
+
+
 def bench_model(
-    name: str, store: ModelStore, photos: list[Path], batches: list[int], repeats: int, threads: int | None
+    name: str,
+    store: ModelStore,
+    photos: list[Path],
+    batches: list[int],
+    repeats: int,
+    threads: int | None,
+    unit_ms: float,
 ) -> dict:
     cloaker = Cloaker(CloakSettings((name,)), store=store, threads=threads)
     model = cloaker.models[0]
@@ -169,16 +192,20 @@ def bench_model(
         reports = list(cloak_files(cloaker, [PhotoFile(photo) for photo in photos], options))
         folder_seconds = time.perf_counter() - started
         folder_faces = sum(1 for report in reports for face in report.faces if face.models)
+    end_to_end_seconds = statistics.median(end_to_end) if end_to_end else None
+    folder_seconds_per_face = folder_seconds / max(1, folder_faces)
     return {
         "model": name,
         "threads": threads or available_cores(),
         "batches": per_batch,
-        "end_to_end_seconds_per_face": round(statistics.median(end_to_end), 3) if end_to_end else None,
+        "end_to_end_seconds_per_face": None if end_to_end_seconds is None else round(end_to_end_seconds, 3),
+        "end_to_end_forward_passes_per_face": in_forward_passes(end_to_end_seconds, unit_ms),
         "faces_cloaked_end_to_end": len(visibility),
         # How visible the cloaks of the end-to-end run are, per face of the saved copies.
         "faces": visibility,
         "folder_faces_per_second": round(folder_faces / folder_seconds, 2),
-        "folder_seconds_per_face": round(folder_seconds / max(1, folder_faces), 3),
+        "folder_seconds_per_face": round(folder_seconds_per_face, 3),
+        "folder_forward_passes_per_face": in_forward_passes(folder_seconds_per_face, unit_ms),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
@@ -199,5 +226,13 @@ def run_bench(
             if images is not None
             else sample_photos(Path(folder), photo_count)
         )
-        results = [bench_model(name, store, photos, batches, repeats, threads) for name in models]
-    return {"machine": machine_description(), "repeats": repeats, "photos": len(photos), "models": results}
+        unit_ms = forward_pass_ms(store, photos, repeats, threads)
+        results = [bench_model(name, store, photos, batches, repeats, threads, unit_ms) for name in models]
+    return {
+        "machine": machine_description(),
+        "repeats": repeats,
+        "photos": len(photos),
+        # What end-to-end times are counted in: one forward pass of the default model at batch 1.
+        "forward_pass": {"model": DEFAULT_MODELS[0], "batch": 1, "ms": round(unit_ms, 3)},
+        "models": results,
+    }

@@ -14,22 +14,27 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, cached_property
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from ulixes_onnx import faces
 from ulixes_onnx.cards import ModelCard, get_card
-from ulixes_onnx.engine import InputSpec, build_cloak_graph, create_session, with_canonical_input
-from ulixes_onnx.engine import cloak_graph as names
-from ulixes_onnx.engine.rewrite import fold_clamps
-from ulixes_onnx.engine.session import machine_key, optimised_for_this_machine
+from ulixes_onnx.engine import names
+from ulixes_onnx.engine.session import create_session, machine_key, optimised_for_this_machine
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.faces import ChipSpec
 from ulixes_onnx.store import BuiltModel, ModelStore
+
+# The graph builders (and onnx, a second of start-up) are imported only when a graph has to be built:
+# cloaking runs graphs built earlier and kept in the store.
+if TYPE_CHECKING:
+    import onnx
+
+    from ulixes_onnx.engine.adapter import InputSpec
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class CloakStep:
 @cache
 def engine_fingerprint() -> str:
     """A digest of the engine's source and the onnx version: cached cloak graphs are keyed by it."""
-    digest = hashlib.sha256(onnx.__version__.encode())
+    digest = hashlib.sha256(metadata.version("onnx").encode())
     for entry in sorted(resources.files("ulixes_onnx.engine").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".py"):
             digest.update(entry.read_bytes())
@@ -55,6 +60,8 @@ def engine_fingerprint() -> str:
 
 def adapter_spec(card: ModelCard) -> InputSpec:
     """The engine's description of how the card's network takes its input."""
+    from ulixes_onnx.engine.adapter import InputSpec
+
     model_input = card.input
     if model_input is None:
         raise ModelError(f"model {card.name!r} is a {card.kind}, not a face-embedding model")
@@ -71,6 +78,11 @@ def adapter_spec(card: ModelCard) -> InputSpec:
 def forward_graph(card: ModelCard, model_path: Path) -> onnx.ModelProto:
     """The graph the product runs for a card's model file: canonical chip in, embedding out, clamps
     folded into Clip as the cloak graph folds them."""
+    import onnx
+
+    from ulixes_onnx.engine.adapter import with_canonical_input
+    from ulixes_onnx.engine.rewrite import fold_clamps
+
     return fold_clamps(with_canonical_input(onnx.load(model_path), adapter_spec(card)))
 
 
@@ -115,11 +127,15 @@ class FaceModel:
     @cached_property
     def cloak_graph_path(self) -> Path:
         return self.store.derived(
-            self.built,
-            f"cloak-{self.metric}",
-            engine_fingerprint(),
-            lambda: build_cloak_graph(onnx.load(self.forward_graph_path), self.metric).SerializeToString(),
+            self.built, f"cloak-{self.metric}", engine_fingerprint(), self._build_cloak_graph
         )
+
+    def _build_cloak_graph(self) -> bytes:
+        import onnx
+
+        from ulixes_onnx.engine.cloak_graph import build_cloak_graph
+
+        return build_cloak_graph(onnx.load(self.forward_graph_path), self.metric).SerializeToString()
 
     def _optimised_session(
         self, name: str, graph: Callable[[], Path], threads: int | None

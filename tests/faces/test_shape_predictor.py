@@ -9,7 +9,7 @@ import pytest
 from tests.dlib_reference import dlib, reference_models
 from tests.test_dlib_format import encode_int, encode_real
 from ulixes_onnx.faces import dlib_landmarks, face_rectangle, five_point_predictor
-from ulixes_onnx.faces.shape_predictor import predict_shapes
+from ulixes_onnx.faces.shape_predictor import _evaluate_forest, predict_shapes
 from ulixes_onnx.zoo.dlib_format import DlibFormatError
 from ulixes_onnx.zoo.dlib_shape_predictor import ShapePredictor, read_shape_predictor
 
@@ -69,6 +69,22 @@ def test_tree_goes_left_only_when_the_difference_exceeds_the_threshold():
     # A difference of exactly the threshold is not "more than" it.
     equal = predict_shapes(model, _two_tone(120, 100), rectangle)[0]
     np.testing.assert_allclose(equal[:, 0], [0.15 * 99, 0.65 * 99], atol=1e-4)
+
+
+def test_every_tree_of_the_bundled_cascade_walks_to_its_own_leaf():
+    level = five_point_predictor().levels[3]
+    values = np.random.default_rng(5).uniform(0, 255, (3, len(level.anchors))).astype(np.float32)
+    updates = _evaluate_forest(level, values)
+    splits = level.thresholds.shape[1]
+    for face in range(3):
+        for tree in range(0, len(level.thresholds), 37):
+            node = 0
+            while node < splits:
+                difference = (
+                    values[face, level.first_pixel[tree, node]] - values[face, level.second_pixel[tree, node]]
+                )
+                node = 2 * node + 1 if difference > level.thresholds[tree, node] else 2 * node + 2
+            np.testing.assert_array_equal(updates[face, tree], level.leaves[tree, node - splits])
 
 
 def test_colour_is_read_as_dlibs_truncated_grey():

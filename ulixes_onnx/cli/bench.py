@@ -50,8 +50,10 @@ def bench(
         write_atomically(json.dumps(results, indent=2).encode(), json_output)
     console = Console()
     machine = results["machine"]
+    unit = results["forward_pass"]
     console.print(
-        f"{machine['cpu']}, {machine['cores']} cores, onnxruntime {machine['versions']['onnxruntime']}"
+        f"{machine['cpu']}, {machine['cores']} cores, onnxruntime {machine['versions']['onnxruntime']}; "
+        f"a forward pass ({unit['model']}, batch 1) takes {unit['ms']:.2f} ms"
     )
     for model in results["models"]:
         table = Table(title=f"{model['model']} ({model['threads']} threads)")
@@ -69,8 +71,11 @@ def bench(
         console.print(table)
         console.print(
             f"end to end: {model['end_to_end_seconds_per_face']} s per face "
+            f"= {model['end_to_end_forward_passes_per_face']} forward passes "
             f"({model['faces_cloaked_end_to_end']} faces), folder in batches: "
-            f"{model['folder_faces_per_second']} faces/s, peak RSS {model['peak_rss_mb']} MB"
+            f"{model['folder_faces_per_second']} faces/s "
+            f"= {model['folder_forward_passes_per_face']} forward passes per face, "
+            f"peak RSS {model['peak_rss_mb']} MB"
         )
         scores = [face["ssimulacra2"] for face in model["faces"]]
         if scores:

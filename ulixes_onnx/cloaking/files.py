@@ -359,11 +359,31 @@ def _write(
                 keep_exif=options.keep_exif,
                 overwrite=options.overwrite,
             )
-        # Measured once more on the file as written: what a recogniser will load.
-        faces = cloaker.remeasure(read_photo(destination, max_pixels=options.max_pixels).rgb8, result.faces)
+        faces = _measured_as_written(cloaker, pending, result, destination, options)
         seconds += time.perf_counter() - started
         return FileReport(pending.source, destination, None, faces, photo.notes, seconds)
     return FileReport(pending.source, error=failure.message, seconds=seconds + time.perf_counter() - started)
+
+
+def _measured_as_written(
+    cloaker: Cloaker, pending: _Pending, result: CloakResult, destination: Path, options: OutputOptions
+) -> list[FaceReport]:
+    """The faces measured on the file as written: what a recogniser will load.
+
+    When the file holds the bytes the last round verified, the faces that round verified keep their
+    measurement (the same bytes decode to the same pixels), and only faces that finished in earlier
+    rounds, whose pixels the last encoding changed too, are measured again.
+    """
+    data = destination.read_bytes()
+    if pending.encoded is None or pending.encoded[0] is not result.delta or data != pending.encoded[1]:
+        return cloaker.remeasure(read_photo(destination, max_pixels=options.max_pixels).rgb8, result.faces)
+    last_round = max(face.rounds for face in result.faces)
+    earlier = [face for face in result.faces if face.models and face.rounds < last_round]
+    if not earlier:
+        return result.faces
+    seen = decode_photo(data, destination, max_pixels=options.max_pixels).rgb8
+    measured = {face.index: face for face in cloaker.remeasure(seen, earlier)}
+    return [measured.get(face.index, face) for face in result.faces]
 
 
 class _Failure:

@@ -15,9 +15,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ulixes_onnx.engine.autodiff import default_opset
+from ulixes_onnx.engine.names import CANONICAL_INPUT
 from ulixes_onnx.errors import GraphError
 
-CANONICAL_INPUT = "x"
 _PREFIX = "adapt/"
 
 

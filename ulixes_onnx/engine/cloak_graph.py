@@ -19,21 +19,22 @@ import numpy as np
 import onnx
 from onnx import compose, helper, numpy_helper
 
-from ulixes_onnx.engine.adapter import CANONICAL_INPUT
 from ulixes_onnx.engine.autodiff import add_input_gradient, prepare_model
+from ulixes_onnx.engine.names import (
+    CANONICAL_INPUT,
+    EMBEDDING,
+    GRADIENT,
+    LOSS,
+    MARGIN,
+    NEGATIVE,
+    NEGATIVE_DISTANCE,
+    NEGATIVE_WEIGHT,
+    POSITIVE,
+    POSITIVE_DISTANCE,
+)
 from ulixes_onnx.errors import GraphError
 
 Distance = Literal["euclidean", "cosine"]
-
-POSITIVE = "e_pos"
-NEGATIVE = "e_neg"
-MARGIN = "margin"
-NEGATIVE_WEIGHT = "neg_weight"
-LOSS = "loss"
-GRADIENT = "grad"
-EMBEDDING = "emb"
-POSITIVE_DISTANCE = "d_pos"
-NEGATIVE_DISTANCE = "d_neg"
 
 # Added under the square roots so that distances (and norms) have a finite gradient at zero: at the
 # first step the chip is the original and its distance to its own embedding is exactly 0.

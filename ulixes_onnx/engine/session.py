@@ -15,9 +15,12 @@ import tempfile
 from collections import OrderedDict
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnx
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Sessions hold their weights in memory; a handful covers a cloaking run that uses several models.
@@ -77,6 +80,12 @@ def default_domain_only(model: onnx.ModelProto) -> bool:
     return all(node.domain in _DEFAULT_DOMAINS for node in nodes)
 
 
+def _serialised(model: onnx.ModelProto | bytes | str | Path) -> bytes | str | Path:
+    """A model's bytes, or its file; a ModelProto is serialised (onnx itself is not imported for
+    models given as bytes or files)."""
+    return model if isinstance(model, bytes | str | Path) else model.SerializeToString()
+
+
 def create_session(
     model: onnx.ModelProto | bytes | str | Path,
     *,
@@ -88,7 +97,7 @@ def create_session(
     options.intra_op_num_threads = threads or available_cores()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = optimization
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    source = _serialised(model)
     if isinstance(source, Path):
         source = str(source)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -101,7 +110,7 @@ def cached_session(
     optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 ) -> ort.InferenceSession:
     """The session for this model and settings, created on first use and reused afterwards."""
-    serialized = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    serialized = _serialised(model)
     threads = threads or available_cores()
     key = (hashlib.sha256(serialized).hexdigest(), threads, int(optimization))
     if key in _cached_sessions:

@@ -134,15 +134,24 @@ def _sample(image: np.ndarray, pixels: np.ndarray) -> np.ndarray:
 
 def _evaluate_forest(level: CascadeLevel, values: np.ndarray) -> np.ndarray:
     """Shape updates [N, T, 2P]: every tree of the level run on every face's feature pixels [N, F]."""
-    faces = np.arange(len(values))[:, None]
-    trees = np.arange(level.thresholds.shape[0])[None, :]
-    node = np.zeros((len(values), trees.shape[1]), dtype=np.int64)
+    count, features = values.shape
+    trees, splits = level.thresholds.shape
+    # Gathers from flat arrays (`take`) cost half as much as two-axis fancy indexing of these sizes.
+    tree_splits = np.arange(trees) * splits
+    face_features = np.arange(count)[:, None] * features
+    flat_values = values.ravel()
+    first_pixel, second_pixel = level.first_pixel.ravel(), level.second_pixel.ravel()
+    thresholds = level.thresholds.ravel()
+    node = np.zeros((count, trees), dtype=np.intp)
     for _ in range(level.depth):
-        first = values[faces, level.first_pixel[trees, node]]
-        second = values[faces, level.second_pixel[trees, node]]
+        split = tree_splits + node
+        first = flat_values.take(face_features + first_pixel.take(split))
+        second = flat_values.take(face_features + second_pixel.take(split))
         # Left child (2i + 1) when the difference exceeds the threshold, right child (2i + 2) otherwise.
-        node = 2 * node + 1 + (first - second <= level.thresholds[trees, node])
-    return level.leaves[trees, node - level.thresholds.shape[1]]
+        node = 2 * node + 1 + (first - second <= thresholds.take(split))
+    leaves = level.leaves.reshape(trees * (splits + 1), -1)
+    leaf = np.arange(trees) * (splits + 1) + node - splits
+    return leaves.take(leaf.ravel(), axis=0).reshape(count, trees, -1)
 
 
 def _similarity_linear_part(source: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -1,0 +1,16 @@
+"""The names of the cloak graph's inputs and outputs: what the product feeds and fetches.
+
+Kept apart from the graph builders so that running a built graph does not import onnx (a second of
+start-up on a small machine).
+"""
+
+CANONICAL_INPUT = "x"
+POSITIVE = "e_pos"
+NEGATIVE = "e_neg"
+MARGIN = "margin"
+NEGATIVE_WEIGHT = "neg_weight"
+LOSS = "loss"
+GRADIENT = "grad"
+EMBEDDING = "emb"
+POSITIVE_DISTANCE = "d_pos"
+NEGATIVE_DISTANCE = "d_neg"
