@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import inspect
 import re
+from importlib import import_module
 
 import pytest
 from typer.testing import CliRunner
 
-from ulixes_onnx.cli import app, models
+from ulixes_onnx.cli import COMMANDS as COMMAND_ENTRIES
+from ulixes_onnx.cli import app
+from ulixes_onnx.cli import models as models_command
 from ulixes_onnx.cli.options import ADVANCED, PROTECTION, SETTING_OPTIONS
 
 COMMANDS = [
@@ -76,7 +79,7 @@ def test_cloak_everyday_options_come_first_and_the_algorithm_under_advanced() ->
     found = panels(help_text("cloak"))
     assert list(found) == ["Arguments", "Options", PROTECTION, ADVANCED]
     assert found["Options"][:4] == ["--output-dir", "--overwrite", "--skip-existing", "--json"]
-    assert found[PROTECTION] == ["--models", "--level", "--target"]
+    assert found[PROTECTION] == ["--models", "--level", "--target", "--reference"]
     advanced = {f"--{name.replace('_', '-')}" for name in SETTING_OPTIONS} - {"--level", "--target"}
     assert set(found[ADVANCED]) == advanced | {"--pool"}
 
@@ -120,8 +123,13 @@ def test_ranges_are_still_enforced() -> None:
 def test_help_paragraphs_are_not_hard_wrapped() -> None:
     # Rich help keeps a docstring's line breaks: a paragraph wrapped in the source shows a ragged
     # line on every terminal width but the one it was wrapped for.
-    commands = [*app.registered_commands, *models.app.registered_commands]
-    assert len(commands) == 8
-    for command in commands:
-        for paragraph in inspect.getdoc(command.callback).split("\n\n"):
-            assert "\n" not in paragraph, command.callback.__name__
+    callbacks = [
+        getattr(import_module(entry.module), entry.attribute)
+        for entry in COMMAND_ENTRIES.values()
+        if entry.attribute != "app"
+    ]
+    callbacks += [command.callback for command in models_command.app.registered_commands]
+    assert len(callbacks) == 8
+    for callback in callbacks:
+        for paragraph in inspect.getdoc(callback).split("\n\n"):
+            assert "\n" not in paragraph, callback.__name__

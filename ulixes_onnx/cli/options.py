@@ -212,12 +212,15 @@ def with_cloak_settings(
         own = [
             p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"
         ]
-        # The command's own advanced options (e.g. --pool) go last, so that the help panels come in
-        # the order: the command's options, Protection, Advanced.
+        # The command's own Protection and Advanced options (e.g. --reference, --pool) go last, after
+        # the shared ones of their panels, and the panels come in the order: the command's options,
+        # Protection, Advanced.
         own_advanced = [
-            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if _help_panel(p) == ADVANCED
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in own
+            if _help_panel(p) in (PROTECTION, ADVANCED)
         ]
-        own = [p for p in own if _help_panel(p) != ADVANCED]
+        own = [p for p in own if _help_panel(p) not in (PROTECTION, ADVANCED)]
         added = [
             inspect.Parameter(
                 models_name,
