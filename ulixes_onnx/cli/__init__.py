@@ -15,8 +15,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from ulixes_onnx import __version__
 from ulixes_onnx.cli.context import CliState
@@ -64,7 +64,7 @@ COMMANDS = {
 }
 
 
-def load_command(name: str) -> click.Command:
+def load_command(name: str) -> TyperCommand | TyperGroup:
     """The command `name` of `COMMANDS`, its module imported."""
     entry = COMMANDS[name]
     target = getattr(import_module(entry.module), entry.attribute)
@@ -80,10 +80,10 @@ class _CommandsOnDemand(PlainGroup):
 
     listing = False
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(COMMANDS)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:
         if cmd_name not in COMMANDS:
             return None
         if self.listing:
@@ -92,7 +92,7 @@ class _CommandsOnDemand(PlainGroup):
             self.commands[cmd_name] = load_command(cmd_name)
         return self.commands[cmd_name]
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: typer.Context, formatter: object) -> None:
         self.listing = True
         try:
             super().format_help(ctx, formatter)
