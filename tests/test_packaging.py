@@ -7,6 +7,7 @@ would go unnoticed by every other test; this one compares the installed files wi
 from __future__ import annotations
 
 import json
+import sys
 import sysconfig
 import tomllib
 from importlib import metadata
@@ -38,3 +39,50 @@ def test_the_test_extra_holds_every_extra_the_tests_exercise() -> None:
     extras = tomllib.loads((SOURCE / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for extra in ("eval", "serve", "facenet", "plots"):
         assert set(extras[extra]) <= set(extras["test"]), extra
+
+
+def test_ci_finds_the_readme_commands_it_runs() -> None:
+    # .ci/run runs the first README line holding each of these: it must be the set-up command itself.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    for marker, ends in (("pip install . &&", "ulixes-onnx demo"), ("pip install '.[test]'", "pytest")):
+        first = next(line for line in readme if marker in line)
+        assert first.startswith("python3 -m venv .venv &&") and first.endswith(ends), first
+
+
+def test_every_package_the_code_imports_is_declared() -> None:
+    # A package that arrives only as another one's dependency can vanish with that one's next release
+    # (typer 0.29 stopped installing click, and a fresh install failed at start-up).
+    import ast
+    import re
+    from importlib.metadata import packages_distributions
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    declared = {
+        re.split(r"[<>=!~\[; ]", requirement)[0].lower().replace("_", "-") for requirement in requirements
+    }
+    distributions = packages_distributions()
+    undeclared = set()
+    for path in (root / "ulixes_onnx").rglob("*.py"):
+        if path.parent.name == "zoo" and path.stem.startswith("export_"):
+            continue  # run in the export toolchain's own interpreter
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "ulixes_onnx":
+                    continue
+                owners = {owner.lower().replace("_", "-") for owner in distributions.get(top, [top])}
+                # Both OpenCV builds install cv2; a test dependency may bring the GUI one.
+                owners |= {"opencv-python-headless"} if top == "cv2" else set()
+                if not owners & declared:
+                    undeclared.add(f"{top} ({path.relative_to(root)})")
+    assert not undeclared, sorted(undeclared)
