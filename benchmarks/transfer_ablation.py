@@ -3,9 +3,11 @@
 Runs `ulixes-onnx eval DATASET --leave-one-out` once per setting (each zoo model judges cloaks made by
 the ensemble of the others) and writes one Markdown table: for every setting and held-out model, the
 true-positive rate before -> after, the accuracy an attacker gets back by re-tuning the threshold on
-cloaked pairs, and the SSIMULACRA2 of the cloaked faces at the photo's resolution. Cloaks are cached
-per setting (under --cache-dir, WORK/cache by default), so an interrupted run resumes, and the table is
-rewritten after every setting, so it keeps the settings that finished.
+cloaked pairs, the SSIMULACRA2 of the cloaked faces at the photo's resolution, and how many faces the
+saved copy protects against the models that made the cloak (a setting that transfers only by giving
+that up is no gain). Cloaks are cached per setting (under --cache-dir, WORK/cache by default), so an
+interrupted run resumes, and the table is rewritten after every setting, so it keeps the settings
+that finished.
 
     python benchmarks/transfer_ablation.py ../shared/faces-dev --out benchmarks/results/transfer.md
     python benchmarks/transfer_ablation.py SUBSET --allow-single --only "joint, defaults" "momentum 0.5"
@@ -64,7 +66,8 @@ def rows(name: str, document: dict) -> list[str]:
         lines.append(
             f"| {name} | {model} | {100 * clean['tp_rate']:.1f} -> {100 * cloaked['tp_rate']:.1f} % "
             f"| {100 * cloaked['accuracy']:.1f} % | {100 * attacker:.1f} % "
-            f"| {visibility['mean']:.1f} / {visibility['min']:.1f} |"
+            f"| {visibility['mean']:.1f} / {visibility['min']:.1f} "
+            f"| {section['faces_protected_by_the_cloaking_models']} / {section['faces']} |"
         )
     return lines
 
@@ -98,8 +101,8 @@ def render(table_rows: list[str], seconds: dict[str, float], argv: list[str]) ->
             "cloaked); SSIMULACRA2 of the cloaked faces at the photo's resolution.",
             "",
             "| setting | held-out model | TP rate clean -> cloaked | accuracy | attacker's best accuracy "
-            "| face SSIMULACRA2 mean / min |",
-            "|---|---|---|---|---|---|",
+            "| face SSIMULACRA2 mean / min | faces protected against the cloaking models |",
+            "|---|---|---|---|---|---|---|",
             *table_rows,
             "",
             "Wall time: " + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()) + ".",

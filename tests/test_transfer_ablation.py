@@ -20,11 +20,15 @@ def leave_one_out_report() -> dict:
                 "clean": side(1.0, 0.987),
                 "cloaked": side(0.154, 0.577),
                 "face_ssimulacra2": {"mean": 42.04, "min": -13.2},
+                "faces": 10,
+                "faces_protected_by_the_cloaking_models": 5,
             },
             "faceres": {
                 "clean": side(0.949, 0.949),
                 "cloaked": side(0.205, 0.603),
                 "face_ssimulacra2": {"mean": 46.6, "min": -0.7},
+                "faces": 10,
+                "faces_protected_by_the_cloaking_models": 6,
             },
         }
     }
@@ -67,8 +71,8 @@ def test_eval_command_defaults_to_a_cache_under_work_and_all_threads():
 def test_rows_give_one_line_per_held_out_model():
     lines = rows("momentum 0.5", leave_one_out_report())
     assert lines == [
-        "| momentum 0.5 | dlib-resnet | 100.0 -> 15.4 % | 57.7 % | 80.0 % | 42.0 / -13.2 |",
-        "| momentum 0.5 | faceres | 94.9 -> 20.5 % | 60.3 % | 80.0 % | 46.6 / -0.7 |",
+        "| momentum 0.5 | dlib-resnet | 100.0 -> 15.4 % | 57.7 % | 80.0 % | 42.0 / -13.2 | 5 / 10 |",
+        "| momentum 0.5 | faceres | 94.9 -> 20.5 % | 60.3 % | 80.0 % | 46.6 / -0.7 | 6 / 10 |",
     ]
 
 
