@@ -3,16 +3,21 @@
 Runs `ulixes-onnx eval DATASET --leave-one-out` once per setting (each zoo model judges cloaks made by
 the ensemble of the others) and writes one Markdown table: for every setting and held-out model, the
 true-positive rate before -> after, the accuracy an attacker gets back by re-tuning the threshold on
-cloaked pairs, and the SSIMULACRA2 of the cloaked faces at the photo's resolution. Cloaks are cached
-per setting under --work, so an interrupted run resumes.
+cloaked pairs, the SSIMULACRA2 of the cloaked faces at the photo's resolution, and how many faces the
+saved copy protects against the models that made the cloak (a setting that transfers only by giving
+that up is no gain). Cloaks are cached per setting (under --cache-dir, WORK/cache by default), so an
+interrupted run resumes, and the table is rewritten after every setting, so it keeps the settings
+that finished.
 
     python benchmarks/transfer_ablation.py ../shared/faces-dev --out benchmarks/results/transfer.md
+    python benchmarks/transfer_ablation.py SUBSET --allow-single --only "joint, defaults" "momentum 0.5"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -31,16 +36,24 @@ SETTINGS = {
 }
 
 
-def run(dataset: Path, pairs: Path, name: str, options: list[str], work: Path, threads: int | None) -> dict:
-    out = work / name.replace(" ", "-").replace(",", "").replace("+", "plus")
+def eval_command(args: argparse.Namespace, options: list[str], out: Path) -> list[str]:
+    """The `ulixes-onnx eval --leave-one-out` command for one setting."""
+    pairs = args.pairs or args.dataset / "pairs.csv"
     command = [
-        sys.executable, "-m", "ulixes_onnx", "eval", str(dataset), "--pairs", str(pairs),
+        sys.executable, "-m", "ulixes_onnx", "eval", str(args.dataset), "--pairs", str(pairs),
         "--leave-one-out", "--models", MODELS, "--ensemble", "joint", *options,
-        "--out", str(out), "--cache-dir", str(work / "cache"), "--no-plots",
+        "--out", str(out), "--cache-dir", str(args.cache_dir or args.work / "cache"), "--no-plots",
     ]  # fmt: skip
-    if threads:
-        command += ["--threads", str(threads)]
-    subprocess.run(command, check=True)
+    if args.allow_single:
+        command.append("--allow-single")
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    return command
+
+
+def run(name: str, args: argparse.Namespace) -> dict:
+    out = args.work / name.replace(" ", "-").replace(",", "").replace("+", "plus")
+    subprocess.run(eval_command(args, SETTINGS[name], out), check=True)
     return json.loads((out / "report.json").read_text())
 
 
@@ -53,50 +66,62 @@ def rows(name: str, document: dict) -> list[str]:
         lines.append(
             f"| {name} | {model} | {100 * clean['tp_rate']:.1f} -> {100 * cloaked['tp_rate']:.1f} % "
             f"| {100 * cloaked['accuracy']:.1f} % | {100 * attacker:.1f} % "
-            f"| {visibility['mean']:.1f} / {visibility['min']:.1f} |"
+            f"| {visibility['mean']:.1f} / {visibility['min']:.1f} "
+            f"| {section['faces_protected_by_the_cloaking_models']} / {section['faces']} |"
         )
     return lines
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--pairs", type=Path, help="default: DATASET/pairs.csv")
-    parser.add_argument("--settings", help=f"comma-separated names among: {', '.join(SETTINGS)}")
+    # Names hold commas ("joint, defaults"), so each is its own argument.
+    parser.add_argument(
+        "--only", nargs="+", choices=list(SETTINGS), metavar="NAME", help=f"among: {'; '.join(SETTINGS)}"
+    )
     parser.add_argument("--work", type=Path, default=Path("transfer-ablation"))
+    parser.add_argument("--cache-dir", type=Path, help="where cloaks are kept (default: WORK/cache)")
+    parser.add_argument(
+        "--allow-single", action="store_true", help="passed to eval: identities with one photo"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/transfer.md"))
     parser.add_argument("--threads", type=int)
-    args = parser.parse_args()
-    chosen = args.settings.split(",") if args.settings else list(SETTINGS)
-    unknown = [name for name in chosen if name not in SETTINGS]
-    if unknown:
-        parser.error(f"unknown settings: {', '.join(unknown)}")
-    pairs = args.pairs or args.dataset / "pairs.csv"
-    table = [
-        "| setting | held-out model | TP rate clean -> cloaked | accuracy | attacker's best accuracy "
-        "| face SSIMULACRA2 mean / min |",
-        "|---|---|---|---|---|---|",
-    ]
-    started = time.perf_counter()
-    for name in chosen:
-        table += rows(name, run(args.dataset, pairs, name, SETTINGS[name], args.work, args.threads))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        "\n".join(
-            [
-                f"# Transfer ablation, leave one out ({time.strftime('%Y-%m-%d')})",
-                "",
-                f"`python benchmarks/transfer_ablation.py {args.dataset} --pairs {pairs}`: every zoo model "
-                f"({MODELS}) judges cloaks made by the joint ensemble of the other two (verification, "
-                "photo b of each pair cloaked); SSIMULACRA2 of the cloaked faces at the photo's resolution.",
-                "",
-                *table,
-                "",
-                f"Wall time {time.perf_counter() - started:.0f} s.",
-                "",
-            ]
-        )
+    return parser.parse_args(argv)
+
+
+def render(table_rows: list[str], seconds: dict[str, float], argv: list[str]) -> str:
+    """The Markdown page: how it was made, the table, and the wall time of each setting."""
+    return "\n".join(
+        [
+            f"# Transfer ablation, leave one out ({time.strftime('%Y-%m-%d')})",
+            "",
+            f"`python benchmarks/transfer_ablation.py {shlex.join(argv)}`: every zoo model ({MODELS}) judges "
+            "cloaks made by the joint ensemble of the other two (verification, photo b of each pair "
+            "cloaked); SSIMULACRA2 of the cloaked faces at the photo's resolution.",
+            "",
+            "| setting | held-out model | TP rate clean -> cloaked | accuracy | attacker's best accuracy "
+            "| face SSIMULACRA2 mean / min | faces protected against the cloaking models |",
+            "|---|---|---|---|---|---|---|",
+            *table_rows,
+            "",
+            "Wall time: " + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()) + ".",
+            "",
+        ]
     )
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    args = parse_arguments(argv)
+    table_rows: list[str] = []
+    seconds: dict[str, float] = {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.only or list(SETTINGS):
+        started = time.perf_counter()
+        table_rows += rows(name, run(name, args))
+        seconds[name] = time.perf_counter() - started
+        args.out.write_text(render(table_rows, seconds, argv))
     print(f"wrote {args.out}")
 
 
