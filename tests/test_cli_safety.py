@@ -322,7 +322,15 @@ def test_read_only_model_store(tmp_path: Path, store: ModelStore) -> None:
 
 def _start(arguments: list[str], store: ModelStore) -> subprocess.Popen:
     command = [sys.executable, "-m", "ulixes_onnx", "--models-dir", str(store.root), "cloak", *arguments]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A test run started in the background (nohup, `&` in a script) ignores SIGINT, and so would the
+    # child: give it the default, as in a terminal.
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _faces_folder(tmp_path: Path, count: int) -> Path:
