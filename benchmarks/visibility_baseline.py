@@ -135,10 +135,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     overrides = {}
+    defaults = CloakSettings()
     for item in args.set:
         name, _, value = item.partition("=")
-        kind = type(getattr(CloakSettings(), name))
-        overrides[name] = kind(value)
+        if not hasattr(defaults, name) or name in ("models", "level"):
+            parser.error(f"--set {item}: not a setting (use --level for the level)")
+        default = getattr(defaults, name)
+        # Settings left as None (budget, target, ...) are distances or levels: numbers.
+        overrides[name] = float(value) if default is None else type(default)(value)
     cv2.setNumThreads(1)
     store = ModelStore()
     chosen = largest_faces(args.folder, args.count, store)

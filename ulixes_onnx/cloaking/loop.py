@@ -130,16 +130,24 @@ class ModelView:
     references: np.ndarray | None = None
 
     def nearest(self, embeddings: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each face's distance to the nearest of its positive and the references, and that
-        embedding ([N], [N, D])."""
-        candidates = positives[:, None, :]
-        if self.references is not None and len(self.references):
-            references = np.broadcast_to(self.references, (len(positives), *self.references.shape))
-            candidates = np.concatenate([candidates, references], axis=1)
-        distances = self.model.distance(embeddings[:, None, :], candidates)
-        nearest = np.argmin(distances, axis=1)
-        rows = np.arange(len(positives))
-        return distances[rows, nearest], candidates[rows, nearest]
+        """`nearest_of` with this view's model and references."""
+        return nearest_of(self.model, embeddings, positives, self.references)
+
+
+def nearest_of(
+    model: FaceModel, embeddings: np.ndarray, positives: np.ndarray, references: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's distance to the nearest of its positive and the references [R, D] (if any), and
+    that embedding ([N], [N, D])."""
+    candidates = positives[:, None, :]
+    if references is not None and len(references):
+        candidates = np.concatenate(
+            [candidates, np.broadcast_to(references, (len(positives), *references.shape))], axis=1
+        )
+    distances = model.distance(embeddings[:, None, :], candidates)
+    nearest = np.argmin(distances, axis=1)
+    rows = np.arange(len(positives))
+    return distances[rows, nearest], candidates[rows, nearest]
 
 
 @dataclass(frozen=True)
@@ -399,23 +407,20 @@ def cloak_canvases(
                 blurs.append(blur)
                 chips.append(_chip_blur(operator.forward(face.clean + face.delta()), blur))
             targets = [plans[v][i][objective[v, i]] for i in rows]
+            margins = np.array([target.margin for target in targets], np.float32)
+            neg_weights = np.array([target.neg_weight for target in targets], np.float32)
             result = view.model.step(
                 np.stack(chips),
                 away_from[v][rows],
                 np.stack([target.negative for target in targets]),
-                np.array([target.margin for target in targets], np.float32),
-                np.array([target.neg_weight for target in targets], np.float32),
+                margins,
+                neg_weights,
             )
             losses, nearest_distance, nearest = result.loss, result.d_pos, away_from[v][rows]
             if view.references is not None:
                 # Past the target only if the nearest of the face's positive and references is.
                 nearest_distance, nearest = view.nearest(result.emb, positives[v][rows])
-                losses = np.maximum(
-                    np.array([target.neg_weight for target in targets]) * result.d_neg
-                    - nearest_distance
-                    + np.array([target.margin for target in targets]),
-                    0.0,
-                )
+                losses = np.maximum(neg_weights * result.d_neg - nearest_distance + margins, 0.0)
             confirmed = _confirmed_on_plain_views(view, plain[v], faces, rows, losses, targets, positives[v])
             for row, index in enumerate(rows):
                 distance = float(nearest_distance[row])

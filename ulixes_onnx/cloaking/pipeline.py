@@ -29,7 +29,14 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloaking.loop import Boost, CanvasCloak, CloakSettingsError, ModelView, cloak_canvases
+from ulixes_onnx.cloaking.loop import (
+    Boost,
+    CanvasCloak,
+    CloakSettingsError,
+    ModelView,
+    cloak_canvases,
+    nearest_of,
+)
 from ulixes_onnx.cloaking.settings import CloakSettings, protect_distance
 from ulixes_onnx.cloaking.visibility import face_visibility
 from ulixes_onnx.face_model import FaceModel
@@ -218,12 +225,12 @@ class _PhotoJob:
             self.reports[index] = replace(
                 self.reports[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
             )
-        measured = list(self.pending)
+        row_of = {index: row for row, index in enumerate(self.pending)}
         self.pending = [i for i in self.pending if not self.reports[i].finished]
         for index in self.pending:
             # The next round cuts the chips where a recogniser aligns the cloaked face: the cloak moves
             # the landmarks it is aligned by, and a change made for the old alignment loses distance.
-            row = measured.index(index)
+            row = row_of[index]
             self.canvases[index] = self.canvases[index].realigned(
                 [matrices[model.name][row] for model in cloaker.models]
             )
@@ -440,8 +447,8 @@ class Cloaker:
         for model in self.models:
             aligned = extract_chips(seen8, faces, model.chip_spec)
             originals = np.stack([report.embeddings[model.name] for report in reports])
-            view = ModelView(model, self.loop[model.name], references=self.references.get(model.name))
-            distances[model.name] = view.nearest(model.embed(aligned.chips), originals)[0]
+            references = self.references.get(model.name)
+            distances[model.name] = nearest_of(model, model.embed(aligned.chips), originals, references)[0]
             matrices[model.name] = aligned.matrices
         return distances, [found is not None for found in matched], matrices
 
