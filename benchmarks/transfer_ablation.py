@@ -33,6 +33,8 @@ SETTINGS = {
     "momentum 0.5": ["--momentum", "0.5"],
     "gradient smoothing 2 px": ["--smoothing", "2"],
     "max ensemble": ["--ensemble", "max"],
+    "quality floor 70": ["--min-quality", "70"],
+    "momentum 0.5, quality floor 70": ["--momentum", "0.5", "--min-quality", "70"],
 }
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from ulixes_onnx.cloaking.loop import (
+    BOUNDS_CHECK_EVERY,
     STALL_WINDOW,
     CloakSettingsError,
     LoopSettings,
@@ -13,6 +16,7 @@ from ulixes_onnx.cloaking.loop import (
     cloak_canvases,
     plan_objectives,
 )
+from ulixes_onnx.cloaking.visibility import ssimulacra2
 from ulixes_onnx.face_model import FaceModel, distances
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
@@ -103,6 +107,37 @@ def test_dssim_bound_and_step_limit_stop_faces(dlib_model, canvases) -> None:
     assert limited.stop_reasons[NAME] == "max-steps" and limited.steps == 3
 
 
+def test_quality_bound_keeps_the_face_above_it_where_people_look(dlib_model, canvases) -> None:
+    canvas = canvases[0]
+    box = canvas.judging(slice(canvas.y0 + 40, canvas.y0 + 200), slice(canvas.x0 + 30, canvas.x0 + 190))
+    settings = LoopSettings(target=0.9, budget=16.0)
+    free = cloak_canvases([ModelView(dlib_model, settings)], [box])[0]
+    rows, cols = box.judged
+    original = box.image[rows, cols]
+    free_quality = ssimulacra2(original, original + free.delta[rows, cols] * 127.5)
+    floor = free_quality + (100 - free_quality) / 2
+    bounded = cloak_canvases([ModelView(dlib_model, replace(settings, min_quality=floor))], [box])[0]
+    assert bounded.stop_reasons[NAME] == "quality-bound"
+    assert ssimulacra2(original, original + bounded.delta[rows, cols] * 127.5) >= floor
+    assert 0 < bounded.steps < free.steps
+    assert 0.05 < bounded.distances[NAME] < free.distances[NAME]
+
+
+def test_quality_bound_checks_the_last_steps_of_a_face(dlib_model, canvases) -> None:
+    # The face ends (at its step limit) between two checks: its last steps are checked all the same,
+    # and it goes back to the last state that passed, here its start.
+    settings = LoopSettings(target=2.0, budget=16.0, step=0.02, max_steps=BOUNDS_CHECK_EVERY - 1)
+    ended = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    assert ended.stop_reasons[NAME] == "max-steps"
+    original = canvases[0].image
+    quality = ssimulacra2(original, original + ended.delta * 127.5)
+    floor = quality + (100 - quality) / 4
+    bounded = cloak_canvases([ModelView(dlib_model, replace(settings, min_quality=floor))], canvases[:1])[0]
+    assert bounded.stop_reasons[NAME] == "quality-bound"
+    assert ssimulacra2(original, original + bounded.delta * 127.5) >= floor
+    assert bounded.distances[NAME] < 0.05 < ended.distances[NAME]
+
+
 def test_continuing_from_an_earlier_state(dlib_model, canvases) -> None:
     first = cloak_canvases([ModelView(dlib_model, LoopSettings(target=0.4))], canvases[:1])[0]
     more = cloak_canvases(
@@ -185,6 +220,8 @@ def test_pool_strategies_need_a_pool() -> None:
         ({"step": 0}, "the step must be in"),
         ({"max_steps": 0}, "at least 1"),
         ({"max_dssim": 0}, "DSSIM bound"),
+        ({"min_quality": 100}, "SSIMULACRA2 bound"),
+        ({"min_quality": -1}, "SSIMULACRA2 bound"),
         ({"budget": 0}, "budget must be positive"),
         ({"diversity": 0.5}, "diversity must be in"),
         ({"momentum": 1.0}, "momentum in"),

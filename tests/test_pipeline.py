@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import ExifTags, Image
@@ -34,6 +36,21 @@ def test_the_face_is_protected_within_the_dssim_bound(astronaut_result) -> None:
     assert outcome.distance > outcome.threshold == 0.6
     assert 0 < face.dssim <= 0.03 and outcome.chip_dssim <= 0.03
     assert 0 < face.ssimulacra2 < 100
+
+
+def test_a_face_held_by_the_quality_bound_is_reported_not_protected(
+    cloaker: Cloaker, astronaut_result
+) -> None:
+    (free,) = astronaut_result.faces
+    floor = free.ssimulacra2 + (100 - free.ssimulacra2) / 2
+    bounded = cloaker.with_settings(replace(cloaker.settings, min_quality=floor)).cloak(samples.astronaut())
+    (face,) = bounded.faces
+    outcome = face.models["dlib-resnet"]
+    # one round: a face the bound stopped gets no more change
+    assert outcome.stop_reason == "quality-bound" and face.rounds == 1
+    assert not face.protected and outcome.distance < free.models["dlib-resnet"].distance
+    # judged on the canvas at up to 4x the chip's resolution: the photo's own scores a little apart
+    assert face.ssimulacra2 >= floor - 3
 
 
 def test_pixels_outside_the_face_are_unchanged(astronaut_result) -> None:

@@ -54,6 +54,7 @@ def test_cloak_answers_the_report_and_the_same_file_as_the_cloak_command(
         "models": ["dlib-resnet"],
         "target": None,
         "level": "mid",
+        "min_quality": 0.0,
     }
     (face,) = result["faces"]
     assert face["protected"] and face["why"].startswith("every model")
@@ -74,6 +75,18 @@ def test_cloak_answers_the_report_and_the_same_file_as_the_cloak_command(
     # Downloaded: the job and its files are gone.
     assert client.get(body["links"]["self"]).status_code == 404
     assert list(temp_root(client).iterdir()) == []
+
+
+def test_a_quality_bound_the_face_cannot_be_protected_within_is_reported(client, astronaut_png):
+    reply = send(client, astronaut_png.read_bytes(), min_quality="97")
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert client.delete(body["links"]["self"]).status_code == 204
+    result = body["result"]
+    assert result["status"] == "not protected" and result["settings"]["min_quality"] == 97.0
+    (face,) = result["faces"]
+    assert not face["protected"] and "quality-bound" in face["why"]
+    assert face["ssimulacra2"] >= 94
 
 
 def test_a_job_answers_at_once_and_is_polled(client, astronaut_png):
@@ -105,6 +118,8 @@ def test_a_job_answers_at_once_and_is_polled(client, astronaut_png):
         (b"x", {"models": "deepface"}, 400, "ulixes-onnx models build deepface"),
         (b"x", {"target": "-1"}, 400, "target must be a positive number"),
         (b"x", {"target": "nan"}, 400, "target must be a positive number"),
+        (b"x", {"min_quality": "100"}, 400, "min_quality must be a number in [0, 100)"),
+        (b"x", {"min_quality": "high"}, 400, "min_quality must be a number in [0, 100)"),
         (b"x", {"strength": "high"}, 400, "unknown form field 'strength'"),
     ],
 )

@@ -131,6 +131,15 @@ MaxDssim = Annotated[
         metavar="DSSIM", help="Stop before a face canvas's DSSIM exceeds this.", rich_help_panel=ADVANCED
     ),
 ]
+MinQuality = Annotated[
+    float,
+    typer.Option(
+        metavar="SCORE",
+        help="Stop cloaking a face before its SSIMULACRA2 would fall below this (70: high quality, "
+        "90: visually lossless; 0: no bound); a face stopped short is reported not protected.",
+        rich_help_panel=PROTECTION,
+    ),
+]
 MaxSteps = Annotated[
     int, typer.Option(metavar="N", help="Most steps per face and round.", rich_help_panel=ADVANCED)
 ]
@@ -165,6 +174,7 @@ def model_names(value: str, option: str) -> tuple[str, ...]:
 SETTING_OPTIONS = {
     "level": Level,
     "target": Target,
+    "min_quality": MinQuality,
     "strategy": Strategy,
     "ensemble": Ensemble,
     "margin": Margin,

@@ -23,7 +23,9 @@ Strategies choose the negatives (one objective per negative, applied in sequence
 An objective ends when its loss is 0 (on the plain view, when input diversity shows random ones) or
 when d(f(x), p) grew by less than `min_progress` per step over a window of steps (the paper's t,
 scaled to the step; judged on the chord length for cosine models, see `_stalled`); a face stops early
-when the next step would take its canvas's DSSIM past `max_dssim`, or at `max_steps`.
+when its canvas's DSSIM passes `max_dssim` or its SSIMULACRA2 where people look at it falls below
+`min_quality` (both checked every few steps, at the photo's resolution up to the canvas cap; the face
+goes back to its last state that passed), or at `max_steps`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 
 from ulixes_onnx.cloaking.dssim import image_dssim
 from ulixes_onnx.cloaking.perceptual import budget_map, to_opponent, to_rgb
+from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
@@ -52,6 +55,10 @@ STALL_WINDOW = 5
 PAPER_STEP = 0.01
 # The percentile of the movable elements' step sizes that is scaled to the full step.
 STEP_PERCENTILE = 99
+# DSSIM and SSIMULACRA2 take about a step's time and several on a large canvas: the bounds are checked on
+# every this many steps' state (and on the last), and a face that breaks one goes back to the last state
+# that passed.
+BOUNDS_CHECK_EVERY = 4
 
 
 class CloakSettingsError(UlixesError):
@@ -68,6 +75,7 @@ class LoopSettings:
     target: float = 0.8
     min_progress: float = 0.005
     max_dssim: float = 0.03
+    min_quality: float = 0.0
     max_steps: int = 100
     random_negatives: int = 5
     seed: int = 0
@@ -88,6 +96,10 @@ class LoopSettings:
             raise CloakSettingsError("max steps and the number of random negatives must be at least 1")
         if not 0 < self.max_dssim <= 1:
             raise CloakSettingsError(f"the DSSIM bound must be in (0, 1], not {self.max_dssim}")
+        if not 0 <= self.min_quality < 100:
+            raise CloakSettingsError(
+                f"the SSIMULACRA2 bound must be in [0, 100) (0: none), not {self.min_quality}"
+            )
         if self.budget <= 0 or not 0 <= self.chroma <= 1:
             raise CloakSettingsError("the budget must be positive and the chroma share in [0, 1]")
         if not 0 <= self.diversity <= 0.3 or not 0 <= self.momentum < 1 or self.smoothing < 0:
@@ -271,6 +283,7 @@ class _FaceState:
         self, canvas: FaceCanvas, settings: LoopSettings, start: np.ndarray | None, key: int, boost: Boost
     ) -> None:
         self.canvas = canvas
+        self.settings = settings
         self.clean = canvas.image * np.float32(1 / 127.5) - np.float32(1)
         self.mask = canvas.mask[:, :, None]
         relative = budget_map(canvas.image, canvas.mask, 1 / canvas.scale)[:, :, None]
@@ -282,19 +295,51 @@ class _FaceState:
         self.rng = np.random.default_rng([settings.seed, key])
         if start is None:
             noise = self.rng.uniform(-1, 1, self.clean.shape).astype(np.float32)
-            self.opponent = np.clip(AWAY_START_NOISE * settings.step * noise, -self.bound, self.bound)
+            self.move_to(np.clip(AWAY_START_NOISE * settings.step * noise, -self.bound, self.bound))
         else:
-            self.opponent = np.clip(start, -self.bound, self.bound)
+            self.move_to(np.clip(start, -self.bound, self.bound))
         self.momentum = np.zeros_like(self.opponent)
+        self.judged = canvas.judged or (slice(None), slice(None))
+        self.quality_reference = (
+            Ssimulacra2Reference(canvas.image[self.judged]) if settings.min_quality > 0 else None
+        )
+        # The last state that was checked against the bounds and passed (the start passed in its round).
+        self.passed = self.opponent
+        self.unchecked = False
 
-    def delta(self, opponent: np.ndarray | None = None) -> np.ndarray:
-        """The masked RGB change of a state (default: the current one)."""
-        change = to_rgb(self.opponent if opponent is None else opponent) * self.mask
+    def move_to(self, opponent: np.ndarray) -> None:
+        """Make `opponent` the current state, with its masked RGB change `delta`."""
+        self.opponent = opponent
+        change = to_rgb(opponent) * self.mask
         # Keep the cloaked pixels inside the valid range.
-        return np.clip(self.clean + change, -1, 1) - self.clean
+        self.delta = np.clip(self.clean + change, -1, 1) - self.clean
 
-    def dssim(self, delta: np.ndarray) -> float:
-        return image_dssim(self.clean, self.clean + delta) if delta.any() else 0.0
+    def dssim(self) -> float:
+        """DSSIM of the canvas with the current change."""
+        return image_dssim(self.clean, self.clean + self.delta) if self.delta.any() else 0.0
+
+    def quality(self) -> float:
+        """SSIMULACRA2 of the face with the current change, where people look at it (needs
+        `min_quality`)."""
+        assert self.quality_reference is not None
+        image = self.canvas.image[self.judged]
+        return self.quality_reference.score(image + self.delta[self.judged] * np.float32(127.5))
+
+    def check_bounds(self) -> str | None:
+        """Check the current state against the DSSIM and quality bounds: None if it passes (it becomes
+        the state to go back to), else the bound it breaks (the face goes back to the last state that
+        passed)."""
+        self.unchecked = False
+        broken = None
+        if self.dssim() > self.settings.max_dssim:
+            broken = "dssim-bound"
+        elif self.settings.min_quality and self.quality() < self.settings.min_quality:
+            broken = "quality-bound"
+        if broken is None:
+            self.passed = self.opponent
+        else:
+            self.move_to(self.passed)
+        return broken
 
 
 def _confirmed_on_plain_views(
@@ -313,7 +358,7 @@ def _confirmed_on_plain_views(
         return met
     chosen = np.flatnonzero(met)
     chips = np.stack(
-        [operators[rows[r]].forward(faces[rows[r]].clean + faces[rows[r]].delta()) for r in chosen]
+        [operators[rows[r]].forward(faces[rows[r]].clean + faces[rows[r]].delta) for r in chosen]
     )
     embeddings = view.model.embed(chips)
     nearest, _ = view.nearest(embeddings, positives[[rows[r] for r in chosen]])
@@ -383,7 +428,6 @@ def cloak_canvases(
     history: list[list[list[float]]] = [[[] for _ in range(count)] for _ in views]
     view_reasons: list[list[str | None]] = [[None] * count for _ in views]
     face_reasons: list[str | None] = [None] * count
-    dssim = [face.dssim(face.delta()) for face in faces]
     while True:
         active = [i for i in range(count) if face_reasons[i] is None]
         if not active:
@@ -405,7 +449,7 @@ def cloak_canvases(
                     operator, blur = plain[v][i], 0.0
                 operators.append(operator)
                 blurs.append(blur)
-                chips.append(_chip_blur(operator.forward(face.clean + face.delta()), blur))
+                chips.append(_chip_blur(operator.forward(face.clean + face.delta), blur))
             targets = [plans[v][i][objective[v, i]] for i in rows]
             margins = np.array([target.margin for target in targets], np.float32)
             neg_weights = np.array([target.neg_weight for target in targets], np.float32)
@@ -491,28 +535,31 @@ def cloak_canvases(
                 face_reasons[index] = "budget-spent"
                 continue
             move = np.clip(shaped / scale, -1, 1) * lead.step
-            candidate = np.clip(face.opponent - move, -face.bound, face.bound)
-            candidate_delta = face.delta(candidate)
-            candidate_dssim = face.dssim(candidate_delta)
-            if candidate_dssim > lead.max_dssim:
-                face_reasons[index] = "dssim-bound"
-                continue
-            face.opponent = candidate
-            dssim[index] = candidate_dssim
+            face.move_to(np.clip(face.opponent - move, -face.bound, face.bound))
             steps[index] += 1
+            face.unchecked = True
+            if steps[index] % BOUNDS_CHECK_EVERY == 0:
+                face_reasons[index] = face.check_bounds()
+
+    for index, face in enumerate(faces):
+        # A face that ended between two checks: its last steps are checked now.
+        if face.unchecked and (broken := face.check_bounds()) is not None:
+            face_reasons[index] = broken
+            for reasons in view_reasons:
+                reasons[index] = None
 
     distances = []
     for v, view in enumerate(views):
         chips = np.stack(
-            [op.forward(face.clean + face.delta()) for op, face in zip(plain[v], faces, strict=True)]
+            [op.forward(face.clean + face.delta) for op, face in zip(plain[v], faces, strict=True)]
         )
         distances.append(view.nearest(view.model.embed(chips), positives[v])[0])
     return [
         CanvasCloak(
-            face.delta(),
+            face.delta,
             face.opponent,
             int(steps[i]),
-            float(dssim[i]),
+            face.dssim(),
             {view.model.name: view_reasons[v][i] or face_reasons[i] for v, view in enumerate(views)},
             {view.model.name: float(distances[v][i]) for v, view in enumerate(views)},
         )

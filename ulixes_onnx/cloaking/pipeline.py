@@ -38,7 +38,7 @@ from ulixes_onnx.cloaking.loop import (
     nearest_of,
 )
 from ulixes_onnx.cloaking.settings import CloakSettings, protect_distance
-from ulixes_onnx.cloaking.visibility import face_visibility
+from ulixes_onnx.cloaking.visibility import face_region, face_visibility
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import (
     MIN_PHOTO_PIXELS_PER_CHIP_PIXEL,
@@ -132,8 +132,12 @@ class FaceReport:
 
     @property
     def finished(self) -> bool:
-        """Whether the closed loop is done with the face: protected, and the target kept."""
-        return self.protected and all(outcome.reached_target for outcome in self.models.values())
+        """Whether the closed loop is done with the face: protected with the target kept, or stopped by
+        the quality bound (more change is not allowed)."""
+        outcomes = self.models.values()
+        if any(outcome.stop_reason == "quality-bound" for outcome in outcomes):
+            return True
+        return self.protected and all(outcome.reached_target for outcome in outcomes)
 
 
 @dataclass(frozen=True)
@@ -333,7 +337,7 @@ class Cloaker:
             if canvas is None:
                 skipped[index] = "the face lies outside the photo"
             else:
-                canvases[index] = canvas
+                canvases[index] = canvas.judging(*face_region(faces[index].box, original8.shape))
         pending = [i for i in range(len(faces)) if i not in skipped]
         embeddings = {
             model.name: model.embed(aligned[model.name].chips[pending]) if pending else None

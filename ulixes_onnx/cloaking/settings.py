@@ -45,6 +45,7 @@ class CloakSettings:
     smoothing: float = _LOOP.smoothing
     canvas_cap: float = 4.0
     max_dssim: float = _LOOP.max_dssim
+    min_quality: float = _LOOP.min_quality
     max_steps: int = _LOOP.max_steps
     max_rounds: int = 3
     random_negatives: int = _LOOP.random_negatives
@@ -92,6 +93,7 @@ class CloakSettings:
             ),
             min_progress=_first(self.min_progress, cloak and cloak.min_progress, defaults.min_progress),
             max_dssim=self.max_dssim,
+            min_quality=self.min_quality,
             max_steps=self.max_steps,
             random_negatives=self.random_negatives,
             seed=self.seed,

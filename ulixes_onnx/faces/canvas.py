@@ -113,7 +113,8 @@ class FaceCanvas:
 
     `image` float32 [H, W, 3] is the original region in 0..255 units at canvas resolution, `mask`
     [H, W] the feathered union of the models' chip footprints (where the cloak may change the photo),
-    `to_chip` one canvas -> chip matrix per model (in the order the canvas was made with).
+    `to_chip` one canvas -> chip matrix per model (in the order the canvas was made with), `judged`
+    the canvas rows and columns where people look at the face (None: the whole canvas).
     """
 
     x0: int
@@ -125,6 +126,7 @@ class FaceCanvas:
     mask: np.ndarray
     to_chip: tuple[np.ndarray, ...]
     chip_sizes: tuple[int, ...]
+    judged: tuple[slice, slice] | None = None
 
     @property
     def photo_to_canvas(self) -> np.ndarray:
@@ -139,6 +141,16 @@ class FaceCanvas:
         if jitter is not None:
             matrix = compose(jitter, matrix)
         return ChipOperator(matrix, self.image.shape[:2], size)
+
+    def judging(self, rows: slice, cols: slice) -> FaceCanvas:
+        """The same canvas, judged on the photo's `rows` and `cols` (where they overlap it)."""
+        height, width = self.image.shape[:2]
+
+        def to_canvas(span: slice, start: int, length: int) -> slice:
+            first = min(max(math.floor((span.start - start) * self.scale), 0), length - 1)
+            return slice(first, min(max(math.ceil((span.stop - start) * self.scale), first + 1), length))
+
+        return replace(self, judged=(to_canvas(rows, self.y0, height), to_canvas(cols, self.x0, width)))
 
     def realigned(self, matrices: Sequence[np.ndarray]) -> FaceCanvas:
         """The same canvas with the models' chips cut where new photo -> chip `matrices` put them (the

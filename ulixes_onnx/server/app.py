@@ -46,7 +46,7 @@ from ulixes_onnx.store import ModelStatus, ModelStore
 
 log = logging.getLogger(__name__)
 
-FORM_FIELDS = ("photo", "models", "target", "level")
+FORM_FIELDS = ("photo", "models", "target", "level", "min_quality")
 EXPIRY_INTERVAL_SECONDS = 30.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # The page loads nothing but its own files; blob: URLs show the photos the browser already holds.
@@ -238,7 +238,18 @@ def parse_settings(form: FormData, offered: list[dict]) -> CloakSettings:
     level = str(form.get("level") or "mid").strip()
     if level not in LEVELS:
         raise BadRequestError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
-    return CloakSettings(names or DEFAULT_MODELS, target=float(target) if target else None, level=level)
+    min_quality = str(form.get("min_quality") or "").strip()
+    floor = CloakSettings.min_quality
+    if min_quality:
+        try:
+            floor = float(min_quality)
+        except ValueError:
+            floor = math.nan
+        if not 0 <= floor < 100:
+            raise BadRequestError(f"min_quality must be a number in [0, 100), not {min_quality!r}")
+    return CloakSettings(
+        names or DEFAULT_MODELS, target=float(target) if target else None, level=level, min_quality=floor
+    )
 
 
 class RequestGuard:

@@ -33,6 +33,7 @@ def job_json(job: Job, queue: JobQueue) -> dict:
                 "models": list(job.settings.models),
                 "target": job.settings.target,
                 "level": job.settings.level,
+                "min_quality": job.settings.min_quality,
             },
             "notes": list(job.report.notes),
             "faces": [face_json(face) for face in job.report.faces],

@@ -74,6 +74,7 @@ function currentSettings() {
     models: chosenModels().join(","),
     target: document.getElementById("target").value.trim(),
     level: document.getElementById("level").value,
+    minQuality: document.getElementById("min-quality").value,
   };
 }
 
@@ -122,6 +123,7 @@ async function upload(file, card, settings) {
     if (settings.models) form.append("models", settings.models);
     if (settings.target) form.append("target", settings.target);
     form.append("level", settings.level);
+    form.append("min_quality", settings.minQuality);
     const reply = await send(form, (fraction) => setStatus(card, `uploading ${Math.round(fraction * 100)} %`, "", fraction * 20));
     if (reply.status === 202) return reply.body;
     if (reply.status !== 503) throw new Error(reply.body.error || `HTTP ${reply.status}`);
