@@ -55,6 +55,9 @@ STALL_WINDOW = 5
 PAPER_STEP = 0.01
 # The percentile of the movable elements' step sizes that is scaled to the full step.
 STEP_PERCENTILE = 99
+# ... estimated on every this many elements (within 1 % of the exact one on a canvas, at a sixth of the
+# time: the exact percentile was a tenth of a step on large faces).
+PERCENTILE_STRIDE = 8
 # DSSIM and SSIMULACRA2 take about a step's time and several on a large canvas: the bounds are checked on
 # every this many steps' state (and on the last), and a face that breaks one goes back to the last state
 # that passed.
@@ -530,7 +533,10 @@ def cloak_canvases(
             if not movable.any():
                 face_reasons[index] = "budget-spent"
                 continue
-            scale = float(np.percentile(np.abs(shaped[movable]), STEP_PERCENTILE))
+            sampled = np.abs(shaped.ravel()[::PERCENTILE_STRIDE][movable.ravel()[::PERCENTILE_STRIDE]])
+            scale = float(
+                np.percentile(sampled if sampled.size else np.abs(shaped[movable]), STEP_PERCENTILE)
+            )
             if scale == 0:
                 face_reasons[index] = "budget-spent"
                 continue

@@ -29,13 +29,20 @@ BUDGET_RANGE = (0.1, 4.0)
 
 
 def to_opponent(rgb: np.ndarray) -> np.ndarray:
-    """[..., 3] RGB -> [..., 3] opponent coordinates (same units)."""
-    return rgb @ OPPONENT.T
+    """[..., 3] float32 RGB -> [..., 3] opponent coordinates (same units)."""
+    return _per_pixel(rgb, OPPONENT)
 
 
 def to_rgb(opponent: np.ndarray) -> np.ndarray:
-    """[..., 3] opponent coordinates -> [..., 3] RGB."""
-    return opponent @ OPPONENT
+    """[..., 3] float32 opponent coordinates -> [..., 3] RGB."""
+    return _per_pixel(opponent, OPPONENT.T)
+
+
+def _per_pixel(values: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """`matrix` applied to every [..., 3] vector (OpenCV's per-pixel transform: several times faster
+    than a matrix product with an inner size of 3)."""
+    flat = np.ascontiguousarray(values, np.float32).reshape(-1, 1, 3)
+    return cv2.transform(flat, matrix).reshape(values.shape)
 
 
 def budget_map(canvas: np.ndarray, mask: np.ndarray, photo_pixels_per_canvas_pixel: float) -> np.ndarray:
