@@ -1,6 +1,6 @@
 """The canvas -> chip operator with NumPy gathers against the scipy.sparse matrix it replaced, in one run.
 
-usage: python -m benchmarks.chip_operator [--rounds 7] [--repeats 20] [--out FILE.md]
+usage: python -m benchmarks.chip_operator [--rounds 7] [--repeats 20] [--photos PHOTO...] [--out FILE.md]
 (run from the checkout's root with -m, so that its own ulixes_onnx is measured, not an installed copy)
 
 The sparse version is kept here, as it was in faces/canvas.py, only to be measured against (scipy comes
@@ -9,7 +9,10 @@ turns, round by round, so that a busier moment of the shared machine hits them a
 median over the rounds of the mean over `--repeats` calls. The loop builds one operator per step when
 input diversity is on (the default: the chip is jittered) and uses a fixed one when it is off, so a
 step costs build + forward + adjoint or forward + adjoint. For scale, the last table times one cloak
-step of dlib-resnet on one chip (onnxruntime, one thread), which the operator's share is added to.
+step of dlib-resnet on one chip (onnxruntime, one thread), which the operator's share is added to,
+and the whole loop (`cloak_canvases`, dlib-resnet, one thread, no stop before `--loop-steps` steps
+but the DSSIM bound) runs on the largest face of the astronaut and of each of `--photos`, with input
+diversity on and off, the two operators in turns: milliseconds per step.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import numpy as np
 import scipy
 from scipy import sparse
 
+from ulixes_onnx.faces import canvas as canvas_module
 from ulixes_onnx.faces.align import photo_pixels_per_chip_pixel
-from ulixes_onnx.faces.canvas import ChipOperator, anti_alias_sigma
+from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas, anti_alias_sigma
 
 # (canvas side, chip size, canvas pixels per chip pixel): a face near the canvas cap of 4 and smaller
 # ones; the chip is rotated by 7 degrees, as alignment and the jitter make it.
@@ -138,6 +142,50 @@ def measure(side: int, size: int, per_chip_pixel: float, rounds: int, repeats: i
     }
 
 
+def photo_canvas(photo: np.ndarray, model: object, detector: object) -> FaceCanvas:
+    """The canvas of the photo's largest face for `model`'s chip, as the pipeline makes it."""
+    from ulixes_onnx.faces import extract_chips
+
+    largest = max(detector.detect(photo), key=lambda face: face.width)
+    aligned = extract_chips(photo, [largest], model.chip_spec)
+    return canvas_module.make_canvas(photo, aligned.matrices, [model.chip_size[0]], cap=4.0)
+
+
+def loop_step_ms(photos: list[Path], steps: int, rounds: int) -> list[tuple[str, str, float, float]]:
+    """(photo and canvas, diversity, ms per loop step with the sparse operator, with the NumPy one)."""
+    from ulixes_onnx.cloaking.loop import LoopSettings, ModelView, cloak_canvases
+    from ulixes_onnx.face_model import FaceModel
+    from ulixes_onnx.faces import detector_from_store
+    from ulixes_onnx.photos import samples
+    from ulixes_onnx.photos.decoding import read_photo
+
+    model = FaceModel("dlib-resnet", threads=1)
+    detector = detector_from_store(model.store)
+    named = [("astronaut", samples.astronaut())]
+    named += [(f"{path.parent.name}/{path.name}", read_photo(path).rgb8) for path in photos]
+    rows = []
+    for name, photo in named:
+        canvas = photo_canvas(photo, model, detector)
+        label = f"{name}: canvas {canvas.image.shape[1]}x{canvas.image.shape[0]}, chip 150"
+        for diversity in (0.05, 0.0):
+            # An unreachable target and no stall stop: every run takes the same number of steps.
+            settings = LoopSettings(target=9.0, min_progress=0.0, max_steps=steps, diversity=diversity)
+            per_step: dict[str, list[float]] = {"sparse": [], "numpy": []}
+            for _ in range(rounds):
+                for name_of_kind, kind in (("sparse", SparseChipOperator), ("numpy", ChipOperator)):
+                    canvas_module.ChipOperator = kind
+                    try:
+                        start = time.perf_counter()
+                        (result,) = cloak_canvases([ModelView(model, settings)], [canvas])
+                        elapsed = time.perf_counter() - start
+                    finally:
+                        canvas_module.ChipOperator = ChipOperator
+                    per_step[name_of_kind].append(elapsed / result.steps * 1e3)
+            medians = {kind: statistics.median(values) for kind, values in per_step.items()}
+            rows.append((label, f"{diversity}", medians["sparse"], medians["numpy"]))
+    return rows
+
+
 def model_step_ms(rounds: int, repeats: int) -> float | None:
     """One dlib-resnet cloak step on one chip, or None when the model is not built."""
     from ulixes_onnx.errors import UlixesError
@@ -155,7 +203,13 @@ def model_step_ms(rounds: int, repeats: int) -> float | None:
     return statistics.median(mean_ms(step, max(1, repeats // 4)) for _ in range(rounds))
 
 
-def report(results: list[dict], step_ms: float | None, rounds: int, repeats: int) -> str:
+def report(
+    results: list[dict],
+    step_ms: float | None,
+    loops: list[tuple[str, str, float, float]],
+    arguments: argparse.Namespace,
+) -> str:
+    photos = "".join(f" {photo}" for photo in ["--photos", *arguments.photos]) if arguments.photos else ""
     lines = [
         "# Canvas -> chip operator: NumPy gathers against scipy.sparse",
         "",
@@ -163,7 +217,9 @@ def report(results: list[dict], step_ms: float | None, rounds: int, repeats: int
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
         f"Python {platform.python_version()}, NumPy {np.__version__}, OpenCV {cv2.__version__}, "
         f"SciPy {scipy.__version__}.",
-        f"Command: `python -m benchmarks.chip_operator --rounds {rounds} --repeats {repeats}`. "
+        f"Command: `python -m benchmarks.chip_operator --rounds {arguments.rounds} "
+        f"--repeats {arguments.repeats} --loop-steps {arguments.loop_steps} --loop-rounds "
+        f"{arguments.loop_rounds}{photos}`. "
         "Milliseconds, median over the rounds of the mean over the repeats; ratio = numpy / sparse.",
         "",
         "| case | build sparse | build numpy | forward sparse | forward numpy | adjoint sparse "
@@ -192,22 +248,34 @@ def report(results: list[dict], step_ms: float | None, rounds: int, repeats: int
         f"| {r['transpose_gap']:.2e} |"
         for r in results
     ]
-    lines += [
-        "",
-        f"One dlib-resnet cloak step on one 150 chip, one thread: {step_ms:.1f} ms." if step_ms else "",
-        "",
-    ]
-    return "\n".join(lines)
+    if step_ms:
+        lines += ["", f"One dlib-resnet cloak step on one 150 chip, one thread: {step_ms:.1f} ms."]
+    if loops:
+        lines += [
+            "",
+            "The whole loop, milliseconds per step (median over the rounds):",
+            "",
+            "| face | diversity | sparse | numpy | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {label} | {d} | {old:.1f} | {new:.1f} | {new / old:.2f} |" for label, d, old, new in loops
+        ]
+    return "\n".join([*lines, ""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--photos", type=Path, nargs="*", default=[], help="More faces for the loop.")
+    parser.add_argument("--loop-steps", type=int, default=30)
+    parser.add_argument("--loop-rounds", type=int, default=3, help="0: no loop measurement.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     results = [measure(*case, args.rounds, args.repeats) for case in CASES]
-    text = report(results, model_step_ms(args.rounds, args.repeats), args.rounds, args.repeats)
+    loops = loop_step_ms(args.photos, args.loop_steps, args.loop_rounds) if args.loop_rounds else []
+    text = report(results, model_step_ms(args.rounds, args.repeats), loops, args)
     print(text)
     if args.out:
         args.out.write_text(text)
