@@ -56,8 +56,8 @@ class ChipOperator:
     a reflected border, which is self-adjoint up to the outermost pixels; sampling gathers each chip
     pixel from its four canvas neighbours, and the adjoint scatters back along the same weights).
     The loop builds one operator per step (input diversity jitters the chip), so the neighbours and
-    weights are plain arrays, quick to compute, rather than a sparse matrix, whose assembly took
-    longer than a forward and adjoint (benchmarks/chip_operator.py).
+    weights are plain arrays, quick to compute, rather than a sparse matrix, whose assembly took 3-7 ms,
+    up to twice as long as a forward and adjoint (benchmarks/chip_operator.py).
     """
 
     def __init__(self, canvas_to_chip: np.ndarray, canvas_shape: tuple[int, int], size: int) -> None:
