@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2 as httpx
-import skimage.data
 from PIL import Image
+
+from ulixes_onnx.photos import samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ class Answer:
 
 def astronaut_png() -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(skimage.data.astronaut()).save(buffer, format="PNG")
+    Image.fromarray(samples.astronaut()).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -45,7 +45,6 @@ LIBRARIES = (
     "onnx",
     "numpy",
     "opencv-python-headless",
-    "scikit-image",
     "pillow",
 )
 

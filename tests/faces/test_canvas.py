@@ -27,6 +27,8 @@ def aligned(detector, astronaut):
         (np.array([[1.0, 0.0, -3.0], [0.0, 1.0, -5.0]]), (160, 170)),  # same resolution
         (np.array([[0.25, 0.02, 1.0], [-0.02, 0.25, -2.0]]), (620, 640)),  # 4x finer, rotated
         (np.array([[-0.5, 0.0, 149.0], [0.0, 0.5, 0.0]]), (300, 300)),  # mirrored
+        (np.array([[0.9, 0.3, 40.0], [-0.3, 0.9, 60.0]]), (120, 130)),  # hangs over the top-left corner
+        (np.array([[1.0, 0.0, -60.0], [0.0, 1.0, -70.0]]), (160, 170)),  # over the bottom-right corner
     ],
 )
 def test_the_adjoint_is_the_transpose_of_the_chip_operator(matrix, shape):
@@ -38,6 +40,17 @@ def test_the_adjoint_is_the_transpose_of_the_chip_operator(matrix, shape):
     right = float(np.sum(canvas.astype(np.float64) * operator.adjoint(chip)))
     # The reflected border of the anti-aliasing blur is self-adjoint up to the outermost pixels.
     assert left == pytest.approx(right, rel=2e-2)
+
+
+def test_chip_pixels_beyond_the_canvas_read_zero():
+    # The chip's top-left pixel centre sits at canvas (-20.25, 10.5): its first 20 columns lie wholly
+    # outside the canvas, column 20 straddles the edge (one of its neighbours is outside).
+    operator = ChipOperator(np.array([[1.0, 0.0, 20.25], [0.0, 1.0, -10.5]]), (100, 120), 150)
+    chip = operator.forward(np.ones((100, 120, 3), np.float32))
+    np.testing.assert_array_equal(chip[:, :, :20], 0.0)
+    assert chip[0, 0, 20] == pytest.approx(0.75)  # only the right-hand neighbour, at weight 0.75
+    assert chip[0, 0, 21] == pytest.approx(1.0)
+    assert chip[0, 89, 30] == pytest.approx(0.5) and chip[0, 90, 30] == 0.0  # the bottom edge, halfway
 
 
 def test_a_native_canvas_cuts_the_models_chip(astronaut, aligned):

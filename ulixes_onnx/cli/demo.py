@@ -1,4 +1,4 @@
-"""`ulixes-onnx demo`: cloak the built-in sample photo (scikit-image's astronaut) end to end."""
+"""`ulixes-onnx demo`: cloak the built-in sample photo (the astronaut) end to end."""
 
 from __future__ import annotations
 

@@ -493,9 +493,11 @@ def cloak_canvases(
                         advanced.add(index)
                     continue
                 seen.append(distance)
-                if losses[row] <= 0:
+                if losses[row] <= 0 or result.loss[row] <= 0:
                     # A random view past the target that the plain view does not confirm: no gradient
-                    # from it, the next step draws another view.
+                    # from it, the next step draws another view. Or, with references, the graph's loss
+                    # (against the nearest of the previous step, which the face has now passed) is zero
+                    # and so is its gradient: the next step measures against the new nearest.
                     advanced.add(index)
                     continue
                 gradient = operators[row].adjoint(_chip_blur(result.grad[row], blurs[row]))

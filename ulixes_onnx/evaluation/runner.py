@@ -55,7 +55,6 @@ VERSIONED_PACKAGES = (
     "onnxruntime",
     "opencv-python-headless",
     "pillow",
-    "scikit-image",
     "scikit-learn",
 )
 LEAVE_ONE_OUT_PROTOCOL = (

@@ -1,21 +1,23 @@
-"""Built-in real photos: scikit-image's sample astronaut (Eileen Collins, NASA, public domain) and
-cameraman, used by `models check`, the demo and the benchmarks when the user gives no photos."""
+"""Built-in real photos (shipped in ulixes_onnx/sample_photos): the astronaut Eileen Collins (NASA,
+public domain) and a cameraman (Lav Varshney, CC0), used by `models check`, the demo and the benchmarks
+when the user gives no photos."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-import skimage.data
+
+from ulixes_onnx import sample_photos
 
 
 def astronaut() -> np.ndarray:
     """512x512 RGB uint8 photo with one face."""
-    return np.ascontiguousarray(skimage.data.astronaut())
+    return sample_photos.read("astronaut.png")
 
 
 def cameraman() -> np.ndarray:
     """512x512 photo of another person, as RGB uint8 (the original is grayscale)."""
-    return np.ascontiguousarray(np.repeat(skimage.data.camera()[:, :, None], 3, axis=2))
+    return np.repeat(sample_photos.read("cameraman.png")[:, :, None], 3, axis=2)
 
 
 def shifted(photo: np.ndarray, dx: float, dy: float) -> np.ndarray:

@@ -3,7 +3,7 @@
 Each build runs the source framework in the export toolchain (see `toolchain.py`), then, here, with onnx
 and onnxruntime only: gives the model stable tensor names ("<card input tensor>" in, "embedding" out,
 batch dimension "N"), strips text that would differ between machines (paths, stack traces), and checks
-it against the source framework's own output on a probe batch of real face chips (skimage's astronaut),
+it against the source framework's own output on a probe batch of real face chips (the shipped astronaut),
 so a conversion that changed the network fails the build instead of producing a wrong model.
 """
 
@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
-import skimage.data
 
+from ulixes_onnx import sample_photos
 from ulixes_onnx.cards import ModelCard, ModelInput
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo.recipes import RECIPES
@@ -43,7 +43,7 @@ class ConvertedModel:
 
 def probe_chips(height: int, width: int) -> np.ndarray:
     """Canonical chips [3, 3, H, W] in [-1, 1]: a real face, its mirror image and a darker, noisy copy."""
-    face = skimage.data.astronaut()[20:260, 140:380]
+    face = sample_photos.read("astronaut.png")[20:260, 140:380]
     face = cv2.resize(face, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
     noise = np.random.default_rng(0).normal(0.0, 8.0, face.shape).astype(np.float32)
     variants = [face, face[:, ::-1], np.clip(0.7 * face + noise, 0, 255)]
