@@ -85,18 +85,16 @@ def _run_as_shipped(source: onnx.ModelProto, chips: np.ndarray) -> np.ndarray:
     """The source model's outputs for `chips`, one chip at a time (shipped files may fix the batch at 1).
 
     onnxruntime insists on a value for every declared input without an initializer, even one that no
-    node reads (quantizers leave the float weights' names behind): those get zeros.
+    node reads (quantizers leave the float weights' names behind): those get zeros. Only call it for
+    a source whose other inputs no node reads (`convert_onnx` checks that first).
     """
     session = _session(source)
     network_input = source.graph.input[0].name
-    read = {name for node in source.graph.node for name in node.input}
-    unread = {}
-    for value in session.get_inputs():
-        if value.name == network_input:
-            continue
-        if value.name in read:
-            raise ModelError(f"the source model has a second input {value.name!r}; it cannot be built")
-        unread[value.name] = np.zeros([int(dim) for dim in value.shape], np.float32)
+    unread = {
+        value.name: np.zeros([int(dim) for dim in value.shape], np.float32)
+        for value in session.get_inputs()
+        if value.name != network_input
+    }
     outputs = [session.run(None, {network_input: chip[None], **unread})[0] for chip in chips]
     return np.concatenate(outputs)
 
@@ -108,7 +106,13 @@ def convert_onnx(card: ModelCard, sources: dict[str, Path]) -> ConvertedModel:
         source = onnx.load_model_from_string(sources["model"].read_bytes())
     except Exception as error:  # onnx raises DecodeError or its own errors for a damaged file
         raise ModelError(f"{sources['model']} is not a readable ONNX model ({error})") from error
-    model = finalize(fold_weight_nodes(source), card)
+    folded = fold_weight_nodes(source)
+    if len(folded.graph.input) != 1:
+        raise ModelError(
+            f"the source model {sources['model'].name} has a second input {folded.graph.input[1].name!r} "
+            "besides the face chips; it cannot be built"
+        )
+    model = finalize(folded, card)
     probe = native_input(probe_chips(*card.input.size), card.input)
     reference = _run_as_shipped(source, probe)
     if reference.shape != (len(probe), card.embedding.size):
