@@ -184,6 +184,11 @@ def test_sface_build_matches_the_shipped_file_and_the_pinned_sha256(sface_source
     assert sha256_hex(result.model) == card.artifacts["model"]
 
 
+def test_sface_builds_into_a_store_through_its_cards_builder(sface_sources, tmp_path):
+    built = ModelStore(tmp_path).build(get_card("sface"))
+    assert built.sha256["model"] == get_card("sface").artifacts["model"]
+
+
 def test_sface_gives_opencvs_features(sface_sources, store, astronaut):
     # OpenCV's DNN runs the shipped file as OpenCV's FaceRecognizerSF.feature feeds it: blobFromImage of
     # the BGR chip with swapRB, so the network sees RGB 0..255 (the card's input convention).

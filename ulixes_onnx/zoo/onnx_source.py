@@ -12,6 +12,7 @@ one chip at a time, on the same probe chips as every conversion.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +74,11 @@ def fold_weight_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     initializers = [weights[name] for name in weights if name in needed]
     initializers += [numpy_helper.from_array(np.asarray(value), name) for name, value in values.items()]
     inputs = [value for value in graph.input if value.name in needed and value.name not in constant]
-    result = helper.make_model(
+    return helper.make_model(
         helper.make_graph(kept_nodes, graph.name, inputs, list(graph.output), initializers),
         opset_imports=model.opset_import,
         ir_version=IR_VERSION,
     )
-    return result
 
 
 def _run_as_shipped(source: onnx.ModelProto, chips: np.ndarray) -> np.ndarray:
@@ -106,6 +106,7 @@ def convert_onnx(card: ModelCard, sources: dict[str, Path]) -> ConvertedModel:
         source = onnx.load_model_from_string(sources["model"].read_bytes())
     except Exception as error:  # onnx raises DecodeError or its own errors for a damaged file
         raise ModelError(f"{sources['model']} is not a readable ONNX model ({error})") from error
+    started = time.perf_counter()
     folded = fold_weight_nodes(source)
     if len(folded.graph.input) != 1:
         raise ModelError(
@@ -113,6 +114,7 @@ def convert_onnx(card: ModelCard, sources: dict[str, Path]) -> ConvertedModel:
             "besides the face chips; it cannot be built"
         )
     model = finalize(folded, card)
+    seconds = time.perf_counter() - started
     probe = native_input(probe_chips(*card.input.size), card.input)
     reference = _run_as_shipped(source, probe)
     if reference.shape != (len(probe), card.embedding.size):
@@ -128,4 +130,4 @@ def convert_onnx(card: ModelCard, sources: dict[str, Path]) -> ConvertedModel:
             f"the rebuilt {card.name} differs from its source file by {difference:.2e} (more than "
             f"{allowed:.1e}); the installed onnxruntime may differ from the tested one"
         )
-    return ConvertedModel(model, difference, output_scale, conversion_seconds=0.0)
+    return ConvertedModel(model, difference, output_scale, conversion_seconds=seconds)
