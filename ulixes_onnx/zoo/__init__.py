@@ -57,10 +57,17 @@ def _convert(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
     return {"model": convert(card, sources).model.SerializeToString()}
 
 
+def _fold_onnx(card: ModelCard, sources: dict[str, Path]) -> dict[str, bytes]:
+    from ulixes_onnx.zoo.onnx_source import convert_onnx
+
+    return {"model": convert_onnx(card, sources).model.SerializeToString()}
+
+
 BUILDERS: dict[str, Builder] = {
     "dlib-resnet": _build_dlib_resnet,
     "dlib-shape-predictor": _build_dlib_shape_predictor,
     "copy": _copy_files,
+    "onnx-folded": _fold_onnx,
     **dict.fromkeys(RECIPES, _convert),
 }
 
