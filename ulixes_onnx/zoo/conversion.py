@@ -140,6 +140,37 @@ def max_abs_difference(model: onnx.ModelProto, inputs: np.ndarray, expected: np.
     return float(np.abs(output.astype(np.float64) - expected).max())
 
 
+def check_against_source(
+    card: ModelCard,
+    model: onnx.ModelProto,
+    probe: np.ndarray,
+    reference: np.ndarray,
+    *,
+    source_file: str,
+    source: str,
+    built: str,
+    hint: str,
+) -> tuple[float, float]:
+    """Check a built model's outputs on the probe against its source's `reference` outputs: the
+    largest difference and the output's scale, or a ModelError saying what differs."""
+    assert card.embedding is not None
+    if reference.shape != (len(probe), card.embedding.size):
+        raise ModelError(
+            f"the source model gives outputs of shape {reference.shape[1:]}, the {card.name} card expects "
+            f"({card.embedding.size},): check that the {source_file} is the one the card names"
+        )
+    difference = max_abs_difference(model, probe, reference)
+    # Relative to the output's scale: normalised embeddings are <= 1, raw features can be much larger.
+    output_scale = float(np.abs(reference).max())
+    allowed = FIDELITY_TOLERANCE * max(1.0, output_scale)
+    if not difference <= allowed:
+        raise ModelError(
+            f"the {built} {card.name} differs from its {source} by {difference:.2e} (more than "
+            f"{allowed:.1e}); {hint}"
+        )
+    return difference, output_scale
+
+
 def convert(card: ModelCard, sources: dict[str, Path], *, python: Path | None = None) -> ConvertedModel:
     """Convert the card's source files with its recipe and check the result against the source framework."""
     recipe = RECIPES[card.builder]
@@ -163,19 +194,15 @@ def convert(card: ModelCard, sources: dict[str, Path], *, python: Path | None = 
         model = finalize(onnx.load_model_from_string((work / "model.onnx").read_bytes()), card)
         reference = np.load(work / "reference.npy")
         seconds = json.loads((work / "report.json").read_text())["seconds"]
-    if reference.shape != (len(probe), card.embedding.size):
-        raise ModelError(
-            f"the source model gives outputs of shape {reference.shape[1:]}, the {card.name} card expects "
-            f"({card.embedding.size},): check that the weights file is the one the card names"
-        )
-    difference = max_abs_difference(model, probe, reference)
-    # Relative to the output's scale: normalised embeddings are <= 1, raw features can be much larger.
-    output_scale = float(np.abs(reference).max())
-    allowed = FIDELITY_TOLERANCE * max(1.0, output_scale)
-    if not difference <= allowed:
-        raise ModelError(
-            f"the converted {card.name} differs from its source model by {difference:.2e} (more than "
-            f"{allowed:.1e}); the export toolchain's versions may differ from the tested ones: "
-            "reinstall it by deleting its folder"
-        )
+    difference, output_scale = check_against_source(
+        card,
+        model,
+        probe,
+        reference,
+        source_file="weights file",
+        source="source model",
+        built="converted",
+        hint="the export toolchain's versions may differ from the tested ones: "
+        "reinstall it by deleting its folder",
+    )
     return ConvertedModel(model, difference, output_scale, seconds)

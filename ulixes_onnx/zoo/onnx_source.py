@@ -23,10 +23,9 @@ from onnx import helper, numpy_helper
 from ulixes_onnx.cards import ModelCard
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo.conversion import (
-    FIDELITY_TOLERANCE,
     ConvertedModel,
+    check_against_source,
     finalize,
-    max_abs_difference,
     native_input,
     probe_chips,
 )
@@ -117,17 +116,14 @@ def convert_onnx(card: ModelCard, sources: dict[str, Path]) -> ConvertedModel:
     seconds = time.perf_counter() - started
     probe = native_input(probe_chips(*card.input.size), card.input)
     reference = _run_as_shipped(source, probe)
-    if reference.shape != (len(probe), card.embedding.size):
-        raise ModelError(
-            f"the source model gives outputs of shape {reference.shape[1:]}, the {card.name} card expects "
-            f"({card.embedding.size},): check that the model file is the one the card names"
-        )
-    difference = max_abs_difference(model, probe, reference.astype(np.float64))
-    output_scale = float(np.abs(reference).max())
-    allowed = FIDELITY_TOLERANCE * max(1.0, output_scale)
-    if not difference <= allowed:
-        raise ModelError(
-            f"the rebuilt {card.name} differs from its source file by {difference:.2e} (more than "
-            f"{allowed:.1e}); the installed onnxruntime may differ from the tested one"
-        )
+    difference, output_scale = check_against_source(
+        card,
+        model,
+        probe,
+        reference.astype(np.float64),
+        source_file="model file",
+        source="source file",
+        built="rebuilt",
+        hint="the installed onnxruntime may differ from the tested one",
+    )
     return ConvertedModel(model, difference, output_scale, conversion_seconds=seconds)
