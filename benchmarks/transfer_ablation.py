@@ -36,6 +36,7 @@ SETTINGS = {
     "max ensemble": ["--ensemble", "max"],
     "quality floor 70": ["--min-quality", "70"],
     "momentum 0.5, quality floor 70": ["--momentum", "0.5", "--min-quality", "70"],
+    "feature weight 3": ["--feature-weight", "3"],
 }
 
 

@@ -156,6 +156,14 @@ def test_input_diversity_and_momentum_still_reach_the_target(dlib_model, canvase
     assert result.distances[NAME] >= 0.7
 
 
+def test_feature_objective_reaches_the_target_and_changes_the_cloak(dlib_model, canvases) -> None:
+    settings = LoopSettings(target=0.6, budget=16.0)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    featured = cloak_canvases([ModelView(dlib_model, replace(settings, feature_weight=1.0))], canvases[:1])[0]
+    assert featured.stop_reasons[NAME] == "target-reached" and featured.distances[NAME] >= 0.59
+    assert np.abs(featured.delta - plain.delta).max() > 1e-3
+
+
 class _EuclideanModel:
     """Just what plan_objectives uses: a name, embeddings and distances."""
 
@@ -225,6 +233,7 @@ def test_pool_strategies_need_a_pool() -> None:
         ({"budget": 0}, "budget must be positive"),
         ({"diversity": 0.5}, "diversity must be in"),
         ({"momentum": 1.0}, "momentum in"),
+        ({"feature_weight": -0.5}, "feature weight must be at least 0"),
     ],
 )
 def test_bad_settings(settings: dict, message: str) -> None:

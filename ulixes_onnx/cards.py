@@ -71,13 +71,15 @@ class CloakDefaults:
     from the original at which `away` stops, `protect_distance` the distance from the original the
     saved copy must reach to count as protected (beyond the threshold by about the spread of a
     person's photos), `min_progress` the paper's t: an objective ends when the distance from the
-    original grew by less than this in a step.
+    original grew by less than this in a step. `feature_layer` names an intermediate tensor of the
+    model (a mid-level feature map) for the loop's feature-level objective; None: the model has none.
     """
 
     margin: float
     away_target: float
     protect_distance: float
     min_progress: float
+    feature_layer: str | None = None
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,14 @@ Diversity = Annotated[
 Momentum = Annotated[
     float, typer.Option(metavar="FACTOR", help="Momentum of the steps (0: none).", rich_help_panel=ADVANCED)
 ]
+FeatureWeight = Annotated[
+    float,
+    typer.Option(
+        metavar="WEIGHT",
+        help="Also push each model's mid-level features away, with this weight (0: none).",
+        rich_help_panel=ADVANCED,
+    ),
+]
 Smoothing = Annotated[
     float,
     typer.Option(
@@ -184,6 +192,7 @@ SETTING_OPTIONS = {
     "diversity": Diversity,
     "momentum": Momentum,
     "smoothing": Smoothing,
+    "feature_weight": FeatureWeight,
     "canvas_cap": CanvasCap,
     "step": Step,
     "max_dssim": MaxDssim,

@@ -4,10 +4,12 @@ The variable is each face's change on its canvas (faces/canvas.py); every model 
 from the changed canvas. Every step runs each model's cloak graph once for all faces still in
 progress and moves the change against the gradient of the adversarial triplet loss,
 
-    g = d max(w * d(f(x), n) - d(f(x), p) + m, 0) / dx,
+    g = d max(w * d(f(x), n) - d(f(x), p) + m, 0) / dx
 
-brought back onto the canvas through the chip operator's adjoint, shaped by a per-pixel perceptual
-budget in an opponent colour basis (perceptual.py) and bounded by it. This pushes the face's
+(minus `feature_weight` times the gradient of the relative change of a mid-level feature map that the
+model's card names, when that weight is set: engine/cloak_graph.py), brought back onto the canvas
+through the chip operator's adjoint, shaped by a per-pixel perceptual budget in an opponent colour
+basis (perceptual.py) and bounded by it. This pushes the face's
 embedding away from the positive p (the original face's embedding) and towards the negative n.
 Descending the loss is the paper's stated intent (eq. 5 writes the update with a sum of scaled
 gradients; the sign here is the one that lowers L_ADV).
@@ -87,6 +89,7 @@ class LoopSettings:
     diversity: float = 0.0
     momentum: float = 0.0
     smoothing: float = 0.0
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -109,6 +112,8 @@ class LoopSettings:
             raise CloakSettingsError(
                 "diversity must be in [0, 0.3], momentum in [0, 1) and smoothing at least 0"
             )
+        if self.feature_weight < 0:
+            raise CloakSettingsError(f"the feature weight must be at least 0, not {self.feature_weight}")
 
 
 @dataclass(frozen=True)
@@ -411,6 +416,11 @@ def cloak_canvases(
         view.model.embed(chips) if view.positives is None else view.positives
         for view, chips in zip(views, original_chips, strict=True)
     ]
+    # The original faces' mid-level features, for views that also disrupt them.
+    feature_positives = [
+        view.model.features(chips) if view.settings.feature_weight > 0 else None
+        for view, chips in zip(views, original_chips, strict=True)
+    ]
     plans = [
         [
             [replace(objective, margin=objective.margin * boost.target) for objective in plan]
@@ -462,6 +472,8 @@ def cloak_canvases(
                 np.stack([target.negative for target in targets]),
                 margins,
                 neg_weights,
+                f_pos=None if feature_positives[v] is None else feature_positives[v][rows],
+                feature_weight=view.settings.feature_weight,
             )
             losses, nearest_distance, nearest = result.loss, result.d_pos, away_from[v][rows]
             if view.references is not None:
