@@ -164,6 +164,26 @@ def test_feature_objective_reaches_the_target_and_changes_the_cloak(dlib_model, 
     assert np.abs(featured.delta - plain.delta).max() > 1e-3
 
 
+def test_polish_keeps_the_target_with_a_smaller_change(dlib_model, canvases) -> None:
+    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=4))], canvases[:1])[0]
+    assert polished.stop_reasons[NAME] == "target-reached" and polished.distances[NAME] >= 0.59
+    assert _distance(dlib_model, canvases[0], polished.delta) >= 0.59
+    assert polished.steps > plain.steps
+    # every round takes back part of what no longer moves the face: a smaller change overall
+    assert np.sqrt(np.mean(polished.delta**2)) < 0.95 * np.sqrt(np.mean(plain.delta**2))
+
+
+def test_faces_short_of_their_target_are_not_polished(dlib_model, canvases) -> None:
+    settings = LoopSettings(target=0.9, max_steps=5)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=3))], canvases[:1])[0]
+    assert plain.stop_reasons[NAME] == polished.stop_reasons[NAME] == "max-steps"
+    assert polished.steps == plain.steps
+    np.testing.assert_array_equal(polished.delta, plain.delta)
+
+
 class _EuclideanModel:
     """Just what plan_objectives uses: a name, embeddings and distances."""
 
@@ -233,7 +253,8 @@ def test_pool_strategies_need_a_pool() -> None:
         ({"budget": 0}, "budget must be positive"),
         ({"diversity": 0.5}, "diversity must be in"),
         ({"momentum": 1.0}, "momentum in"),
-        ({"feature_weight": -0.5}, "feature weight must be at least 0"),
+        ({"feature_weight": -0.5}, "feature weight and the polish rounds must be at least 0"),
+        ({"polish": -1}, "feature weight and the polish rounds must be at least 0"),
     ],
 )
 def test_bad_settings(settings: dict, message: str) -> None:

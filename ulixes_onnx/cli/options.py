@@ -114,6 +114,14 @@ FeatureWeight = Annotated[
         rich_help_panel=ADVANCED,
     ),
 ]
+Polish = Annotated[
+    int,
+    typer.Option(
+        metavar="N",
+        help="Rounds of shrinking each cloak and climbing back to its target (less visible, slower).",
+        rich_help_panel=PROTECTION,
+    ),
+]
 Smoothing = Annotated[
     float,
     typer.Option(
@@ -183,6 +191,7 @@ SETTING_OPTIONS = {
     "level": Level,
     "target": Target,
     "min_quality": MinQuality,
+    "polish": Polish,
     "strategy": Strategy,
     "ensemble": Ensemble,
     "margin": Margin,

@@ -64,6 +64,10 @@ PERCENTILE_STRIDE = 8
 # every this many steps' state (and on the last), and a face that breaks one goes back to the last state
 # that passed.
 BOUNDS_CHECK_EVERY = 4
+# A polish round shrinks a face's change by this share before climbing back to the target.
+POLISH_SHRINK = 0.15
+# Each polish round draws other random views: the seed moves by this much per round.
+POLISH_SEED_STRIDE = 7919
 
 
 class CloakSettingsError(UlixesError):
@@ -90,6 +94,7 @@ class LoopSettings:
     momentum: float = 0.0
     smoothing: float = 0.0
     feature_weight: float = 0.0
+    polish: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -112,8 +117,8 @@ class LoopSettings:
             raise CloakSettingsError(
                 "diversity must be in [0, 0.3], momentum in [0, 1) and smoothing at least 0"
             )
-        if self.feature_weight < 0:
-            raise CloakSettingsError(f"the feature weight must be at least 0, not {self.feature_weight}")
+        if self.feature_weight < 0 or self.polish < 0:
+            raise CloakSettingsError("the feature weight and the polish rounds must be at least 0")
 
 
 @dataclass(frozen=True)
@@ -378,6 +383,82 @@ def _confirmed_on_plain_views(
 
 
 def cloak_canvases(
+    views: list[ModelView],
+    canvases: Sequence[FaceCanvas],
+    *,
+    start: Sequence[np.ndarray] | None = None,
+    face_keys: Sequence[int] | None = None,
+    boosts: Sequence[Boost] | None = None,
+) -> list[CanvasCloak]:
+    """Cloak faces on their canvases (`ascend`), then polish the faces that reached their targets.
+
+    A polish round shrinks a face's change by POLISH_SHRINK and climbs back to the target from there
+    (with other random views). What the climb adds is what the models respond to now; what the shrink
+    takes is spread over everything, including what early steps and random views left behind that no
+    longer helps. Each round keeps the distance and lowers the visibility, until the two balance
+    (measured: benchmarks/results/polish-2026-12-06.md). Faces that ended at their targets or where
+    they stopped making progress are polished; a round that leaves a face nearer to a model's original
+    than before (or than its `away` target) is undone, and the face's polish ends. `polish` rounds at
+    most, from the first view's settings.
+    """
+    results = ascend(views, canvases, start=start, face_keys=face_keys, boosts=boosts)
+    keys = list(range(len(canvases))) if face_keys is None else list(face_keys)
+    boosts = [Boost()] * len(canvases) if boosts is None else list(boosts)
+    polishing = [i for i, result in enumerate(results) if _polishable(result)]
+    for round_number in range(1, views[0].settings.polish + 1):
+        if not polishing:
+            break
+        round_views = [
+            replace(
+                view,
+                settings=replace(view.settings, seed=view.settings.seed + POLISH_SEED_STRIDE * round_number),
+                positives=None if view.positives is None else view.positives[polishing],
+            )
+            for view in views
+        ]
+        polished = ascend(
+            round_views,
+            [canvases[i] for i in polishing],
+            start=[results[i].state * np.float32(1 - POLISH_SHRINK) for i in polishing],
+            face_keys=[keys[i] for i in polishing],
+            boosts=[boosts[i] for i in polishing],
+        )
+        still = []
+        for index, result in zip(polishing, polished, strict=True):
+            before = results[index]
+            if _polishable(result) and _kept_distances(views, before, result, boosts[index]):
+                results[index] = replace(
+                    result, steps=before.steps + result.steps, stop_reasons=before.stop_reasons
+                )
+                still.append(index)
+            else:
+                results[index] = replace(before, steps=before.steps + result.steps)
+        polishing = still
+    return results
+
+
+def _polishable(result: CanvasCloak) -> bool:
+    """Whether every model ended the face at its target or where it stopped making progress (not at
+    a bound or a step limit, where a polish round could not climb back)."""
+    return all(
+        reason in ("target-reached", "loss-zero", "slow-progress") for reason in result.stop_reasons.values()
+    )
+
+
+def _kept_distances(views: list[ModelView], before: CanvasCloak, after: CanvasCloak, boost: Boost) -> bool:
+    """Whether a polish round kept the face as far from each model's original as it was, or as far
+    as the model's `away` target."""
+    for view in views:
+        name = view.model.name
+        reference = before.distances[name]
+        if view.settings.strategy == "away":
+            reference = min(reference, view.settings.target * boost.target)
+        if after.distances[name] < reference:
+            return False
+    return True
+
+
+def ascend(
     views: list[ModelView],
     canvases: Sequence[FaceCanvas],
     *,
