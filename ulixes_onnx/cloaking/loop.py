@@ -394,7 +394,8 @@ def cloak_canvases(
     no model dominates; a model stops contributing to a face once its objectives are done), smooths
     it (`smoothing`), accumulates momentum, shapes it by the perceptual budget and moves the change in
     the opponent basis by up to `step` (scaled to a high percentile of the movable elements; twice
-    that while an `away` face is far from its target), within its per-pixel bounds. Step size, bounds, DSSIM bound, step limit and seed come from the first view.
+    that while an `away` face is far from its target), within its per-pixel bounds. Step size, bounds,
+    DSSIM bound, step limit and seed come from the first view.
     `start` continues from earlier states (`CanvasCloak.state`); `boosts` raise single faces' `away`
     targets and budgets; `face_keys` seed each face's random draws (default: its position), so that a
     face is cloaked the same whatever else is in the batch.
