@@ -9,6 +9,8 @@ import pytest
 
 from ulixes_onnx.cloaking.loop import (
     BOUNDS_CHECK_EVERY,
+    FAST_STEP_FACTOR,
+    FAST_UNTIL,
     STALL_WINDOW,
     CloakSettingsError,
     LoopSettings,
@@ -136,6 +138,21 @@ def test_quality_bound_checks_the_last_steps_of_a_face(dlib_model, canvases) -> 
     assert bounded.stop_reasons[NAME] == "quality-bound"
     assert ssimulacra2(original, original + bounded.delta * 127.5) >= floor
     assert bounded.distances[NAME] < 0.05 < ended.distances[NAME]
+
+
+def test_steps_are_larger_far_from_the_target(dlib_model, canvases) -> None:
+    settings = LoopSettings(target=0.8, budget=64.0, max_steps=1)
+    noise = np.random.default_rng(0).uniform(-1e-4, 1e-4, canvases[0].image.shape).astype(np.float32)
+    far = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1], start=[noise])[0]
+    assert np.abs(far.state - noise).max() == pytest.approx(FAST_STEP_FACTOR * settings.step, rel=1e-3)
+    reached = cloak_canvases(
+        [ModelView(dlib_model, replace(settings, max_steps=100, target=0.5))], canvases[:1]
+    )[0]
+    assert reached.distances[NAME] > FAST_UNTIL * 0.6
+    near = cloak_canvases(
+        [ModelView(dlib_model, replace(settings, target=0.6))], canvases[:1], start=[reached.state]
+    )[0]
+    assert np.abs(near.state - reached.state).max() == pytest.approx(settings.step, rel=1e-3)
 
 
 def test_continuing_from_an_earlier_state(dlib_model, canvases) -> None:
