@@ -11,11 +11,13 @@ from ulixes_onnx.cloaking.loop import (
     BOUNDS_CHECK_EVERY,
     FAST_STEP_FACTOR,
     FAST_UNTIL,
+    POLISH_MIN_MAGNIFICATION,
     STALL_WINDOW,
     CloakSettingsError,
     LoopSettings,
     ModelView,
     cloak_canvases,
+    magnification,
     plan_objectives,
 )
 from ulixes_onnx.cloaking.visibility import ssimulacra2
@@ -181,21 +183,41 @@ def test_feature_objective_reaches_the_target_and_changes_the_cloak(dlib_model, 
     assert np.abs(featured.delta - plain.delta).max() > 1e-3
 
 
-def test_polish_keeps_the_target_with_a_smaller_change(dlib_model, canvases) -> None:
+@pytest.fixture(scope="module")
+def large_face(store: ModelStore) -> FaceCanvas:
+    """The astronaut three times larger (a 260-pixel face): the photo shows the chip stretched."""
+    photo = samples.rescaled(samples.astronaut(), 3.0)
+    aligned = extract_chips(
+        photo, detector_from_store(store).detect(photo)[:1], chip_spec("dlib-150-pad0.25")
+    )
+    return make_canvas(photo, aligned.matrices, [150], cap=4.0)
+
+
+def test_polish_keeps_the_target_with_a_smaller_change(dlib_model, large_face) -> None:
+    assert magnification(large_face, 0) >= POLISH_MIN_MAGNIFICATION
     settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
-    plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
-    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=4))], canvases[:1])[0]
+    plain = cloak_canvases([ModelView(dlib_model, settings)], [large_face])[0]
+    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=4))], [large_face])[0]
     assert polished.stop_reasons[NAME] == "target-reached" and polished.distances[NAME] >= 0.59
-    assert _distance(dlib_model, canvases[0], polished.delta) >= 0.59
+    assert _distance(dlib_model, large_face, polished.delta) >= 0.59
     assert polished.steps > plain.steps
     # every round takes back part of what no longer moves the face: a smaller change overall
     assert np.sqrt(np.mean(polished.delta**2)) < 0.95 * np.sqrt(np.mean(plain.delta**2))
 
 
-def test_faces_short_of_their_target_are_not_polished(dlib_model, canvases) -> None:
-    settings = LoopSettings(target=0.9, max_steps=5)
+def test_faces_the_photo_shows_at_chip_size_are_not_polished(dlib_model, canvases) -> None:
+    assert magnification(canvases[0], 0) < POLISH_MIN_MAGNIFICATION
+    settings = LoopSettings(target=0.6, budget=16.0)
     plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
     polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=3))], canvases[:1])[0]
+    assert polished.steps == plain.steps
+    np.testing.assert_array_equal(polished.delta, plain.delta)
+
+
+def test_faces_short_of_their_target_are_not_polished(dlib_model, large_face) -> None:
+    settings = LoopSettings(target=0.9, max_steps=5)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], [large_face])[0]
+    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=3))], [large_face])[0]
     assert plain.stop_reasons[NAME] == polished.stop_reasons[NAME] == "max-steps"
     assert polished.steps == plain.steps
     np.testing.assert_array_equal(polished.delta, plain.delta)

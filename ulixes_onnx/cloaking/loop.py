@@ -72,6 +72,9 @@ PERCENTILE_STRIDE = 8
 BOUNDS_CHECK_EVERY = 4
 # A polish round shrinks a face's change by this share before climbing back to the target.
 POLISH_SHRINK = 0.15
+# Only faces the photo shows at least this much larger than the chip are polished: on smaller ones the
+# cloak is not stretched and already scores 80+ (benchmarks/results/polish-2026-12-06.md).
+POLISH_MIN_MAGNIFICATION = 2.0
 # Each polish round draws other random views: the seed moves by this much per round.
 POLISH_SEED_STRIDE = 7919
 
@@ -403,14 +406,19 @@ def cloak_canvases(
     takes is spread over everything, including what early steps and random views left behind that no
     longer helps. Each round keeps the distance and lowers the visibility, until the two balance
     (measured: benchmarks/results/polish-2026-12-06.md). Faces that ended at their targets or where
-    they stopped making progress are polished; a round that leaves a face nearer to a model's original
+    they stopped making progress, and that the photo shows at least POLISH_MIN_MAGNIFICATION times
+    larger than the lead model's chip, are polished; a round that leaves a face nearer to a model's original
     than before (or than its `away` target) is undone, and the face's polish ends. `polish` rounds at
     most, from the first view's settings.
     """
     results = ascend(views, canvases, start=start, face_keys=face_keys, boosts=boosts)
     keys = list(range(len(canvases))) if face_keys is None else list(face_keys)
     boosts = [Boost()] * len(canvases) if boosts is None else list(boosts)
-    polishing = [i for i, result in enumerate(results) if _polishable(result)]
+    polishing = [
+        i
+        for i, result in enumerate(results)
+        if _polishable(result) and magnification(canvases[i], views[0].index) >= POLISH_MIN_MAGNIFICATION
+    ]
     for round_number in range(1, views[0].settings.polish + 1):
         if not polishing:
             break
@@ -441,6 +449,13 @@ def cloak_canvases(
                 results[index] = replace(before, steps=before.steps + result.steps)
         polishing = still
     return results
+
+
+def magnification(canvas: FaceCanvas, model_index: int) -> float:
+    """How many photo pixels one pixel of a model's chip spans: above 1, the photo shows the cloak
+    stretched."""
+    chip_per_canvas = float(np.sqrt(abs(np.linalg.det(canvas.to_chip[model_index][:, :2]))))
+    return 1.0 / (canvas.scale * chip_per_canvas)
 
 
 def _polishable(result: CanvasCloak) -> bool:
