@@ -7,7 +7,8 @@ default settings, twice: through `Cloaker.cloak` (the cloaked pixels as floats, 
 and through `cloak_files` as the `cloak` command does (the saved file, decoded again). The table gives,
 per photo, the largest difference between the two versions' cloaked pixels (float and saved file) and
 whether every face's steps, stop reasons, rounds and protection agree, with the largest differences of
-the measured distances and visibility. The built-in sample (the astronaut) is always checked first.
+the measured distances and visibility, and each version's peak memory (the process's resident set,
+model sessions included). The built-in sample (the astronaut) is always checked first.
 
 onnxruntime is run with `--threads` threads (the same in both versions): its results may depend on
 how a reduction is split between threads.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,7 @@ def worker(photo: Path, threads: int, output: Path) -> dict:
     return {
         "api": [_face(face) for face in result.faces],
         "file": [_face(face) for face in report.faces],
+        "peak RSS (MB)": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -100,6 +103,7 @@ def compare(before: dict, after: dict, pixels_before: Path, pixels_after: Path) 
         saved_changed = int(np.any(first["saved"] != second["saved"], axis=-1).sum())
     comparison = {"max |float pixel difference|": image, "max |saved pixel difference|": saved}
     comparison["saved pixels that differ"] = saved_changed
+    comparison["peak RSS (MB), before / after"] = [round(run["peak RSS (MB)"]) for run in (before, after)]
     for mode in ("api", "file"):
         faces_before, faces_after = before[mode], after[mode]
         same_faces = [face["box"] for face in faces_before] == [face["box"] for face in faces_after]
