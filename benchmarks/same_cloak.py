@@ -1,14 +1,17 @@
 """Whether two versions of the code cloak photos alike: the check that a speed-up changed no result.
 
 usage: python benchmarks/same_cloak.py PHOTO... --tree BEFORE --tree AFTER [--threads 1] [--json OUT]
+                                     [--set FIELD=VALUE ...]
 
 Each version (a checkout of the repository) cloaks each photo in a process of its own, with the
-default settings, twice: through `Cloaker.cloak` (the cloaked pixels as floats, before any rounding)
-and through `cloak_files` as the `cloak` command does (the saved file, decoded again). The table gives,
-per photo, the largest difference between the two versions' cloaked pixels (float and saved file) and
-whether every face's steps, stop reasons, rounds and protection agree, with the largest differences of
-the measured distances and visibility, and each version's peak memory (the process's resident set,
-model sessions included). The built-in sample (the astronaut) is always checked first.
+default settings (or those `--set` changes: `CloakSettings` fields, e.g. `momentum=0.5`,
+`models=dlib-resnet,facenet-vggface2`), twice: through `Cloaker.cloak` (the cloaked pixels as floats,
+before any rounding) and through `cloak_files` as the `cloak` command does (the saved file, decoded
+again). The table gives, per photo, the largest difference between the two versions' cloaked pixels
+(float and saved file) and whether every face's steps, stop reasons, rounds and protection agree, with
+the largest differences of the measured distances and visibility, and each version's peak memory (the
+process's resident set, model sessions included). The built-in sample (the astronaut) is always
+checked first.
 
 onnxruntime is run with `--threads` threads (the same in both versions): its results may depend on
 how a reduction is split between threads.
@@ -28,12 +31,31 @@ from pathlib import Path
 import numpy as np
 
 
-def worker(photo: Path, threads: int, output: Path) -> dict:
+def settings_of(assignments: list[str]) -> dict[str, object]:
+    """`CloakSettings` fields from FIELD=VALUE strings, each value typed as the field's default."""
+    from ulixes_onnx import CloakSettings
+
+    defaults = CloakSettings()
+    fields = {}
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        default = getattr(defaults, name)
+        if isinstance(default, tuple):
+            fields[name] = tuple(value.split(","))
+        elif default is None:
+            fields[name] = float(value)
+        else:
+            fields[name] = type(default)(value)
+    return fields
+
+
+def worker(photo: Path, threads: int, output: Path, assignments: list[str]) -> dict:
     """Cloak one photo both ways with this process's version of the code; the pixels go to `output`."""
     import ulixes_onnx
     from ulixes_onnx.photos.decoding import read_photo
 
-    cloaker = ulixes_onnx.Cloaker(threads=threads)
+    settings = ulixes_onnx.CloakSettings(**settings_of(assignments))
+    cloaker = ulixes_onnx.Cloaker(settings, threads=threads)
     pixels = read_photo(photo).rgb8
     result = cloaker.cloak(pixels)
     with tempfile.TemporaryDirectory() as folder:
@@ -68,10 +90,11 @@ def _face(face: object) -> dict:
     }
 
 
-def run_worker(tree: Path, photo: Path, threads: int, output: Path) -> dict:
+def run_worker(tree: Path, photo: Path, threads: int, output: Path, assignments: list[str]) -> dict:
     environment = {**os.environ, "PYTHONPATH": str(tree)}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(photo)]
     command += ["--threads", str(threads), "--pixels", str(output)]
+    command += [f"--set={assignment}" for assignment in assignments]
     finished = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=environment)
     if finished.returncode:
         raise SystemExit(f"the worker failed in {tree}:\n{finished.stderr}")
@@ -156,11 +179,12 @@ def main() -> None:
     parser.add_argument("--label", action="append", help="a name per --tree")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every number here")
+    parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE of CloakSettings")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pixels", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.photos[0], args.threads, args.pixels)))
+        print(json.dumps(worker(args.photos[0], args.threads, args.pixels, args.set)))
         return
     if not args.tree or len(args.tree) != 2:
         raise SystemExit("give two --tree checkouts: before and after")
@@ -172,10 +196,11 @@ def main() -> None:
             runs, pixels = [], []
             for number, tree in enumerate(args.tree):
                 pixels.append(Path(folder) / f"{photo.stem}-{number}.npz")
-                runs.append(run_worker(tree.resolve(), photo, args.threads, pixels[-1]))
+                runs.append(run_worker(tree.resolve(), photo, args.threads, pixels[-1], args.set))
             results[photo.name] = compare(*runs, *pixels)
     if args.json:
-        args.json.write_text(json.dumps({"labels": labels, "photos": results}, indent=2))
+        record = {"labels": labels, "settings": args.set, "photos": results}
+        args.json.write_text(json.dumps(record, indent=2))
     print(markdown(labels, results))
 
 

@@ -518,7 +518,7 @@ def cloak_canvases(
                     advanced.add(index)
                     continue
                 gradient = operators[row].adjoint(_chip_blur(result.grad[row], blurs[row]))
-                largest = max(float(gradient.max()), -float(gradient.min()))  # NaN if any is
+                largest = max(float(gradient.max()), -float(gradient.min()))  # max |gradient|, NaN if any is
                 if largest > 0 and np.isfinite(largest):
                     gradient /= largest
                     if index in direction:
@@ -558,7 +558,7 @@ def cloak_canvases(
             # The step is scaled by a high percentile of the elements that can still move (those at their
             # bound in the step's direction cannot), so a few strong or saturated elements do not shrink
             # everyone else's step; no element moves by more than `step`. The percentile is estimated on
-            # every PERCENTILE_STRIDE-th element, so only those need telling apart unless none can move.
+            # every PERCENTILE_STRIDE-th element: only those are told apart (all, if none of them can move).
             sampled = _movable_magnitudes(shaped, face, PERCENTILE_STRIDE)
             if not sampled.size:
                 sampled = _movable_magnitudes(shaped, face, 1)
