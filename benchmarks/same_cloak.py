@@ -39,6 +39,8 @@ def settings_of(assignments: list[str]) -> dict[str, object]:
     fields = {}
     for assignment in assignments:
         name, _, value = assignment.partition("=")
+        if not hasattr(defaults, name):
+            raise SystemExit(f"--set {assignment}: CloakSettings has no field {name!r}")
         default = getattr(defaults, name)
         if isinstance(default, tuple):
             fields[name] = tuple(value.split(","))
