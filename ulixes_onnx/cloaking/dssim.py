@@ -136,7 +136,8 @@ def plane_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
 
 class PlaneReference:
     """Original planes [K, H, W] (H and W at least `WINDOW`) prepared once, their local means and
-    variances kept, for the mean SSIM of many changed copies: `ssim(b)` equals `plane_ssim(a, b)`."""
+    variances kept, for the mean SSIM of many changed copies: `ssim(b)` equals `plane_ssim(a, b)`. It
+    reuses its scratch maps, so one thread at a time."""
 
     def __init__(self, planes: np.ndarray, data_range: float) -> None:
         _check_planes(planes, planes)
@@ -184,7 +185,7 @@ def image_dssim(a: np.ndarray, b: np.ndarray) -> float:
 
 class DssimReference:
     """An original image (HxWx3 or HxW, 0..255 units) prepared once for the DSSIM of many changed
-    copies of it: `dssim(b)` equals `image_dssim(original, b)`."""
+    copies of it: `dssim(b)` equals `image_dssim(original, b)`. One thread at a time."""
 
     def __init__(self, original: np.ndarray) -> None:
         self.shape = original.shape
