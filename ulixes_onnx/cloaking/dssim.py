@@ -73,8 +73,8 @@ def _ssim_sums(original: _OriginalStrip, changed: np.ndarray, data_range: float,
     np.copyto(y, changed, casting="unsafe")
     _local_mean(y, out=mean_y)
     c1, c2 = np.float32((_K1 * data_range) ** 2), np.float32((_K2 * data_range) ** 2)
-    # ((2 mx my + c1) (2 cov + c2)) / ((mx^2 + my^2 + c1) (var_x + var_y + c2)), in place, with the
-    # rounding of the formula as written.
+    # ((2 mx my + c1) (2 cov + c2)) / ((mx^2 + my^2 + c1) (var_x + var_y + c2)), in place, rounded as
+    # the formula written out is (doubling is exact: 2 (mx my) is (2 mx) my).
     _local_mean(np.multiply(original.planes, y, out=product), out=covariance)
     means_product = np.multiply(original.mean, mean_y, out=product)
     covariance -= means_product
