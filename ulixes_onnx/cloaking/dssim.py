@@ -117,21 +117,44 @@ def _strip_maps(count: int, shape: tuple[int, ...]) -> _Maps:
     return _Maps(count, planes, min(height, _STRIP_ROWS + 2 * (WINDOW // 2)), width)
 
 
-def _mean_of_sums(sums: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _map_pixels(shape: tuple[int, ...]) -> int:
+    """The pixels of a plane of [K, H, W] whose window lies inside it."""
     pad = WINDOW // 2
-    return sums / ((shape[1] - 2 * pad) * (shape[2] - 2 * pad))
+    return (shape[1] - 2 * pad) * (shape[2] - 2 * pad)
+
+
+def _mean_of_sums(sums: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return sums / _map_pixels(shape)
 
 
 def plane_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
     """Mean SSIM of each pair of planes [K, H, W] (H and W at least `WINDOW`), computed in float32
-    (as scikit-image does for float32 images) a strip of rows at a time."""
+    (as scikit-image does for float32 images) a strip of rows at a time, and only around the pixels
+    that differ: a window with no change in it has SSIM exactly 1 (its local statistics are the
+    same on both sides), so those pixels count as 1 unmeasured."""
     _check_planes(a, b)
+    differs = np.any(a != b, axis=0)
+    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
+    if not rows.size:
+        return np.ones(a.shape[0])
+    _, height, width = a.shape
+    reach = 2 * (WINDOW // 2)  # the window of every pixel whose window holds a change
+    top, bottom = max(int(rows[0]) - reach, 0), min(int(rows[-1]) + 1 + reach, height)
+    left, right = max(int(cols[0]) - reach, 0), min(int(cols[-1]) + 1 + reach, width)
+    crop = (slice(None), slice(top, bottom), slice(left, right))
+    sums = _sums_of_planes(a[crop], b[crop], data_range)
+    unmeasured = _map_pixels(a.shape) - _map_pixels(a[crop].shape)
+    return _mean_of_sums(sums + unmeasured, a.shape)
+
+
+def _sums_of_planes(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
+    """Per plane, the sum of the SSIM map of [K, H, W] over the pixels whose window lies inside."""
     originals, changed = _strip_maps(4, a.shape), _strip_maps(5, a.shape)
     sums = np.zeros(a.shape[0])
     for rows in _strips(a.shape[1]):
         original = _original_strip(a[:, rows], originals.of_shape(a[:, rows].shape))
         sums += _ssim_sums(original, b[:, rows], data_range, changed)
-    return _mean_of_sums(sums, a.shape)
+    return sums
 
 
 class PlaneReference:
