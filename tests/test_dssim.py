@@ -112,3 +112,22 @@ def test_plane_reference_equals_plane_ssim_and_refuses_tiny_planes() -> None:
     np.testing.assert_allclose(reference.ssim(changed), plane_ssim(planes, changed, 2.0), rtol=1e-6)
     with pytest.raises(ValueError, match="H, W >= 7"):
         PlaneReference(np.zeros((1, 6, 8)), data_range=1.0)
+
+
+@pytest.mark.parametrize(
+    "rows, cols",
+    [(slice(20, 30), slice(15, 35)), (slice(0, 2), slice(0, 3)), (slice(55, 60), slice(40, 50)), (29, 24)],
+)
+def test_a_change_to_part_of_an_image_measures_as_scikit_image_does(rows: slice, cols: slice) -> None:
+    # Only the windows around the change are measured; the others have SSIM 1. Small DSSIMs are
+    # differences from 1 in float32 sums: compared with scikit-image in float64, absolutely.
+    rng = np.random.default_rng(10)
+    image = rng.integers(0, 256, (60, 50, 3)).astype(np.float32)
+    changed = image.copy()
+    changed[rows, cols] = np.clip(image[rows, cols] + rng.normal(0, 9, image[rows, cols].shape), 0, 255)
+    expected = _skimage_dssim(image.astype(np.float64), changed.astype(np.float64), 2, 255.0)
+    assert image_dssim(image, changed) == pytest.approx(expected, abs=1e-8)
+    # DssimReference measures every window.
+    assert image_dssim(image, changed) == pytest.approx(DssimReference(image).dssim(changed), rel=1e-9)
+    assert image_dssim(image, changed) > 0
+    assert image_dssim(image, image.copy()) == 0.0
