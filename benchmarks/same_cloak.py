@@ -139,10 +139,11 @@ def compare(before: dict, after: dict, pixels_before: Path, pixels_after: Path) 
             comparison[f"{mode}: max |distance difference|"] = _largest_difference(
                 faces_before, faces_after, "distance"
             )
-            pairs = zip(faces_before, faces_after, strict=True)
-            comparison[f"{mode}: max |SSIMULACRA2 difference|"] = max(
-                (abs(a["ssimulacra2"] - b["ssimulacra2"]) for a, b in pairs), default=0.0
-            )
+            for key, name in (("ssimulacra2", "SSIMULACRA2"), ("dssim", "face DSSIM")):
+                pairs = zip(faces_before, faces_after, strict=True)
+                comparison[f"{mode}: max |{name} difference|"] = max(
+                    (abs(a[key] - b[key]) for a, b in pairs), default=0.0
+                )
         comparison[f"{mode}: steps and stop reasons"] = [
             {name: [m["steps"], m["stop_reason"]] for name, m in face["models"].items()}
             for face in faces_after

@@ -56,6 +56,7 @@ def test_comparison_finds_equal_and_different_cloaks(tmp_path: Path) -> None:
     assert same["saved pixels that differ"] == 0
     assert same["api: same faces, steps, stop reasons, rounds"] is True
     assert same["file: max |distance difference|"] == 0
+    assert same["file: max |face DSSIM difference|"] == 0
 
     changed_saved = saved.copy()
     changed_saved[0, 0, 1] += 2
