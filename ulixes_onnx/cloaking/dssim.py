@@ -138,7 +138,8 @@ def plane_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
     if not rows.size:
         return np.ones(a.shape[0])
     _, height, width = a.shape
-    reach = 2 * (WINDOW // 2)  # the window of every pixel whose window holds a change
+    # A change reaches the SSIM of pixels up to `pad` away, whose windows reach `pad` farther.
+    reach = 2 * (WINDOW // 2)
     top, bottom = max(int(rows[0]) - reach, 0), min(int(rows[-1]) + 1 + reach, height)
     left, right = max(int(cols[0]) - reach, 0), min(int(cols[-1]) + 1 + reach, width)
     crop = (slice(None), slice(top, bottom), slice(left, right))
