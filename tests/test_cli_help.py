@@ -79,8 +79,15 @@ def test_cloak_everyday_options_come_first_and_the_algorithm_under_advanced() ->
     found = panels(help_text("cloak"))
     assert list(found) == ["Arguments", "Options", PROTECTION, ADVANCED]
     assert found["Options"][:4] == ["--output-dir", "--overwrite", "--skip-existing", "--json"]
-    assert found[PROTECTION] == ["--models", "--level", "--target", "--min-quality", "--reference"]
-    protection = {"--level", "--target", "--min-quality"}
+    assert found[PROTECTION] == [
+        "--models",
+        "--level",
+        "--target",
+        "--min-quality",
+        "--polish",
+        "--reference",
+    ]
+    protection = {"--level", "--target", "--min-quality", "--polish"}
     advanced = {f"--{name.replace('_', '-')}" for name in SETTING_OPTIONS} - protection
     assert set(found[ADVANCED]) == advanced | {"--pool"}
 
@@ -88,7 +95,7 @@ def test_cloak_everyday_options_come_first_and_the_algorithm_under_advanced() ->
 def test_eval_panels_keep_the_same_order() -> None:
     found = panels(help_text("eval"))
     assert list(found) == ["Arguments", "Options", PROTECTION, ADVANCED]
-    assert found[PROTECTION] == ["--cloak-models", "--level", "--target", "--min-quality"]
+    assert found[PROTECTION] == ["--cloak-models", "--level", "--target", "--min-quality", "--polish"]
     assert "--pool" in found[ADVANCED] and "--models" in found["Options"]
 
 

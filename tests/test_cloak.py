@@ -10,12 +10,16 @@ import pytest
 
 from ulixes_onnx.cloaking.loop import (
     BOUNDS_CHECK_EVERY,
+    FAST_STEP_FACTOR,
+    FAST_UNTIL,
+    POLISH_MIN_MAGNIFICATION,
     STALL_WINDOW,
     CloakSettingsError,
     LoopSettings,
     ModelView,
     _movable_magnitudes,
     cloak_canvases,
+    magnification,
     plan_objectives,
 )
 from ulixes_onnx.cloaking.visibility import ssimulacra2
@@ -140,6 +144,21 @@ def test_quality_bound_checks_the_last_steps_of_a_face(dlib_model, canvases) -> 
     assert bounded.distances[NAME] < 0.05 < ended.distances[NAME]
 
 
+def test_steps_are_larger_far_from_the_target(dlib_model, canvases) -> None:
+    settings = LoopSettings(target=0.8, budget=64.0, max_steps=1)
+    noise = np.random.default_rng(0).uniform(-1e-4, 1e-4, canvases[0].image.shape).astype(np.float32)
+    far = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1], start=[noise])[0]
+    assert np.abs(far.state - noise).max() == pytest.approx(FAST_STEP_FACTOR * settings.step, rel=1e-3)
+    reached = cloak_canvases(
+        [ModelView(dlib_model, replace(settings, max_steps=100, target=0.5))], canvases[:1]
+    )[0]
+    assert reached.distances[NAME] > FAST_UNTIL * 0.6
+    near = cloak_canvases(
+        [ModelView(dlib_model, replace(settings, target=0.6))], canvases[:1], start=[reached.state]
+    )[0]
+    assert np.abs(near.state - reached.state).max() == pytest.approx(settings.step, rel=1e-3)
+
+
 def test_continuing_from_an_earlier_state(dlib_model, canvases) -> None:
     first = cloak_canvases([ModelView(dlib_model, LoopSettings(target=0.4))], canvases[:1])[0]
     more = cloak_canvases(
@@ -156,6 +175,54 @@ def test_input_diversity_and_momentum_still_reach_the_target(dlib_model, canvase
     assert result.stop_reasons[NAME] == "target-reached"
     # a random view past the target ends nothing until the plain view confirms it
     assert result.distances[NAME] >= 0.7
+
+
+def test_feature_objective_reaches_the_target_and_changes_the_cloak(dlib_model, canvases) -> None:
+    settings = LoopSettings(target=0.6, budget=16.0)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    featured = cloak_canvases([ModelView(dlib_model, replace(settings, feature_weight=1.0))], canvases[:1])[0]
+    assert featured.stop_reasons[NAME] == "target-reached" and featured.distances[NAME] >= 0.59
+    assert np.abs(featured.delta - plain.delta).max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def large_face(store: ModelStore) -> FaceCanvas:
+    """The astronaut three times larger (a 260-pixel face): the photo shows the chip stretched."""
+    photo = samples.rescaled(samples.astronaut(), 3.0)
+    aligned = extract_chips(
+        photo, detector_from_store(store).detect(photo)[:1], chip_spec("dlib-150-pad0.25")
+    )
+    return make_canvas(photo, aligned.matrices, [150], cap=4.0)
+
+
+def test_polish_keeps_the_target_with_a_smaller_change(dlib_model, large_face) -> None:
+    assert magnification(large_face, 0) >= POLISH_MIN_MAGNIFICATION
+    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], [large_face])[0]
+    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=4))], [large_face])[0]
+    assert polished.stop_reasons[NAME] == "target-reached" and polished.distances[NAME] >= 0.59
+    assert _distance(dlib_model, large_face, polished.delta) >= 0.59
+    assert polished.steps > plain.steps
+    # every round takes back part of what no longer moves the face: a smaller change overall
+    assert np.sqrt(np.mean(polished.delta**2)) < 0.95 * np.sqrt(np.mean(plain.delta**2))
+
+
+def test_faces_the_photo_shows_at_chip_size_are_not_polished(dlib_model, canvases) -> None:
+    assert magnification(canvases[0], 0) < POLISH_MIN_MAGNIFICATION
+    settings = LoopSettings(target=0.6, budget=16.0)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=3))], canvases[:1])[0]
+    assert polished.steps == plain.steps
+    np.testing.assert_array_equal(polished.delta, plain.delta)
+
+
+def test_faces_short_of_their_target_are_not_polished(dlib_model, large_face) -> None:
+    settings = LoopSettings(target=0.9, max_steps=5)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], [large_face])[0]
+    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=3))], [large_face])[0]
+    assert plain.stop_reasons[NAME] == polished.stop_reasons[NAME] == "max-steps"
+    assert polished.steps == plain.steps
+    np.testing.assert_array_equal(polished.delta, plain.delta)
 
 
 class _EuclideanModel:
@@ -227,6 +294,8 @@ def test_pool_strategies_need_a_pool() -> None:
         ({"budget": 0}, "budget must be positive"),
         ({"diversity": 0.5}, "diversity must be in"),
         ({"momentum": 1.0}, "momentum in"),
+        ({"feature_weight": -0.5}, "feature weight and the polish rounds must be at least 0"),
+        ({"polish": -1}, "feature weight and the polish rounds must be at least 0"),
     ],
 )
 def test_bad_settings(settings: dict, message: str) -> None:

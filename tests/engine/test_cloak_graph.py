@@ -149,3 +149,84 @@ def test_model_with_two_inputs_is_a_graph_error(network):
     two_inputs.graph.input.append(onnx.helper.make_tensor_value_info("extra", 1, [1]))
     with pytest.raises(GraphError, match="exactly one input"):
         build_cloak_graph(two_inputs)
+
+
+def middle_feature(network: onnx.ModelProto) -> str:
+    """The output of the residual block after the stem: a mid-level feature map of the tiny ResNet."""
+    relus = [node.output[0] for node in network.graph.node if node.op_type == "Relu"]
+    return relus[len(relus) // 2]
+
+
+@pytest.fixture(scope="module", params=["euclidean", "cosine"])
+def feature_cloak(request, network):
+    """The feature graph of one distance, and the plain graph's session of the same distance."""
+    graph = build_cloak_graph(network, distance=request.param, feature=middle_feature(network))
+    plain = create_session(build_cloak_graph(network, distance=request.param), threads=1)
+    return graph, create_session(graph, threads=1), plain
+
+
+def feature_feeds(network, x: np.ndarray, weight: float = 0.7) -> dict[str, np.ndarray]:
+    """Feeds for the feature graph: the features of a nearby chip as the original's."""
+    probe = create_session(build_cloak_graph(network, feature=middle_feature(network)), threads=1)
+    nearby = (x + 0.05 * np.random.default_rng(3).standard_normal(x.shape)).astype(np.float32)
+    base = feeds_for(network, x)
+    shape = next(value.shape for value in probe.get_inputs() if value.name == "f_pos")
+    placeholders = {"f_pos": np.ones((len(x), *shape[1:]), np.float32), "feature_weight": np.float32([0])}
+    f_pos = probe.run(["feat"], {**base, "x": nearby, **placeholders})[0]
+    return {**base, "f_pos": f_pos, "feature_weight": np.float32([weight])}
+
+
+def test_feature_graph_returns_the_relative_feature_distance_and_keeps_the_loss(feature_cloak, network):
+    _, session, plain = feature_cloak
+    feeds = feature_feeds(network, chips())
+    loss, emb, feat, d_feat = session.run(["loss", "emb", "feat", "d_feat"], feeds)
+    plain_feeds = {name: value for name, value in feeds.items() if name not in ("f_pos", "feature_weight")}
+    plain_loss, plain_emb = plain.run(["loss", "emb"], plain_feeds)
+    np.testing.assert_allclose(loss, plain_loss, atol=1e-6)
+    np.testing.assert_allclose(emb, plain_emb, atol=1e-6)
+    change = np.linalg.norm((feat - feeds["f_pos"]).reshape(len(feat), -1).astype(np.float64), axis=1)
+    size = np.linalg.norm(feeds["f_pos"].reshape(len(feat), -1).astype(np.float64), axis=1)
+    np.testing.assert_allclose(d_feat, change / size, rtol=1e-4)
+    assert np.all(d_feat > 0)
+
+
+def test_feature_graph_gradient_is_that_of_loss_minus_weighted_feature_distance(feature_cloak, network):
+    _, session, _ = feature_cloak
+    feeds = feature_feeds(network, chips(), weight=0.7)
+    grad = session.run(["grad"], feeds)[0]
+    x = feeds["x"]
+
+    def objective(moved: np.ndarray) -> np.ndarray:
+        loss, d_feat = session.run(["loss", "d_feat"], {**feeds, "x": moved})
+        return loss.astype(np.float64) - 0.7 * d_feat
+
+    step = 1e-3
+    for direction in (grad, np.random.default_rng(4).standard_normal(x.shape)):
+        norms = np.linalg.norm(direction.reshape(len(x), -1), axis=1).reshape(-1, 1, 1, 1)
+        direction = (direction / norms).astype(np.float32)
+        numeric = (objective(x + step * direction) - objective(x - step * direction)) / (2 * step)
+        analytic = np.sum((grad * direction).reshape(len(x), -1), axis=1, dtype=np.float64)
+        scale = np.linalg.norm(grad.reshape(len(x), -1), axis=1)
+        assert np.max(np.abs(numeric - analytic) / scale) < 5e-3
+
+
+def test_feature_weight_zero_gives_the_plain_gradient(feature_cloak, network):
+    _, session, plain = feature_cloak
+    feeds = feature_feeds(network, chips(), weight=0.0)
+    plain_feeds = {name: value for name, value in feeds.items() if name not in ("f_pos", "feature_weight")}
+    np.testing.assert_allclose(
+        session.run(["grad"], feeds)[0], plain.run(["grad"], plain_feeds)[0], atol=1e-6
+    )
+
+
+def test_feature_graph_has_its_extra_inputs_and_outputs(feature_cloak):
+    graph, _, _ = feature_cloak
+    onnx.checker.check_model(graph)
+    assert default_domain_only(graph)
+    assert [value.name for value in graph.graph.input][-2:] == ["f_pos", "feature_weight"]
+    assert {value.name for value in graph.graph.output} == {*OUTPUTS, "feat", "d_feat"}
+
+
+def test_unknown_feature_layer_is_a_graph_error(network):
+    with pytest.raises(GraphError, match="no tensor 'nowhere'"):
+        build_cloak_graph(network, feature="nowhere")

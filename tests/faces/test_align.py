@@ -112,6 +112,13 @@ def test_facenet_layout_crops_the_box_with_a_32_pixel_margin():
     np.testing.assert_allclose(_apply(matrix, box_edges - 0.5) + 0.5, [[16, 16], [144, 144]])
 
 
+def test_box_layout_stretches_the_detector_box_over_the_whole_chip():
+    face = Face(box=(100.0, 50.0, 228.0, 210.0), score=1.0, landmarks=np.zeros((5, 2)))
+    matrix = chip_spec("box-256").photo_to_chip(np.zeros((300, 300, 3), np.uint8), face)
+    box_edges = np.array([[100.0, 50.0], [228.0, 210.0]])
+    np.testing.assert_allclose(_apply(matrix, box_edges - 0.5) + 0.5, [[0, 0], [256, 256]])
+
+
 def test_arcface_layout_puts_the_five_landmarks_on_the_template():
     # Landmarks placed exactly by a rotation, scale and shift of the template (in Face's edge
     # coordinates) are mapped back onto it; the chip's pixel centres are the template's convention.
@@ -140,7 +147,7 @@ def test_arcface_layout_gives_opencvs_face_recognizer_chip(detector, astronaut):
 def test_unknown_layout_names_the_known_ones():
     with pytest.raises(ModelError, match=r"dlib-150-pad0\.25"):
         chip_spec("retinaface-96")
-    assert all(spec.size in (112, 150, 152, 160, 224) for spec in CHIP_SPECS.values())
+    assert all(spec.size in (112, 150, 152, 160, 224, 256) for spec in CHIP_SPECS.values())
 
 
 def test_no_faces_give_no_chips(astronaut):

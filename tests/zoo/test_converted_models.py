@@ -1,8 +1,9 @@
-"""The real converted models: FaceNet VGGFace2 (TF GraphDef) and FaceRes and FaceRes-deep (TFJS).
+"""The real converted models: FaceNet VGGFace2 (TF GraphDef), FaceRes and FaceRes-deep (TFJS) and
+memento-face (PyTorch state dict).
 
 Each is converted once per session in the export toolchain; the conversion itself checks the ONNX model
-against the source framework (TensorFlow) on real face chips and fails above 1e-4. Here: that difference,
-the reproducibility the card's sha256 relies on, any batch size, and the engine's gradient.
+against the source framework (TensorFlow or PyTorch) on real face chips and fails above 1e-4. Here: that
+difference, the reproducibility the card's sha256 relies on, any batch size, and the engine's gradient.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ulixes_onnx.zoo.npm import npm_available
 pytestmark = pytest.mark.slow
 
 # The models whose real weights are converted here (tests/zoo/test_recipe_coverage.py counts them).
-REAL_WEIGHTS = ("facenet-vggface2", "faceres", "faceres-deep")
+REAL_WEIGHTS = ("facenet-vggface2", "faceres", "faceres-deep", "memento-face")
 
 
 @pytest.fixture(scope="session", params=REAL_WEIGHTS)
@@ -37,10 +38,10 @@ def converted(request, export_python, tmp_path_factory) -> tuple[str, ConvertedM
     return request.param, convert(card, store.source_paths(card), python=export_python)
 
 
-def test_conversion_matches_tensorflow_and_the_pinned_sha256(converted):
+def test_conversion_matches_the_source_framework_and_the_pinned_sha256(converted):
     name, result = converted
     card = get_card(name)
-    print(f"{name}: max |ONNX - TF| = {result.max_abs_difference:.2e}")
+    print(f"{name}: max |ONNX - source| = {result.max_abs_difference:.2e}")
     assert result.max_abs_difference <= 1e-4
     assert sha256_hex(result.model) == card.artifacts["model"]
 

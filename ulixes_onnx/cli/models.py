@@ -95,7 +95,7 @@ def build_models(
                 "--weights builds one model: name it, e.g. models build vggface-vgg16 --weights FILE"
             )
         card = get_card(names[0])
-        if card.source.package is not None or card.source.npm is not None:
+        if card.source.from_registry:
             raise ModelError(f"model {card.name!r} is built from its package; drop --weights")
         roles = list(card.source.files)
         if len(weights) != len(roles):

@@ -106,6 +106,22 @@ Diversity = Annotated[
 Momentum = Annotated[
     float, typer.Option(metavar="FACTOR", help="Momentum of the steps (0: none).", rich_help_panel=ADVANCED)
 ]
+FeatureWeight = Annotated[
+    float,
+    typer.Option(
+        metavar="WEIGHT",
+        help="Also push each model's mid-level features away, with this weight (0: none).",
+        rich_help_panel=ADVANCED,
+    ),
+]
+Polish = Annotated[
+    int,
+    typer.Option(
+        metavar="N",
+        help="Rounds of shrinking each cloak and climbing back to its target (less visible, slower).",
+        rich_help_panel=PROTECTION,
+    ),
+]
 Smoothing = Annotated[
     float,
     typer.Option(
@@ -175,6 +191,7 @@ SETTING_OPTIONS = {
     "level": Level,
     "target": Target,
     "min_quality": MinQuality,
+    "polish": Polish,
     "strategy": Strategy,
     "ensemble": Ensemble,
     "margin": Margin,
@@ -184,6 +201,7 @@ SETTING_OPTIONS = {
     "diversity": Diversity,
     "momentum": Momentum,
     "smoothing": Smoothing,
+    "feature_weight": FeatureWeight,
     "canvas_cap": CanvasCap,
     "step": Step,
     "max_dssim": MaxDssim,

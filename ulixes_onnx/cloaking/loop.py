@@ -4,10 +4,12 @@ The variable is each face's change on its canvas (faces/canvas.py); every model 
 from the changed canvas. Every step runs each model's cloak graph once for all faces still in
 progress and moves the change against the gradient of the adversarial triplet loss,
 
-    g = d max(w * d(f(x), n) - d(f(x), p) + m, 0) / dx,
+    g = d max(w * d(f(x), n) - d(f(x), p) + m, 0) / dx
 
-brought back onto the canvas through the chip operator's adjoint, shaped by a per-pixel perceptual
-budget in an opponent colour basis (perceptual.py) and bounded by it. This pushes the face's
+(minus `feature_weight` times the gradient of the relative change of a mid-level feature map that the
+model's card names, when that weight is set: engine/cloak_graph.py), brought back onto the canvas
+through the chip operator's adjoint, shaped by a per-pixel perceptual budget in an opponent colour
+basis (perceptual.py) and bounded by it. This pushes the face's
 embedding away from the positive p (the original face's embedding) and towards the negative n.
 Descending the loss is the paper's stated intent (eq. 5 writes the update with a sum of scaled
 gradients; the sign here is the one that lowers L_ADV).
@@ -53,6 +55,12 @@ AWAY_START_NOISE = 0.1
 STALL_WINDOW = 5
 # The step size the paper's t (`min_progress`) goes with: t is scaled to the step in use.
 PAPER_STEP = 0.01
+# An `away` face takes steps this many times the step size until it is this share of the way to its
+# target: the same protection and visibility in 0.73x the steps on the 20 largest development faces
+# (large steps all the way overshoot the target and show more on the hardest faces; measured:
+# benchmarks/results/steps-2026-12-06.md).
+FAST_STEP_FACTOR = 2.0
+FAST_UNTIL = 0.75
 # The percentile of the movable elements' step sizes that is scaled to the full step.
 STEP_PERCENTILE = 99
 # ... estimated on every this many elements (within 1 % of the exact one on a canvas, at a sixth of the
@@ -62,6 +70,13 @@ PERCENTILE_STRIDE = 8
 # every this many steps' state (and on the last), and a face that breaks one goes back to the last state
 # that passed.
 BOUNDS_CHECK_EVERY = 4
+# A polish round shrinks a face's change by this share before climbing back to the target.
+POLISH_SHRINK = 0.15
+# Only faces the photo shows at least this much larger than the chip are polished: on smaller ones the
+# cloak is not stretched and already scores 80+ (benchmarks/results/polish-2026-12-06.md).
+POLISH_MIN_MAGNIFICATION = 2.0
+# Each polish round draws other random views: the seed moves by this much per round.
+POLISH_SEED_STRIDE = 7919
 
 
 class CloakSettingsError(UlixesError):
@@ -87,6 +102,8 @@ class LoopSettings:
     diversity: float = 0.0
     momentum: float = 0.0
     smoothing: float = 0.0
+    feature_weight: float = 0.0
+    polish: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -109,6 +126,8 @@ class LoopSettings:
             raise CloakSettingsError(
                 "diversity must be in [0, 0.3], momentum in [0, 1) and smoothing at least 0"
             )
+        if self.feature_weight < 0 or self.polish < 0:
+            raise CloakSettingsError("the feature weight and the polish rounds must be at least 0")
 
 
 @dataclass(frozen=True)
@@ -397,6 +416,94 @@ def cloak_canvases(
     face_keys: Sequence[int] | None = None,
     boosts: Sequence[Boost] | None = None,
 ) -> list[CanvasCloak]:
+    """Cloak faces on their canvases (`ascend`), then polish the faces that reached their targets.
+
+    A polish round shrinks a face's change by POLISH_SHRINK and climbs back to the target from there
+    (with other random views). What the climb adds is what the models respond to now; what the shrink
+    takes is spread over everything, including what early steps and random views left behind that no
+    longer helps. Each round keeps the distance and lowers the visibility, until the two balance
+    (measured: benchmarks/results/polish-2026-12-06.md). Faces that ended at their targets or where
+    they stopped making progress, and that the photo shows at least POLISH_MIN_MAGNIFICATION times
+    larger than the lead model's chip, are polished; a round that leaves a face nearer to a model's original
+    than before (or than its `away` target) is undone, and the face's polish ends. `polish` rounds at
+    most, from the first view's settings.
+    """
+    results = ascend(views, canvases, start=start, face_keys=face_keys, boosts=boosts)
+    keys = list(range(len(canvases))) if face_keys is None else list(face_keys)
+    boosts = [Boost()] * len(canvases) if boosts is None else list(boosts)
+    polishing = [
+        i
+        for i, result in enumerate(results)
+        if _polishable(result) and magnification(canvases[i], views[0].index) >= POLISH_MIN_MAGNIFICATION
+    ]
+    for round_number in range(1, views[0].settings.polish + 1):
+        if not polishing:
+            break
+        round_views = [
+            replace(
+                view,
+                settings=replace(view.settings, seed=view.settings.seed + POLISH_SEED_STRIDE * round_number),
+                positives=None if view.positives is None else view.positives[polishing],
+            )
+            for view in views
+        ]
+        polished = ascend(
+            round_views,
+            [canvases[i] for i in polishing],
+            start=[results[i].state * np.float32(1 - POLISH_SHRINK) for i in polishing],
+            face_keys=[keys[i] for i in polishing],
+            boosts=[boosts[i] for i in polishing],
+        )
+        still = []
+        for index, result in zip(polishing, polished, strict=True):
+            before = results[index]
+            if _polishable(result) and _kept_distances(views, before, result, boosts[index]):
+                results[index] = replace(
+                    result, steps=before.steps + result.steps, stop_reasons=before.stop_reasons
+                )
+                still.append(index)
+            else:
+                results[index] = replace(before, steps=before.steps + result.steps)
+        polishing = still
+    return results
+
+
+def magnification(canvas: FaceCanvas, model_index: int) -> float:
+    """How many photo pixels one pixel of a model's chip spans: above 1, the photo shows the cloak
+    stretched."""
+    chip_per_canvas = float(np.sqrt(abs(np.linalg.det(canvas.to_chip[model_index][:, :2]))))
+    return 1.0 / (canvas.scale * chip_per_canvas)
+
+
+def _polishable(result: CanvasCloak) -> bool:
+    """Whether every model ended the face at its target or where it stopped making progress (not at
+    a bound or a step limit, where a polish round could not climb back)."""
+    return all(
+        reason in ("target-reached", "loss-zero", "slow-progress") for reason in result.stop_reasons.values()
+    )
+
+
+def _kept_distances(views: list[ModelView], before: CanvasCloak, after: CanvasCloak, boost: Boost) -> bool:
+    """Whether a polish round kept the face as far from each model's original as it was, or as far
+    as the model's `away` target."""
+    for view in views:
+        name = view.model.name
+        reference = before.distances[name]
+        if view.settings.strategy == "away":
+            reference = min(reference, view.settings.target * boost.target)
+        if after.distances[name] < reference:
+            return False
+    return True
+
+
+def ascend(
+    views: list[ModelView],
+    canvases: Sequence[FaceCanvas],
+    *,
+    start: Sequence[np.ndarray] | None = None,
+    face_keys: Sequence[int] | None = None,
+    boosts: Sequence[Boost] | None = None,
+) -> list[CanvasCloak]:
     """Cloak faces on their canvases; all faces advance together, one run per model and step.
 
     Each step cuts every model's chip from the cloaked canvas (through a random jitter and blur when
@@ -404,8 +511,9 @@ def cloak_canvases(
     through the operator's adjoint, sums the models' gradients (each scaled to unit max-norm so that
     no model dominates; a model stops contributing to a face once its objectives are done), smooths
     it (`smoothing`), accumulates momentum, shapes it by the perceptual budget and moves the change in
-    the opponent basis by up to `step` (scaled to a high percentile of the movable elements), within
-    its per-pixel bounds. Step size, bounds, DSSIM bound, step limit and seed come from the first view.
+    the opponent basis by up to `step` (scaled to a high percentile of the movable elements; twice
+    that while an `away` face is far from its target), within its per-pixel bounds. Step size, bounds,
+    DSSIM bound, step limit and seed come from the first view.
     `start` continues from earlier states (`CanvasCloak.state`); `boosts` raise single faces' `away`
     targets and budgets; `face_keys` seed each face's random draws (default: its position), so that a
     face is cloaked the same whatever else is in the batch.
@@ -426,6 +534,11 @@ def cloak_canvases(
     ]
     positives = [
         view.model.embed(chips) if view.positives is None else view.positives
+        for view, chips in zip(views, original_chips, strict=True)
+    ]
+    # The original faces' mid-level features, for views that also disrupt them.
+    feature_positives = [
+        view.model.features(chips) if view.settings.feature_weight > 0 else None
         for view, chips in zip(views, original_chips, strict=True)
     ]
     plans = [
@@ -453,6 +566,9 @@ def cloak_canvases(
         if not active:
             break
         direction: dict[int, np.ndarray] = {}
+        # How far each face is towards its `away` target (the least of its models'): far from it, steps
+        # are larger.
+        progress: dict[int, float] = {}
         advanced: set[int] = set()  # faces where an objective ended: evaluate the next one first
         for v, view in enumerate(views):
             rows = [i for i in active if view_reasons[v][i] is None]
@@ -479,6 +595,8 @@ def cloak_canvases(
                 np.stack([target.negative for target in targets]),
                 margins,
                 neg_weights,
+                f_pos=None if feature_positives[v] is None else feature_positives[v][rows],
+                feature_weight=view.settings.feature_weight,
             )
             losses, nearest_distance, nearest = result.loss, result.d_pos, away_from[v][rows]
             if view.references is not None:
@@ -489,6 +607,9 @@ def cloak_canvases(
             for row, index in enumerate(rows):
                 distance = float(nearest_distance[row])
                 away_from[v][index] = nearest[row]
+                if view.settings.strategy == "away":
+                    share = distance / targets[row].margin
+                    progress[index] = min(progress.get(index, share), share)
                 seen = history[v][index]
                 ended = None
                 if confirmed[row]:
@@ -569,10 +690,11 @@ def cloak_canvases(
             if scale == 0:
                 face_reasons[index] = "budget-spent"
                 continue
+            step = lead.step * (FAST_STEP_FACTOR if progress.get(index, 1.0) < FAST_UNTIL else 1.0)
             move = shaped
             move /= scale
             np.clip(move, -1, 1, out=move)
-            move *= lead.step
+            move *= step
             moved = face.opponent - move
             face.move_to(np.clip(moved, face.negative_bound, face.bound, out=moved))
             steps[index] += 1

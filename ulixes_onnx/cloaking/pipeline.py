@@ -512,11 +512,18 @@ class Cloaker:
 
 def _next_boost(boost: Boost, report: FaceReport, *, realigned: bool = False) -> Boost:
     """How much to raise a face's target and budget for the next round, from why it fell short: a
-    loop that stopped short of its target needs a larger budget; a loop that reached it but whose saved
-    copy lost some of the distance (rounding, re-encoding, re-alignment) needs a target raised by what
-    was lost."""
+    loop that stopped short of its target, or whose progress stalled, needs a larger budget; a loop
+    that reached it but whose saved copy lost some of the distance (rounding, re-encoding,
+    re-alignment) needs a target raised by what was lost.
+
+    A stalled loop whose plain view ended just past its target was held by its budget all the same: a
+    higher target alone would stall again (a 29-pixel face of the astronaut's JPEG did, three rounds
+    short of its protection distance, when its first round ended at the target with larger steps)."""
     outcomes = report.models.values()
-    stopped_short = any(outcome.chip_distance < outcome.target * boost.target for outcome in outcomes)
+    held_by_budget = any(
+        outcome.chip_distance < outcome.target * boost.target or outcome.stop_reason == "slow-progress"
+        for outcome in outcomes
+    )
     lost = max(
         max(outcome.protect_distance, SAVED_TARGET_SHARE * outcome.target) / max(outcome.distance, 1e-6)
         for outcome in outcomes
@@ -525,7 +532,7 @@ def _next_boost(boost: Boost, report: FaceReport, *, realigned: bool = False) ->
         lost = 1.0
     return Boost(
         target=boost.target * max(1.0, lost * TARGET_MARGIN),
-        budget=boost.budget * (BUDGET_GROWTH if stopped_short else 1.0),
+        budget=boost.budget * (BUDGET_GROWTH if held_by_budget else 1.0),
     )
 
 

@@ -43,6 +43,8 @@ class CloakSettings:
     diversity: float = 0.05
     momentum: float = _LOOP.momentum
     smoothing: float = _LOOP.smoothing
+    feature_weight: float = _LOOP.feature_weight
+    polish: int = _LOOP.polish
     canvas_cap: float = 4.0
     max_dssim: float = _LOOP.max_dssim
     min_quality: float = _LOOP.min_quality
@@ -102,6 +104,8 @@ class CloakSettings:
             diversity=self.diversity,
             momentum=self.momentum,
             smoothing=self.smoothing,
+            feature_weight=self.feature_weight,
+            polish=self.polish,
         )
 
 

@@ -9,6 +9,15 @@ and whose only output is the embedding [N, D], the graph computes
 margin turns descending the loss into moving away from e_pos), its gradient w.r.t. each chip, the
 embeddings and both distances. The samples of a batch are independent, so the gradient of the summed loss
 is each sample's own gradient.
+
+Built with a `feature` layer (an intermediate tensor h of f), the graph also takes the original face's
+features h_pos and a weight u, returns h and the relative feature distance
+
+    d_feat[i] = ||h(x[i]) - h_pos[i]|| / ||h_pos[i]||,
+
+and its gradient output is that of loss - u * d_feat: the step also disrupts mid-level features, which
+other networks share more than they share embeddings (the feature-level attacks of the transfer
+literature). `loss` itself stays the triplet loss, which decides when an objective is met.
 """
 
 from __future__ import annotations
@@ -17,12 +26,16 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import compose, helper, numpy_helper
+from onnx import compose, helper, numpy_helper, shape_inference
 
 from ulixes_onnx.engine.autodiff import add_input_gradient, prepare_model
 from ulixes_onnx.engine.names import (
     CANONICAL_INPUT,
     EMBEDDING,
+    FEATURE,
+    FEATURE_DISTANCE,
+    FEATURE_POSITIVE,
+    FEATURE_WEIGHT,
     GRADIENT,
     LOSS,
     MARGIN,
@@ -81,6 +94,33 @@ class _LossWriter:
         safe = self.node("Add", [total, self.scalar(DISTANCE_EPSILON, "epsilon")], output + "_safe")
         return self.node("Div", [t, self.node("Sqrt", [safe], output + "_norm")], output)
 
+    def relative_distance(self, t: str, reference: str, rank: int) -> str:
+        """||t - reference|| / ||reference|| per sample, over every axis but the batch's."""
+        axes = self.constant(np.arange(1, rank, dtype=np.int64), f"sample_axes_{rank}")
+        epsilon = self.scalar(DISTANCE_EPSILON, "epsilon")
+        difference = self.node("Sub", [t, reference], "feature_diff")
+        change = self.node(
+            "ReduceSum",
+            [self.node("Mul", [difference, difference], "feature_diff_squares"), axes],
+            "feature_change",
+            keepdims=0,
+        )
+        size = self.node(
+            "ReduceSum",
+            [self.node("Mul", [reference, reference], "feature_squares"), axes],
+            "feature_size",
+            keepdims=0,
+        )
+        ratio = self.node(
+            "Div",
+            [
+                self.node("Add", [change, epsilon], "feature_change_safe"),
+                self.node("Add", [size, epsilon], "feature_size_safe"),
+            ],
+            "feature_ratio",
+        )
+        return self.node("Sqrt", [ratio], FEATURE_DISTANCE)
+
     def cosine(self, embedding_unit: str, reference: str, output: str) -> str:
         # 1 - cos from normalised vectors: smooth everywhere except at a zero embedding, unlike the
         # distance between normalised vectors (a square root of a difference that cancels to 0).
@@ -90,7 +130,7 @@ class _LossWriter:
         return self.node("Sub", [self.scalar(1.0, "one"), similarity], output)
 
 
-_OUTPUT_NAMES = (LOSS, EMBEDDING, POSITIVE_DISTANCE, NEGATIVE_DISTANCE)
+_OUTPUT_NAMES = (LOSS, EMBEDDING, POSITIVE_DISTANCE, NEGATIVE_DISTANCE, FEATURE, FEATURE_DISTANCE)
 
 
 def _single(values: list[onnx.ValueInfoProto], what: str) -> onnx.ValueInfoProto:
@@ -102,12 +142,16 @@ def _single(values: list[onnx.ValueInfoProto], what: str) -> onnx.ValueInfoProto
     return values[0]
 
 
-def build_cloak_graph(embedding_model: onnx.ModelProto, distance: Distance = "euclidean") -> onnx.ModelProto:
+def build_cloak_graph(
+    embedding_model: onnx.ModelProto, distance: Distance = "euclidean", feature: str | None = None
+) -> onnx.ModelProto:
     """The cloak graph of a face-embedding model that takes the canonical chip.
 
     Inputs: x [N, 3, H, W], e_pos [N, D], e_neg [N, D], margin [N] or [1], neg_weight [N] or [1].
     Outputs: loss [N], grad [N, 3, H, W] (d loss_i / d x_i), emb [N, D], d_pos [N], d_neg [N].
-    `distance` is "euclidean" (||a - b||) or "cosine" (1 - cos(a, b)).
+    `distance` is "euclidean" (||a - b||) or "cosine" (1 - cos(a, b)). With a `feature` (the name of an
+    intermediate tensor of the model): inputs f_pos (that tensor's shape) and feature_weight [N] or [1]
+    too, outputs feat and d_feat [N] too, and grad is d (loss_i - feature_weight_i * d_feat_i) / d x_i.
     """
     if distance not in ("euclidean", "cosine"):
         raise GraphError(f"unknown distance '{distance}'; use 'euclidean' or 'cosine'")
@@ -144,7 +188,15 @@ def build_cloak_graph(embedding_model: onnx.ModelProto, distance: Distance = "eu
         d_neg = loss.cosine(emb_unit, NEGATIVE, NEGATIVE_DISTANCE)
     weighted = loss.node("Mul", [NEGATIVE_WEIGHT, d_neg], "weighted_negative")
     gap = loss.node("Sub", [weighted, d_pos], "gap")
-    loss.node("Relu", [loss.node("Add", [gap, MARGIN], "hinge_input")], LOSS)
+    objective = loss.node("Relu", [loss.node("Add", [gap, MARGIN], "hinge_input")], LOSS)
+    feature_shape = None
+    if feature is not None:
+        feature_shape = _tensor_shape(network, _NETWORK_PREFIX + feature, feature)
+        d_feat = loss.relative_distance(
+            loss.node("Identity", [_NETWORK_PREFIX + feature], FEATURE), FEATURE_POSITIVE, len(feature_shape)
+        )
+        disruption = loss.node("Mul", [FEATURE_WEIGHT, d_feat], "weighted_feature")
+        objective = loss.node("Sub", [objective, disruption], "objective")
 
     batch = onnx.TensorShapeProto.Dimension()
     batch.CopyFrom(chip_dims[0])
@@ -166,6 +218,14 @@ def build_cloak_graph(embedding_model: onnx.ModelProto, distance: Distance = "eu
             helper.make_tensor_value_info(NEGATIVE_WEIGHT, elem_type, ["neg_weight_count"]),
         ]
     )
+    if feature_shape is not None:
+        feature_dims = [batch_dim, *feature_shape[1:]]
+        graph.input.extend(
+            [
+                helper.make_tensor_value_info(FEATURE_POSITIVE, elem_type, feature_dims),
+                helper.make_tensor_value_info(FEATURE_WEIGHT, elem_type, ["feature_weight_count"]),
+            ]
+        )
     del graph.output[:]
     graph.output.extend(
         [
@@ -175,8 +235,28 @@ def build_cloak_graph(embedding_model: onnx.ModelProto, distance: Distance = "eu
             helper.make_tensor_value_info(NEGATIVE_DISTANCE, elem_type, [batch_dim]),
         ]
     )
+    if feature_shape is not None:
+        graph.output.extend(
+            [
+                helper.make_tensor_value_info(FEATURE, elem_type, feature_dims),
+                helper.make_tensor_value_info(FEATURE_DISTANCE, elem_type, [batch_dim]),
+            ]
+        )
     forward_nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend([loss.nodes[0], *forward_nodes, *loss.nodes[1:]])
     graph.initializer.extend(loss.initializers.values())
-    return add_input_gradient(network, CANONICAL_INPUT, LOSS, grad_name=GRADIENT)
+    return add_input_gradient(network, CANONICAL_INPUT, objective, grad_name=GRADIENT)
+
+
+def _tensor_shape(network: onnx.ModelProto, name: str, shown: str) -> list[int | str]:
+    """The inferred shape of one of the network's tensors (its batch axis first)."""
+    inferred = shape_inference.infer_shapes(network).graph
+    for value in [*inferred.value_info, *inferred.output]:
+        if value.name == name:
+            dims = value.type.tensor_type.shape.dim
+            shape = [dim.dim_value or dim.dim_param for dim in dims]
+            if len(shape) < 2 or not all(isinstance(size, int) and size > 0 for size in shape[1:]):
+                raise GraphError(f"feature layer '{shown}' has no fixed shape [N, ...] ({shape})")
+            return shape
+    raise GraphError(f"the model has no tensor '{shown}' to use as its feature layer")

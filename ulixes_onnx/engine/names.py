@@ -14,3 +14,8 @@ GRADIENT = "grad"
 EMBEDDING = "emb"
 POSITIVE_DISTANCE = "d_pos"
 NEGATIVE_DISTANCE = "d_neg"
+# The feature-level objective's extra inputs and outputs (graphs built with a feature layer only).
+FEATURE_POSITIVE = "f_pos"
+FEATURE_WEIGHT = "feature_weight"
+FEATURE = "feat"
+FEATURE_DISTANCE = "d_feat"

@@ -1,13 +1,15 @@
-"""PyTorch side of the model exporters: facenet-pytorch InceptionResnetV1 state dicts to ONNX.
+"""PyTorch side of the model exporters: state dicts of known architectures to ONNX.
 
 Runs as a script in the export toolchain's interpreter (see `toolchain.py`), like export_tensorflow.py,
 and imports nothing from ulixes_onnx:
 
     python export_torch.py JOB.json
 
-The architecture is facenet-pytorch's own class. The package's __init__ also imports its MTCNN, which
-needs torchvision (whose PyPI wheels pin other torch builds); the toolchain installs facenet-pytorch
-without dependencies and this script loads only the model module, under a bare package object.
+The job's architecture picks the network: "inception-resnet-v1" is facenet-pytorch's own class (the
+package's __init__ also imports its MTCNN, which needs torchvision, whose PyPI wheels pin other torch
+builds; the toolchain installs facenet-pytorch without dependencies and this script loads only the model
+module, under a bare package object); "memento-face" is torch_efficientnet.py's EfficientNet-B0 (the
+package builds it with torchvision, which the toolchain does not have).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch_efficientnet
 
 OPSET = 17
 
@@ -50,9 +53,15 @@ def _embedding_model(state: dict[str, torch.Tensor]) -> torch.nn.Module:
     return model.eval()
 
 
+ARCHITECTURES = {
+    "inception-resnet-v1": _embedding_model,
+    "memento-face": torch_efficientnet.memento_face,
+}
+
+
 def export_state_dict(job: dict) -> None:
     state = torch.load(job["source"]["weights"], map_location="cpu", weights_only=True)
-    model = _embedding_model(state)
+    model = ARCHITECTURES[job["architecture"]](state)
     probe = torch.from_numpy(np.load(job["probe"]).astype(np.float32))
     started = time.perf_counter()
     with torch.no_grad():

