@@ -1,6 +1,7 @@
 """Where the time of cloaking one photo goes, stage by stage, for one or several versions of the code.
 
 usage: python benchmarks/stage_profile.py PHOTO... [--tree DIR --label NAME [--models-dir DIR]]...
+                                           [--clock wall|cpu]
 
 Each version (`--tree`: a checkout of the repository; default this one) is measured in processes of
 its own, the versions taking turns measurement by measurement, so that a busier minute of a shared
@@ -13,8 +14,12 @@ machine hits them alike; compare the ratios of one table, not numbers across tab
   time excludes the stages it calls, which are listed under it (verification's re-detection under
   "verify"). Imports and loading are the medians over the photos' processes.
 
-The loop itself is not this profile's subject (and it is the slowest, noisiest stage): "outside the
-cloak loop" is each photo's total without it.
+The loop is the slowest, noisiest stage: "outside the cloak loop" is each photo's total without it.
+Inside it, "gradient step" is the models' cloak graphs (onnxruntime) and the loop's own row the NumPy
+and OpenCV work on the faces' canvases.
+
+`--clock cpu` measures the CPU seconds of the process (all its threads) instead of wall seconds: the
+work done, which a machine busy with other work stretches less than the wall time.
 
 The built-in sample (the astronaut) is always measured first; the photos given are added to it.
 """
@@ -26,6 +31,7 @@ import functools
 import importlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 # (module, attribute, stage): what is timed. A method is given as "Class.method". Functions imported
 # by name into another module are timed where the pipeline looks them up. Modules are named as before
@@ -57,6 +64,7 @@ TIMED = [
         (("pipeline", "cloaking.pipeline"), "extract_chips", "align chips"),
         (("pipeline", "cloaking.pipeline"), "make_canvas", "canvases"),
         (("recognition", "face_model"), "FaceModel.embed", "embed"),
+        (("recognition", "face_model"), "FaceModel.step", "gradient step (onnxruntime)"),
         (("pipeline", "cloaking.pipeline"), "cloak_canvases", "cloak loop"),
         (("pipeline", "cloaking.pipeline"), "Cloaker.photo_delta", "paste back"),
         (("pipeline", "cloaking.pipeline"), "Cloaker.verify", "verify"),
@@ -70,7 +78,8 @@ TIMED = [
 class StageClock:
     """Exclusive seconds per stage path ("verify/detect"): time spent in a stage minus its sub-stages."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now = now
         self.seconds: dict[str, float] = {}
         self._stack: list[list] = []  # [path, started, seconds of sub-stages]
 
@@ -78,13 +87,13 @@ class StageClock:
         @functools.wraps(function)
         def timed(*args: object, **kwargs: object) -> object:
             path = f"{self._stack[-1][0]}/{stage}" if self._stack else stage
-            frame = [path, time.perf_counter(), 0.0]
+            frame = [path, self.now(), 0.0]
             self._stack.append(frame)
             try:
                 return function(*args, **kwargs)
             finally:
                 self._stack.pop()
-                elapsed = time.perf_counter() - frame[1]
+                elapsed = self.now() - frame[1]
                 self.seconds[path] = self.seconds.get(path, 0.0) + elapsed - frame[2]
                 if self._stack:
                     self._stack[-1][2] += elapsed
@@ -123,51 +132,61 @@ class Tree:
         return subprocess.run(command, cwd=self.path, capture_output=True, text=True, env=environment)
 
 
-def wall_seconds(command: list[str], tree: Tree) -> float:
-    started = time.perf_counter()
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_seconds(command: list[str], tree: Tree, clock: str) -> float:
+    """Wall seconds of `command`, or with the cpu clock the CPU seconds of its process."""
+    now = time.perf_counter if clock == "wall" else _children_cpu_seconds
+    started = now()
     tree.run(command)
-    return time.perf_counter() - started
+    return now() - started
 
 
-def interleaved_seconds(command: list[str], trees: list[Tree], repeats: int) -> list[float]:
-    """Median wall seconds of `command` run from each tree, the trees taking turns."""
+def interleaved_seconds(command: list[str], trees: list[Tree], repeats: int, clock: str) -> list[float]:
+    """Median seconds of `command` run from each tree, the trees taking turns."""
     times: list[list[float]] = [[] for _ in trees]
     for _ in range(repeats):
         for tree, tree_times in zip(trees, times, strict=True):
-            tree_times.append(wall_seconds(command, tree))
+            tree_times.append(process_seconds(command, tree, clock))
     return [statistics.median(tree_times) for tree_times in times]
 
 
-def run_worker(tree: Tree, photo: Path, threads: int) -> dict:
+def run_worker(tree: Tree, photo: Path, threads: int, clock: str) -> dict:
+    script = str(Path(__file__).resolve())
     worker = tree.run(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads), str(photo)]
+        [sys.executable, script, "--worker", "--threads", str(threads), "--clock", clock, str(photo)]
     )
     if worker.returncode:
         raise SystemExit(f"the worker failed in {tree.path}:\n{worker.stderr}")
     return json.loads(worker.stdout)
 
 
-def measure(trees: list[Tree], photos: list[Path], threads: int, cli_repeats: int) -> list[dict]:
+def measure(trees: list[Tree], photos: list[Path], threads: int, cli_repeats: int, clock: str) -> list[dict]:
     """Every measurement of each version of the code (run from its checkout), the versions taking
     turns measurement by measurement so that a busier minute of the machine hits them alike."""
     python = sys.executable
     for tree in trees:
         # Graphs derived from the models (keyed by the engine's version) are made before any timing.
         tree.run([python, "-c", "import ulixes_onnx; ulixes_onnx.Cloaker()"])
-    runs: list[dict] = [{"cloak (CLI, process start included)": {}, "photos": {}} for _ in trees]
+    cli = "cloak (CLI, process start included)"
+    runs: list[dict] = [{"clock": clock, cli: {}, "photos": {}} for _ in trees]
     processes = {"python -c pass": [python, "-c", "pass"], "--help": [python, "-m", "ulixes_onnx", "--help"]}
     for key, command in processes.items():
-        for run, seconds in zip(runs, interleaved_seconds(command, trees, cli_repeats), strict=True):
+        for run, seconds in zip(runs, interleaved_seconds(command, trees, cli_repeats, clock), strict=True):
             run[key] = seconds
     workers: list[list[dict]] = [[] for _ in trees]
     with tempfile.TemporaryDirectory() as output:
         cloak = [python, "-m", "ulixes_onnx", "cloak", "--output-dir", output, "--overwrite"]
         for photo in photos:
             command = [*cloak, "--threads", str(threads), str(photo)]
-            for run, seconds in zip(runs, interleaved_seconds(command, trees, cli_repeats), strict=True):
-                run["cloak (CLI, process start included)"][photo.name] = seconds
+            seconds = interleaved_seconds(command, trees, cli_repeats, clock)
+            for run, photo_seconds in zip(runs, seconds, strict=True):
+                run["cloak (CLI, process start included)"][photo.name] = photo_seconds
             for tree, run, tree_workers in zip(trees, runs, workers, strict=True):
-                result = run_worker(tree, photo, threads)
+                result = run_worker(tree, photo, threads, clock)
                 run["photos"][photo.name] = result["photo"]
                 tree_workers.append(result)
     for run, tree_workers in zip(runs, workers, strict=True):
@@ -180,14 +199,15 @@ def measure(trees: list[Tree], photos: list[Path], threads: int, cli_repeats: in
     return runs
 
 
-def worker(photo: Path, threads: int) -> dict:
+def worker(photo: Path, threads: int, clock_name: str) -> dict:
     """The in-process measurements of one photo, in a process of their own (imports are measured
     cold). A short cloak of the same photo first (two steps, one round) warms the sessions up."""
-    started = time.perf_counter()
+    now = CLOCKS[clock_name]
+    started = now()
     import ulixes_onnx.cli
     import ulixes_onnx.cli.cloak
 
-    imports = time.perf_counter() - started
+    imports = now() - started
     # Through the package's public names, which both sides of the package split have.
     Cloaker, OutputOptions = ulixes_onnx.Cloaker, ulixes_onnx.OutputOptions
     photo_file = getattr(ulixes_onnx, "PhotoFile", None) or ulixes_onnx.InputPhoto
@@ -195,7 +215,7 @@ def worker(photo: Path, threads: int) -> dict:
     def cloak_file(cloaker: object, source: Path, options: object) -> object:
         return next(ulixes_onnx.cloak_files(cloaker, [photo_file(source)], options))
 
-    clock = StageClock()
+    clock = StageClock(now)
     instrument(clock)
     cloaker = Cloaker(threads=threads)
     loading = clock.take()
@@ -204,9 +224,9 @@ def worker(photo: Path, threads: int) -> dict:
         short = cloaker.with_settings(replace(cloaker.settings, max_steps=2, max_rounds=1))
         cloak_file(short, photo, options)
         clock.take()
-        started = time.perf_counter()
+        started = now()
         report = cloak_file(cloaker, photo, options)
-        total = time.perf_counter() - started
+        total = now() - started
     stages = clock.take()
     stages["(other)"] = total - sum(stages.values())
     faces = sum(1 for face in report.faces if face.models)
@@ -243,10 +263,10 @@ def _cells(values: list[float | None]) -> str:
     return " | ".join(cells)
 
 
-def markdown(labels: list[str], runs: list[dict]) -> str:
+def markdown(labels: list[str], runs: list[dict], clock: str) -> str:
     ratio = ["last/first"] if len(labels) > 1 else []
     header = f"| {{}} | {' | '.join(labels + ratio)} |\n|---|{'---|' * (len(labels) + len(ratio))}"
-    lines = [header.format("process (wall s)")]
+    lines = [header.format(f"process ({clock} s)")]
     for key in ("python -c pass", "--help"):
         lines.append(f"| `{key}` | {_cells([run[key] for run in runs])} |")
     for photo in runs[0]["cloak (CLI, process start included)"]:
@@ -259,7 +279,7 @@ def markdown(labels: list[str], runs: list[dict]) -> str:
     for photo in runs[0]["photos"]:
         lines.append("")
         faces = runs[0]["photos"][photo]["faces"]
-        lines.append(header.format(f"{photo}, {faces} face(s), warm (s)"))
+        lines.append(header.format(f"{photo}, {faces} face(s), warm ({clock} s)"))
         stages = list(dict.fromkeys(stage for run in runs for stage in run["photos"][photo]["stages"]))
         ordered = sorted(stages, key=lambda stage: (stage == "(other)", stage))
         for stage in ordered:
@@ -293,11 +313,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cli-repeats", type=int, default=3)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     parser.add_argument("--json", type=Path, help="also write every number here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.photos[0], args.threads)))
+        print(json.dumps(worker(args.photos[0], args.threads, args.clock)))
         return
     trees = args.tree or [REPOSITORY]
     labels = args.label or [str(tree) for tree in trees]
@@ -307,10 +328,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         photos = [sample_photo(Path(folder)), *(photo.resolve() for photo in args.photos)]
         checkouts = [Tree(tree.resolve(), store) for tree, store in zip(trees, stores, strict=True)]
-        runs = measure(checkouts, photos, args.threads, args.cli_repeats)
+        runs = measure(checkouts, photos, args.threads, args.cli_repeats, args.clock)
     if args.json:
         args.json.write_text(json.dumps(dict(zip(labels, runs, strict=True)), indent=2))
-    print(markdown(labels, runs))
+    print(markdown(labels, runs, args.clock))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from ulixes_onnx.cloaking.loop import (
     CloakSettingsError,
     LoopSettings,
     ModelView,
+    _movable_magnitudes,
     cloak_canvases,
     magnification,
     plan_objectives,
@@ -350,3 +352,21 @@ def test_a_face_moves_away_from_the_references_too(dlib_model, canvases) -> None
     assert float(dlib_model.distance(cloaked, original[None])[0]) >= 0.59
     assert float(dlib_model.distance(cloaked, reference[None])[0]) >= 0.59
     assert result.distances[NAME] >= 0.59
+
+
+@pytest.mark.parametrize("stride", [1, 8])
+def test_movable_magnitudes_leave_out_elements_at_their_bound_in_the_step_direction(stride: int) -> None:
+    rng = np.random.default_rng(3)
+    bound = rng.uniform(0.5, 1.0, (20, 30, 3)).astype(np.float32)
+    bound[0, :4] = 0.0  # an axis without budget: stuck whichever way it is pushed
+    opponent = rng.uniform(-1, 1, bound.shape).astype(np.float32) * bound
+    at_bound = rng.random(bound.shape) < 0.3
+    opponent[at_bound] = np.where(rng.random(at_bound.sum()) < 0.5, -1, 1) * bound[at_bound]
+    shaped = rng.normal(0, 1, bound.shape).astype(np.float32)
+    shaped[rng.random(bound.shape) < 0.05] = 0.0
+    face = SimpleNamespace(opponent=opponent, bound=bound, negative_bound=-bound)
+    # The step moves against `shaped`: an element it would push past the bound it sits at is stuck.
+    stuck = (shaped > 0) & (opponent <= -bound) | (shaped < 0) & (opponent >= bound)
+    expected = np.abs(shaped.ravel()[::stride][~stuck.ravel()[::stride]])
+    np.testing.assert_array_equal(_movable_magnitudes(shaped, face, stride), expected)
+    assert 0 < expected.size < shaped.size / stride

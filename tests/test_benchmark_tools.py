@@ -1,0 +1,95 @@
+"""benchmarks/same_cloak.py (settings, comparison of two versions' cloaks) and stage_profile.py's clocks."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.same_cloak import compare, settings_of
+from benchmarks.stage_profile import CLOCKS, StageClock, markdown
+
+
+def test_settings_take_each_fields_type() -> None:
+    fields = settings_of(["momentum=0.5", "models=dlib-resnet,facenet-vggface2", "budget=3", "max_steps=7"])
+    assert fields == {
+        "momentum": 0.5,
+        "models": ("dlib-resnet", "facenet-vggface2"),
+        "budget": 3.0,
+        "max_steps": 7,
+    }
+    assert isinstance(fields["max_steps"], int)
+    with pytest.raises(SystemExit, match="no field 'no_such_field'"):
+        settings_of(["no_such_field=1"])
+
+
+def _run(steps: int, distance: float) -> dict:
+    face = {
+        "box": [1.0, 2.0, 30.0, 40.0],
+        "rounds": 1,
+        "protected": True,
+        "ssimulacra2": 88.0 + distance,
+        "dssim": 0.01,
+        "models": {
+            "m": {
+                "steps": steps,
+                "stop_reason": "done",
+                "chip_dssim": 0.0,
+                "chip_distance": distance,
+                "distance": distance,
+            }
+        },
+    }
+    return {"api": [face], "file": [face], "peak RSS (MB)": 100.0}
+
+
+def _pixels(path: Path, image: np.ndarray, saved: np.ndarray) -> Path:
+    np.savez(path, image=image, saved=saved)
+    return path
+
+
+def test_comparison_finds_equal_and_different_cloaks(tmp_path: Path) -> None:
+    image = np.random.default_rng(0).uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    saved = image.astype(np.uint8)
+    first = _pixels(tmp_path / "a.npz", image, saved)
+    same = compare(_run(5, 0.7), _run(5, 0.7), first, _pixels(tmp_path / "b.npz", image.copy(), saved))
+    assert same["max |float pixel difference|"] == 0
+    assert same["saved pixels that differ"] == 0
+    assert same["api: same faces, steps, stop reasons, rounds"] is True
+    assert same["file: max |distance difference|"] == 0
+    assert same["file: max |face DSSIM difference|"] == 0
+
+    changed_saved = saved.copy()
+    changed_saved[0, 0, 1] += 2
+    other = _pixels(tmp_path / "c.npz", image + np.float32(0.25), changed_saved)
+    different = compare(_run(5, 0.7), _run(6, 0.75), first, other)
+    assert different["max |float pixel difference|"] == pytest.approx(0.25, abs=1e-4)
+    assert different["max |saved pixel difference|"] == 2
+    assert different["saved pixels that differ"] == 1
+    assert different["api: same faces, steps, stop reasons, rounds"] is False
+    assert different["api: max |distance difference|"] == pytest.approx(0.05)
+
+
+def test_stage_clock_counts_exclusive_time_on_the_clock_given() -> None:
+    ticks = iter([0.0, 1.0, 3.0, 10.0])
+    clock = StageClock(lambda: next(ticks))
+    inner = clock.wrap(lambda: None, "inner")
+    outer = clock.wrap(inner, "outer")
+    outer()
+    # outer from 0 to 10, inner from 1 to 3: outer's own time is 8.
+    assert clock.take() == {"outer/inner": 2.0, "outer": 8.0}
+    assert set(CLOCKS) == {"wall", "cpu"}
+
+
+def test_markdown_names_its_clock() -> None:
+    run = {
+        "python -c pass": 0.01,
+        "--help": 0.2,
+        "cloak (CLI, process start included)": {"a.png": 2.0},
+        "imports": 0.3,
+        "loading": {"load models": 0.1},
+        "photos": {"a.png": {"total": 1.5, "faces": 1, "stages": {"cloak loop": 1.0, "decode": 0.5}}},
+    }
+    table = markdown(["before", "after"], [run, run], "cpu")
+    assert "| process (cpu s) | before | after | last/first |" in table
+    assert "a.png, 1 face(s), warm (cpu s)" in table
+    assert "| **outside the cloak loop** | 0.500 | 0.500 | 1.00 |" in table
