@@ -131,3 +131,13 @@ def test_a_change_to_part_of_an_image_measures_as_scikit_image_does(rows: slice,
     assert image_dssim(image, changed) == pytest.approx(DssimReference(image).dssim(changed), rel=1e-9)
     assert image_dssim(image, changed) > 0
     assert image_dssim(image, image.copy()) == 0.0
+
+
+def test_reference_on_the_canvas_scale_equals_the_dssim_of_the_8_bit_images() -> None:
+    # The loop's canvases span 0..2 once shifted: DSSIM there must use that range's constants.
+    rng = np.random.default_rng(7)
+    original = rng.uniform(0, 255, (40, 50, 3)).astype(np.float32)
+    changed = np.clip(original + rng.normal(0, 6, original.shape), 0, 255).astype(np.float32)
+    on_canvas = DssimReference(original / 127.5, data_range=2.0).dssim(changed / 127.5)
+    assert on_canvas == pytest.approx(image_dssim(original, changed), rel=1e-4)
+    assert on_canvas > 1e-3

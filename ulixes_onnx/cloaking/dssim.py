@@ -208,13 +208,15 @@ def image_dssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class DssimReference:
-    """An original image (HxWx3 or HxW, 0..255 units) prepared once for the DSSIM of many changed
-    copies of it: `dssim(b)` equals `image_dssim(original, b)`. One thread at a time."""
+    """An original image (HxWx3 or HxW, black at 0 and white at `data_range`) prepared once for the
+    DSSIM of many changed copies of it: `dssim(b)` equals `image_dssim` of the two on the 0..255 scale
+    (SSIM's constants follow the range; its luminance term is not shift-invariant, so black must be
+    0). One thread at a time."""
 
-    def __init__(self, original: np.ndarray) -> None:
+    def __init__(self, original: np.ndarray, data_range: float = 255.0) -> None:
         self.shape = original.shape
         self._small = original if min(original.shape[:2]) < WINDOW else None
-        self._planes = None if self._small is not None else PlaneReference(_planes(original), 255.0)
+        self._planes = None if self._small is not None else PlaneReference(_planes(original), data_range)
 
     def dssim(self, changed: np.ndarray) -> float:
         """DSSIM of `changed` (of the original's shape) against the original."""

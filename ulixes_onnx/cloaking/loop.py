@@ -326,7 +326,8 @@ class _FaceState:
             self.move_to(np.clip(start, self.negative_bound, self.bound))
         self.momentum = np.zeros_like(self.opponent)
         self.judged = canvas.judged or (slice(None), slice(None))
-        self.dssim_reference = DssimReference(self.clean)
+        # DSSIM on the 0..255 scale, with black at 0: the canvas's -1..1 shifted to 0..2.
+        self.dssim_reference = DssimReference(self.clean + 1, data_range=2.0)
         self.quality_reference = (
             Ssimulacra2Reference(canvas.image[self.judged]) if settings.min_quality > 0 else None
         )
@@ -348,7 +349,7 @@ class _FaceState:
 
     def dssim(self) -> float:
         """DSSIM of the canvas with the current change."""
-        return self.dssim_reference.dssim(self.cloaked) if self.delta.any() else 0.0
+        return self.dssim_reference.dssim(self.cloaked + 1) if self.delta.any() else 0.0
 
     def quality(self) -> float:
         """SSIMULACRA2 of the face with the current change, where people look at it (needs
