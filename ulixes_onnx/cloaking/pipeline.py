@@ -377,7 +377,11 @@ class Cloaker:
             views = [
                 ModelView(
                     self.models[position],
-                    self.loop[self.models[position].name],
+                    # Later rounds are for faces whose saved copy fell short: they need more change, and
+                    # polishing (which takes change away) would fight that.
+                    replace(self.loop[self.models[position].name], polish=0)
+                    if round_index
+                    else self.loop[self.models[position].name],
                     index=position,
                     positives=np.stack(
                         [job.reports[i].embeddings[self.models[position].name] for job, i in faces]
