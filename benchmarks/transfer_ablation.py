@@ -37,7 +37,7 @@ SETTINGS = {
     "quality floor 70": ["--min-quality", "70"],
     "momentum 0.5, quality floor 70": ["--momentum", "0.5", "--min-quality", "70"],
     "feature weight 3": ["--feature-weight", "3"],
-    "polish 6": ["--polish", "6"],
+    "no polish": ["--polish", "0"],
 }
 
 
