@@ -72,8 +72,9 @@ PERCENTILE_STRIDE = 8
 BOUNDS_CHECK_EVERY = 4
 # A polish round shrinks a face's change by this share before climbing back to the target.
 POLISH_SHRINK = 0.15
-# Only faces the photo shows at least this much larger than the chip are polished: on smaller ones the
-# cloak is not stretched and already scores 80+ (benchmarks/results/polish-2026-12-06.md).
+# Only faces the photo shows at least this much larger than the chip are polished: smaller ones are
+# stretched less and score higher, and polishing doubles a face's steps
+# (benchmarks/results/polish-2026-12-06.md).
 POLISH_MIN_MAGNIFICATION = 2.0
 # Each polish round draws other random views: the seed moves by this much per round.
 POLISH_SEED_STRIDE = 7919
