@@ -33,7 +33,7 @@ from scipy import sparse
 
 from ulixes_onnx.faces import canvas as canvas_module
 from ulixes_onnx.faces.align import photo_pixels_per_chip_pixel
-from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas, anti_alias_sigma
+from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas, anti_alias_sigma, symmetric_blur
 
 # (canvas side, chip size, canvas pixels per chip pixel): a face near the canvas cap of 4 and smaller
 # ones; the chip is rotated by 7 degrees, as alignment and the jitter make it.
@@ -76,19 +76,14 @@ class SparseChipOperator:
         )
         self.sampling_t = self.sampling.T.tocsr()
 
-    def _blur(self, image: np.ndarray) -> np.ndarray:
-        if self.sigma < 0.3:
-            return image
-        return cv2.GaussianBlur(image, (0, 0), self.sigma, borderType=cv2.BORDER_REFLECT)
-
     def forward(self, canvas: np.ndarray) -> np.ndarray:
-        flat = self._blur(np.ascontiguousarray(canvas, np.float32)).reshape(-1, 3)
+        flat = symmetric_blur(np.ascontiguousarray(canvas, np.float32), self.sigma).reshape(-1, 3)
         return np.ascontiguousarray((self.sampling @ flat).T.reshape(3, self.size, self.size))
 
     def adjoint(self, chip: np.ndarray) -> np.ndarray:
         flat = np.ascontiguousarray(chip.reshape(3, -1).T, np.float32)
         canvas = np.asarray(self.sampling_t @ flat, np.float32).reshape(*self.shape, 3)
-        return self._blur(canvas)
+        return symmetric_blur(canvas, self.sigma)
 
 
 def canvas_to_chip(side: int, size: int, per_chip_pixel: float) -> np.ndarray:

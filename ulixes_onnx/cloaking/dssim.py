@@ -133,19 +133,27 @@ def plane_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
     that differ: a window with no change in it has SSIM exactly 1 (its local statistics are the
     same on both sides), so those pixels count as 1 unmeasured."""
     _check_planes(a, b)
-    differs = np.any(a != b, axis=0)
-    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
-    if not rows.size:
-        return np.ones(a.shape[0])
-    _, height, width = a.shape
     # A change reaches the SSIM of pixels up to `pad` away, whose windows reach `pad` farther.
-    reach = 2 * (WINDOW // 2)
-    top, bottom = max(int(rows[0]) - reach, 0), min(int(rows[-1]) + 1 + reach, height)
-    left, right = max(int(cols[0]) - reach, 0), min(int(cols[-1]) + 1 + reach, width)
-    crop = (slice(None), slice(top, bottom), slice(left, right))
+    span = changed_span(np.any(a != b, axis=0), 2 * (WINDOW // 2))
+    if span is None:
+        return np.ones(a.shape[0])
+    crop = (slice(None), *span)
     sums = _sums_of_planes(a[crop], b[crop], data_range)
     unmeasured = _map_pixels(a.shape) - _map_pixels(a[crop].shape)
     return _mean_of_sums(sums + unmeasured, a.shape)
+
+
+def changed_span(differs: np.ndarray, reach: int) -> tuple[slice, slice] | None:
+    """The rows and columns of the box around the true pixels of `differs` [H, W], grown by `reach`
+    pixels on every side within the image; None when nothing differs."""
+    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
+    if not rows.size:
+        return None
+    height, width = differs.shape
+    return (
+        slice(max(int(rows[0]) - reach, 0), min(int(rows[-1]) + 1 + reach, height)),
+        slice(max(int(cols[0]) - reach, 0), min(int(cols[-1]) + 1 + reach, width)),
+    )
 
 
 def _sums_of_planes(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:

@@ -43,7 +43,7 @@ from ulixes_onnx.cloaking.perceptual import budget_map, to_opponent, to_rgb
 from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.face_model import FaceModel
-from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
+from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas, symmetric_blur
 
 STRATEGIES = ("away", "self", "nearest", "farthest", "random", "random-farthest")
 POOL_STRATEGIES = ("nearest", "farthest", "random", "random-farthest")
@@ -292,11 +292,7 @@ def _jitter(rng: np.random.Generator, size: int, amount: float) -> np.ndarray:
 
 def _chip_blur(chip: np.ndarray, sigma: float) -> np.ndarray:
     """A [3, S, S] chip blurred by a Gaussian (self-adjoint, so it also carries the gradient back)."""
-    if sigma < 0.3:
-        return chip
-    return cv2.GaussianBlur(chip.transpose(1, 2, 0), (0, 0), sigma, borderType=cv2.BORDER_REFLECT).transpose(
-        2, 0, 1
-    )
+    return symmetric_blur(chip.transpose(1, 2, 0), sigma).transpose(2, 0, 1)
 
 
 class _FaceState:
@@ -346,6 +342,8 @@ class _FaceState:
         # Keep the cloaked pixels inside the valid range.
         np.clip(change, -1, 1, out=change)
         self.delta = change - self.clean
+        # Not `change` itself: chips are cut from the original plus the delta, as the photo will be
+        # (the two differ in float32 rounding).
         self.cloaked = self.clean + self.delta
 
     def dssim(self) -> float:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ulixes_onnx.cloaking.dssim import image_dssim
+from ulixes_onnx.cloaking.dssim import changed_span, image_dssim
 
 SCALES = 6
 # Below this many pixels on a side a scale is not measured (nor are smaller ones).
@@ -240,22 +240,17 @@ def _changed_area_features(original: np.ndarray, changed: np.ndarray) -> np.ndar
     statistics and every error map is exactly 0. The maps are computed on the changed area grown by
     twice the radius and summed within one radius of it, where the blur sees what it sees in the whole
     image (the image's own borders included)."""
-    height, width = original.shape[1:3]
     differs = np.any(original[0] != changed[0], axis=2)
-    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
-    if not rows.size:
+    outer, inner = changed_span(differs, 2 * _BLUR_RADIUS), changed_span(differs, _BLUR_RADIUS)
+    if outer is None or inner is None:
         return np.zeros((1, 3, 2, 3))
-
-    def grown(indices: np.ndarray, size: int, by: int) -> tuple[int, int]:
-        return max(int(indices[0]) - by, 0), min(int(indices[-1]) + 1 + by, size)
-
-    top, bottom = grown(rows, height, 2 * _BLUR_RADIUS)
-    left, right = grown(cols, width, 2 * _BLUR_RADIUS)
-    near_top, near_bottom = grown(rows, height, _BLUR_RADIUS)
-    near_left, near_right = grown(cols, width, _BLUR_RADIUS)
-    crop = (slice(None), slice(top, bottom), slice(left, right))
-    near = (slice(None), slice(near_top - top, near_bottom - top), slice(near_left - left, near_right - left))
-    share = (near_bottom - near_top) * (near_right - near_left) / (height * width)
+    crop = (slice(None), *outer)
+    # The inner box in the crop's coordinates.
+    near = (
+        slice(None),
+        *(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True)),
+    )
+    share = (inner[0].stop - inner[0].start) * (inner[1].stop - inner[1].start) / differs.size
     maps = _error_maps(_original_scale(_positive_xyb(original[crop])), _positive_xyb(changed[crop]))
     return np.stack([_means_and_4norms(m[near], share) for m in maps], axis=3)
 

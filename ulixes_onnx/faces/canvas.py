@@ -49,6 +49,14 @@ def anti_alias_sigma(shrink: float) -> float:
     return max(shrink - 1.0, 0.0) / 2
 
 
+def symmetric_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """An [H, W, C] image blurred by a Gaussian with a reflected border: self-adjoint up to the
+    outermost pixels, so the same blur carries gradients back. Below a sigma of 0.3 it is the image."""
+    if sigma < 0.3:
+        return image
+    return cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+
 class ChipOperator:
     """The linear map from a canvas [H, W, 3] to a chip [3, S, S]: blur, then bilinear sampling.
 
@@ -85,14 +93,9 @@ class ChipOperator:
         # Repeated per channel: multiplying the gathered pixels by a broadcast weight is 2-3x slower.
         self.channel_weights = np.repeat(self.weights[:, :, None], 3, axis=2)
 
-    def _blur(self, image: np.ndarray) -> np.ndarray:
-        if self.sigma < 0.3:
-            return image
-        return cv2.GaussianBlur(image, (0, 0), self.sigma, borderType=cv2.BORDER_REFLECT)
-
     def forward(self, canvas: np.ndarray) -> np.ndarray:
         """A chip [3, S, S] from a canvas [H, W, 3] (same units)."""
-        flat = self._blur(np.ascontiguousarray(canvas, np.float32)).reshape(-1, 3)
+        flat = symmetric_blur(np.ascontiguousarray(canvas, np.float32), self.sigma).reshape(-1, 3)
         gathered = np.take(flat, self.neighbours, axis=0)
         gathered *= self.channel_weights
         return np.ascontiguousarray(gathered.sum(axis=0).T).reshape(3, self.size, self.size)
@@ -106,7 +109,7 @@ class ChipOperator:
             canvas_plane = np.zeros(self.shape[0] * self.shape[1], np.float32)
             np.add.at(canvas_plane, targets, (self.weights * plane).ravel())
             planes.append(canvas_plane.reshape(self.shape))
-        return self._blur(cv2.merge(planes))
+        return symmetric_blur(cv2.merge(planes), self.sigma)
 
 
 @dataclass(frozen=True, eq=False)
