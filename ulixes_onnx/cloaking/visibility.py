@@ -17,6 +17,12 @@ exist, as libjxl does, so small regions score as they do there. It computes in f
 `Ssimulacra2Reference` does the original's half of the work once, for scoring many changed copies of
 one original (the cloaking loop's candidates); `ssimulacra2`, for one pair, measures only around the
 pixels that differ.
+
+`Ssimulacra2Reference.score_and_gradient` also gives the exact derivative of the score with respect to
+the changed image, written out by hand (no autograd at run time) through every step of the same
+forward code: the sRGB curve, the downsampling (its adjoint spreads each pixel over its block), the XYB
+map, the blurs (their adjoint folds the mirrored rows back), the error maps, their means and 4-norms
+and the trained weights; the cloaking loop climbs it to make a cloak less visible.
 """
 
 from __future__ import annotations
@@ -84,21 +90,32 @@ _WEIGHTS = np.array(
 def _gaussian_kernel() -> np.ndarray:
     offsets = np.arange(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (offsets / _BLUR_SIGMA) ** 2)
-    return (kernel / kernel.sum()).astype(np.float32)
+    return kernel / kernel.sum()
 
 
 _KERNEL = _gaussian_kernel()
 
 
 def _srgb_to_linear_table() -> np.ndarray:
-    return _srgb_to_linear(np.arange(256, dtype=np.float32))
+    return _srgb_to_linear(np.arange(256), np.float32)
 
 
-def _srgb_to_linear(values: np.ndarray) -> np.ndarray:
-    """sRGB 0..255 to linear 0..1 (float32); values outside 0..255 follow the same two pieces."""
-    scaled = values.astype(np.float32) * np.float32(1 / 255)
-    curve = np.power((np.maximum(scaled, 0.04045) + np.float32(0.055)) * np.float32(1 / 1.055), 2.4)
-    return np.where(scaled <= 0.04045, scaled * np.float32(1 / 12.92), curve).astype(np.float32)
+def _srgb_to_linear(values: np.ndarray, precision: type[np.floating]) -> np.ndarray:
+    """sRGB 0..255 to linear 0..1 (in `precision`); values outside 0..255 follow the same two pieces."""
+    # The constants are Python floats, so that they take the precision of the values they meet.
+    scaled = values.astype(precision) * (1 / 255)
+    curve = np.power((np.maximum(scaled, 0.04045) + 0.055) * (1 / 1.055), 2.4)
+    return np.where(scaled <= 0.04045, scaled * (1 / 12.92), curve).astype(precision)
+
+
+def _srgb_to_linear_slope(values: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """The derivative of `_srgb_to_linear` at `values`, given their `linear` values: on the curve,
+    d/dv ((v / 255 + 0.055) / 1.055)^2.4 = 2.4 linear / (v + 0.055 * 255)."""
+    values = values.astype(linear.dtype)
+    curve = values + 0.055 * 255
+    np.divide(linear, curve, out=curve)
+    curve *= 2.4
+    return np.where(values <= 0.04045 * 255, 1 / 12.92 / 255, curve).astype(linear.dtype)
 
 
 _SRGB_TO_LINEAR = _srgb_to_linear_table()
@@ -112,29 +129,37 @@ _POSITIVE_XYB = np.array(
         [7.0, -7.0, 0.0, 0.42],
         [0.5, 0.5, 0.0, 0.01 - _CBRT_BIAS],
         [-0.5, -0.5, 1.0, 0.55],
-    ],
-    dtype=np.float32,
+    ]
 )
-_OPSIN_AFFINE = np.hstack([_OPSIN, np.full((3, 1), _OPSIN_BIAS)]).astype(np.float32)
+_OPSIN_AFFINE = np.hstack([_OPSIN, np.full((3, 1), _OPSIN_BIAS)])
 
 
-def _linear_rgb(image: np.ndarray) -> np.ndarray:
-    """An RGB (or gray) image in 0..255 units as contiguous float32 linear RGB, HxWx3."""
+def _linear_rgb(image: np.ndarray, precision: type[np.floating] = np.float32) -> np.ndarray:
+    """An RGB (or gray) image in 0..255 units as contiguous linear RGB, HxWx3, in `precision` (the
+    precision of all that is computed from it)."""
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.dtype == np.uint8:
+    if image.dtype == np.uint8 and precision == np.float32:
         return cv2.LUT(image, _SRGB_TO_LINEAR)
-    return _srgb_to_linear(image)
+    return _srgb_to_linear(image, precision)
+
+
+def _cube_roots(linear: np.ndarray) -> np.ndarray:
+    """The cube roots of the opsin responses (at least 0) of linear RGB [..., H, W, 3], same shape."""
+    mixed = cv2.transform(linear.reshape(-1, linear.shape[-2], 3), _OPSIN_AFFINE)
+    np.maximum(mixed, 0, out=mixed)
+    return np.cbrt(mixed, out=mixed).reshape(linear.shape)
+
+
+def _xyb_from_cube_roots(cube_roots: np.ndarray) -> np.ndarray:
+    rows = cube_roots.reshape(-1, cube_roots.shape[-2], 3)
+    return cv2.transform(rows, _POSITIVE_XYB).reshape(cube_roots.shape)
 
 
 def _positive_xyb(linear: np.ndarray) -> np.ndarray:
     """Linear RGB [..., H, W, 3] to positive XYB, same shape."""
-    rows = linear.reshape(-1, linear.shape[-2], 3)
-    mixed = cv2.transform(rows, _OPSIN_AFFINE)
-    np.maximum(mixed, 0, out=mixed)
-    np.cbrt(mixed, out=mixed)
-    return cv2.transform(mixed, _POSITIVE_XYB).reshape(linear.shape)
+    return _xyb_from_cube_roots(_cube_roots(linear))
 
 
 def _downsample(linear: np.ndarray) -> np.ndarray:
@@ -152,7 +177,7 @@ def _downsample(linear: np.ndarray) -> np.ndarray:
     return halved.reshape(count, height // 2, width // 2, 3)
 
 
-_ONE_TAP = np.ones(1, np.float32)
+_ONE_TAP = np.ones(1)
 
 
 def _blur(stack: np.ndarray) -> np.ndarray:
@@ -171,12 +196,11 @@ def _blur(stack: np.ndarray) -> np.ndarray:
 
 def _means_and_4norms(error_map: np.ndarray, share: float = 1.0) -> np.ndarray:
     """Per image and channel of a map [N, H, W, 3]: its mean and its 4-norm, shape [N, 3, 2]; with a
-    `share` under 1, of a larger map that this part of it holds all the non-zero values of. Overwrites
-    the map."""
+    `share` under 1, of a larger map that this part of it holds all the non-zero values of."""
     means = np.array([cv2.mean(image)[:3] for image in error_map]) * share
-    np.multiply(error_map, error_map, out=error_map)
-    np.multiply(error_map, error_map, out=error_map)
-    fourth_powers = np.array([cv2.mean(image)[:3] for image in error_map]) * share
+    fourth_powers = np.multiply(error_map, error_map)
+    np.multiply(fourth_powers, fourth_powers, out=fourth_powers)
+    fourth_powers = np.array([cv2.mean(image)[:3] for image in fourth_powers]) * share
     return np.stack([means, fourth_powers**0.25], axis=2)
 
 
@@ -194,44 +218,62 @@ def _original_scale(xyb: np.ndarray) -> _OriginalScale:
     return _OriginalScale(xyb, mean, variance, 1.0 + np.abs(xyb - mean))
 
 
-def _scale_features(original: _OriginalScale, xyb: np.ndarray) -> np.ndarray:
-    """[N, 3 channels, 2 (mean, 4-norm), 3 (SSIM, artifact, detail lost)] for candidates [N, H, W, 3]."""
-    return np.stack([_means_and_4norms(m) for m in _error_maps(original, xyb)], axis=3)
+def _scale_features(maps: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """[N, 3 channels, 2 (mean, 4-norm), 3 (SSIM, artifact, detail lost)] of the error maps."""
+    return np.stack([_means_and_4norms(m) for m in maps], axis=3)
 
 
-def _error_maps(original: _OriginalScale, xyb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The SSIM, artifact and detail-lost maps [N, H, W, 3] of candidates [N, H, W, 3]."""
+@dataclass(frozen=True)
+class _ErrorTerms:
+    """The candidate's terms behind its error maps, kept for going back through them."""
+
+    mean: np.ndarray  # blurred xyb
+    luminance: np.ndarray  # 1 - (mu1 - mu2)^2
+    covariance_c2: np.ndarray  # 2 cov + C2
+    variances_c2: np.ndarray  # var1 + var2 + C2
+    deviation: np.ndarray  # xyb - mean
+
+
+def _error_maps(
+    original: _OriginalScale, xyb: np.ndarray, keep_terms: bool = False
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], _ErrorTerms | None]:
+    """The SSIM, artifact and detail-lost maps [N, H, W, 3] of candidates [N, H, W, 3], and with
+    `keep_terms` the terms they come from (otherwise computed in place, as the maps are as large as the
+    image and scoring needs only the maps)."""
     mean = _blur(xyb)
     # SSIM error 1 - (1 - (mu1 - mu2)^2) (2 cov + C2) / (var1 + var2 + C2), at least 0, with the
-    # statistics from blurred products; in place, as the maps are as large as the image.
+    # statistics from blurred products.
     covariance_c2 = _blur(xyb * original.xyb)
     covariance_c2 -= mean * original.mean
     covariance_c2 *= 2.0
-    covariance_c2 += np.float32(_C2)
+    covariance_c2 += _C2
     # Identical images give exactly equal numerator and denominator, so an error of exactly 0.
     variances_c2 = _blur(xyb * xyb)
     variances_c2 -= mean * mean
     variances_c2 += original.variance
-    variances_c2 += np.float32(_C2)
+    variances_c2 += _C2
     luminance = original.mean - mean
     luminance *= luminance
     np.subtract(1.0, luminance, out=luminance)
-    ssim_error = luminance
-    ssim_error *= covariance_c2
+    ssim_error = np.multiply(luminance, covariance_c2, out=None if keep_terms else luminance)
     ssim_error /= variances_c2
     np.subtract(1.0, ssim_error, out=ssim_error)
     np.maximum(ssim_error, 0.0, out=ssim_error)
-    del covariance_c2, variances_c2
     # Edge ratio (1 + |x2 - mu2|) / (1 + |x1 - mu1|) - 1: above 0 the change added edges (artifact),
     # below 0 it removed them (detail lost).
-    edge_ratio = np.subtract(xyb, mean, out=mean)
-    np.abs(edge_ratio, out=edge_ratio)
+    deviation = np.subtract(xyb, mean, out=None if keep_terms else mean)
+    edge_ratio = np.abs(deviation, out=None if keep_terms else deviation)
     edge_ratio += 1.0
     edge_ratio /= original.edge
     edge_ratio -= 1.0
-    detail_lost = np.maximum(-edge_ratio, 0.0)
+    # Scoring writes the detail lost over the covariance, done with.
+    detail_lost = np.negative(edge_ratio, out=None if keep_terms else covariance_c2)
+    np.maximum(detail_lost, 0.0, out=detail_lost)
     artifact = np.maximum(edge_ratio, 0.0, out=edge_ratio)
-    return ssim_error, artifact, detail_lost
+    maps = (ssim_error, artifact, detail_lost)
+    if not keep_terms:
+        return maps, None
+    return maps, _ErrorTerms(mean, luminance, covariance_c2, variances_c2, deviation)
 
 
 def _changed_area_features(original: np.ndarray, changed: np.ndarray) -> np.ndarray:
@@ -251,17 +293,170 @@ def _changed_area_features(original: np.ndarray, changed: np.ndarray) -> np.ndar
         *(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True)),
     )
     share = (inner[0].stop - inner[0].start) * (inner[1].stop - inner[1].start) / differs.size
-    maps = _error_maps(_original_scale(_positive_xyb(original[crop])), _positive_xyb(changed[crop]))
+    maps, _ = _error_maps(_original_scale(_positive_xyb(original[crop])), _positive_xyb(changed[crop]))
     return np.stack([_means_and_4norms(m[near], share) for m in maps], axis=3)
 
 
+_WEIGHTED_SCALE = 0.9562382616834844
+# The raw distance is a cubic in the weighted sum (coefficients of its 1st, 2nd and 3rd powers).
+_RAW_CUBIC = (2.326765642916932, -0.020884521182843837, 6.248496625763138e-05)
+_SCORE_EXPONENT = 0.6276336467831387
+
+
+def _feature_weights(features: np.ndarray) -> np.ndarray:
+    """The weights of features [N, 3, scales, 2, 3] (fewer scales take the first weights in order),
+    shaped as one image's features."""
+    return _WEIGHTS[: features[0].size].reshape(features.shape[1:])
+
+
+def _weighted_and_raw(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted sums [N] of features [N, 3, scales, 2, 3] and the raw distances made of them."""
+    weighted = (
+        np.abs(features).reshape(len(features), -1) @ _feature_weights(features).ravel() * _WEIGHTED_SCALE
+    )
+    first, second, third = _RAW_CUBIC
+    return weighted, first * weighted + second * weighted**2 + third * weighted**3
+
+
 def _score(features: np.ndarray) -> np.ndarray:
-    """Scores of features [N, 3, scales, 2, 3] (fewer scales take the first weights in order)."""
-    count, _, scales = features.shape[:3]
-    weights = _WEIGHTS[: features[0].size].reshape(3, scales, 2, 3)
-    raw = np.abs(features).reshape(count, -1) @ weights.ravel() * 0.9562382616834844
-    raw = 2.326765642916932 * raw - 0.020884521182843837 * raw**2 + 6.248496625763138e-05 * raw**3
-    return np.where(raw > 0, 100.0 - 10.0 * np.maximum(raw, 0.0) ** 0.6276336467831387, 100.0)
+    """Scores of features [N, 3, scales, 2, 3]."""
+    raw = _weighted_and_raw(features)[1]
+    return np.where(raw > 0, 100.0 - 10.0 * np.maximum(raw, 0.0) ** _SCORE_EXPONENT, 100.0)
+
+
+def _score_slope(features: np.ndarray) -> np.ndarray:
+    """d score / d features for features [1, 3, scales, 2, 3], same shape; 0 where the score is 100."""
+    weighted, raw = (float(value[0]) for value in _weighted_and_raw(features))
+    if raw <= 0:
+        return np.zeros_like(features)
+    first, second, third = _RAW_CUBIC
+    raw_slope = first + 2 * second * weighted + 3 * third * weighted**2
+    slope = -10.0 * _SCORE_EXPONENT * raw ** (_SCORE_EXPONENT - 1) * raw_slope * _WEIGHTED_SCALE
+    return slope * _feature_weights(features)[None] * np.sign(features)
+
+
+def _map_slopes(
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray], features: np.ndarray, feature_slope: np.ndarray
+) -> list[np.ndarray]:
+    """d score / d each error map [1, H, W, 3] of one scale, from the scale's features [3, 2, 3] and
+    d score / d them: a mean's derivative is 1 / n per pixel, a 4-norm's m^3 / (n norm^3) (0 for a map
+    that is 0 throughout)."""
+    pixels = maps[0][0, :, :, 0].size
+    slopes = []
+    for index, error_map in enumerate(maps):
+        norms = features[:, 1, index]
+        cubed_norms = norms**3 * pixels
+        norm_factor = np.divide(
+            feature_slope[:, 1, index], cubed_norms, out=np.zeros(3), where=cubed_norms > 0
+        ).astype(error_map.dtype)
+        slope = np.multiply(error_map, error_map)
+        slope *= error_map
+        slope *= norm_factor
+        slope += (feature_slope[:, 0, index] / pixels).astype(error_map.dtype)
+        slopes.append(slope)
+    return slopes
+
+
+def _blur_adjoint(stack: np.ndarray) -> np.ndarray:
+    """The adjoint (transpose) of `_blur` on [N, H, W, 3]. A symmetric blur with zeros beyond the image
+    is its own adjoint (the rule left and right). Above and below, the blur reads mirrored rows, so its
+    adjoint blurs with zeros beyond the image and folds what lands on the R rows past each edge back
+    onto the rows they mirror; those depend only on the R rows at that edge."""
+    radius = _BLUR_RADIUS
+    blurred = np.empty_like(stack)
+    for image, out in zip(stack, blurred, strict=True):
+        cv2.sepFilter2D(image, -1, _KERNEL, _KERNEL, dst=out, borderType=cv2.BORDER_CONSTANT)
+        zeros = np.zeros((radius, *image.shape[1:]), image.dtype)
+        above = cv2.sepFilter2D(
+            np.concatenate([zeros, image[:radius]]), -1, _KERNEL, _KERNEL, borderType=cv2.BORDER_CONSTANT
+        )
+        below = cv2.sepFilter2D(
+            np.concatenate([image[-radius:], zeros]), -1, _KERNEL, _KERNEL, borderType=cv2.BORDER_CONSTANT
+        )
+        # BORDER_REFLECT reads row k for row -1 - k, and row H - 1 - k for row H + k.
+        out[:radius] += above[radius - 1 :: -1]
+        out[-radius:] += below[: radius - 1 : -1]
+    return blurred
+
+
+def _downsample_adjoint(halved: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The adjoint of `_downsample` from [1, H/2, W/2, 3] to the [1, H, W, 3] of `shape`: each pixel
+    spreads a quarter to its 2x2 block, and a replicated odd last row or column folds back onto the
+    row or column it copies."""
+    height, width = shape
+    spread = cv2.resize(
+        halved[0], (2 * halved.shape[2], 2 * halved.shape[1]), interpolation=cv2.INTER_NEAREST_EXACT
+    )
+    spread *= 0.25
+    if height % 2:
+        spread[height - 1] += spread[height]
+    if width % 2:
+        spread[:, width - 1] += spread[:, width]
+    return np.ascontiguousarray(spread[None, :height, :width])
+
+
+def _error_maps_adjoint(
+    original: _OriginalScale,
+    xyb: np.ndarray,
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray],
+    terms: _ErrorTerms,
+    map_slopes: list[np.ndarray],
+) -> np.ndarray:
+    """d score / d xyb [1, H, W, 3] from d score / d each error map (`_error_maps` backwards)."""
+    ssim_slope, artifact_slope, detail_slope = map_slopes
+    ssim_error, artifact, detail_lost = maps
+    # The SSIM error is 1 - q, q = luminance covariance / variances = L N / D, where the clamp lets it
+    # through: dq/dL = N / D, dq/dN = L / D, dq/dD = -q / D. `over_variances` is d score / d error / D.
+    over_variances = np.divide(ssim_slope, terms.variances_c2, out=ssim_slope)
+    over_variances *= ssim_error > 0
+    # d score / d the blurs of x2, x2 * x2 (twice it) and x2 * x1, blurred back together below.
+    blurred_slopes = np.empty((3, *xyb.shape), xyb.dtype)
+    mean_slope, twice_squares_slope, product_slope = blurred_slopes
+    np.multiply(over_variances, terms.luminance, out=product_slope)
+    product_slope *= -2.0  # N = 2 (blur(x2 x1) - mu1 mu2) + C2
+    np.subtract(1.0, ssim_error, out=twice_squares_slope)  # q, where the clamp lets it through
+    twice_squares_slope *= over_variances
+    twice_squares_slope *= 2.0  # D = blur(x2 x2) - mu2^2 + var1 + C2
+    # The mean enters L = 1 - (mu1 - mu2)^2, N (-2 mu1 mu2) and D (-mu2^2).
+    np.subtract(original.mean, terms.mean, out=mean_slope)
+    mean_slope *= terms.covariance_c2
+    mean_slope *= over_variances
+    mean_slope *= -2.0
+    product = np.multiply(product_slope, original.mean)
+    mean_slope -= product
+    mean_slope -= np.multiply(twice_squares_slope, terms.mean, out=product)
+    # The edge ratio r = (1 + |x2 - mu2|) / edge1 - 1, split into max(r, 0) and max(-r, 0).
+    deviation_slope = artifact_slope
+    deviation_slope *= artifact > 0
+    detail_slope *= detail_lost > 0
+    deviation_slope -= detail_slope
+    deviation_slope *= np.sign(terms.deviation, out=product)
+    deviation_slope /= original.edge
+    mean_slope -= deviation_slope
+    blurred = _blur_adjoint(blurred_slopes.reshape(3, *xyb.shape[1:]))
+    xyb_slope = deviation_slope
+    xyb_slope += blurred[0]
+    xyb_slope += np.multiply(xyb, blurred[1], out=product)
+    xyb_slope += np.multiply(original.xyb, blurred[2], out=product)
+    return xyb_slope
+
+
+# Below this cube root (an opsin response of 1e-18, reached only by colours far below black) the cube
+# root's slope is held, so that it stays finite.
+_SMALLEST_CUBE_ROOT = 1e-6
+
+
+def _linear_slope(cube_roots: np.ndarray, xyb_slope: np.ndarray) -> np.ndarray:
+    """d score / d linear RGB [1, H, W, 3] from d score / d XYB (`_positive_xyb` backwards)."""
+    width = xyb_slope.shape[2]
+    root_slope = cv2.transform(xyb_slope.reshape(-1, width, 3), np.ascontiguousarray(_POSITIVE_XYB[:, :3].T))
+    # d cbrt(m) / dm = 1 / (3 cbrt(m)^2); 0 where the clamp at 0 bites.
+    squares = np.maximum(cube_roots.reshape(root_slope.shape), _SMALLEST_CUBE_ROOT)
+    squares *= squares
+    squares *= 3.0
+    root_slope /= squares
+    root_slope *= cube_roots.reshape(root_slope.shape) > 0
+    return cv2.transform(root_slope, np.ascontiguousarray(_OPSIN_AFFINE[:, :3].T)).reshape(xyb_slope.shape)
 
 
 def _checked_image(image: np.ndarray, name: str) -> np.ndarray:
@@ -273,16 +468,31 @@ def _checked_image(image: np.ndarray, name: str) -> np.ndarray:
     return image
 
 
+@dataclass(frozen=True)
+class _KeptScale:
+    """What the way back through one scale needs from the way forward."""
+
+    shape: tuple[int, int]
+    cube_roots: np.ndarray
+    xyb: np.ndarray
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray]
+    terms: _ErrorTerms
+
+
 class Ssimulacra2Reference:
     """An original image prepared once (its pyramid and local statistics) for scoring changed copies
-    of it: the cloaking loop scores every candidate against the same original face region."""
+    of it: the cloaking loop scores every candidate against the same original face region.
 
-    def __init__(self, original: np.ndarray) -> None:
+    `precision` is that of all the maps: float32 (fast) or float64 (for checking the gradient against
+    finite differences, which float32 rounding drowns)."""
+
+    def __init__(self, original: np.ndarray, precision: type[np.floating] = np.float32) -> None:
         original = _checked_image(original, "original")
         self.shape = original.shape[:2]
         self._original = original
+        self._precision = precision
         self._scales: list[_OriginalScale] = []
-        linear = _linear_rgb(original)[None]
+        linear = _linear_rgb(original, precision)[None]
         for index in range(SCALES):
             if index:
                 linear = _downsample(linear)
@@ -297,24 +507,72 @@ class Ssimulacra2Reference:
     def scores(self, changed: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """SSIMULACRA2 of several changed copies at once ([N, H, W, 3] or a sequence of images); memory
         grows with N, about 100 bytes per pixel of each copy."""
-        images = [_checked_image(image, "changed image") for image in changed]
-        for image in images:
-            if image.shape[:2] != self.shape or image.ndim != self._original.ndim:
-                raise ValueError(
-                    f"changed image has shape {image.shape}, the original {self._original.shape}"
-                )
+        images = [self._checked_changed(image) for image in changed]
         if not images:
             return np.zeros(0)
         if not self._scales:
-            # Too small for any scale: say only whether anything changed.
-            return np.array([100.0 if np.array_equal(image, self._original) else 0.0 for image in images])
-        linear = np.stack([_linear_rgb(image) for image in images])
-        features = []
+            return np.array([self._unmeasured_score(image) for image in images])
+        linear = np.stack([_linear_rgb(image, self._precision) for image in images])
+        return _score(self._features(linear)[0])
+
+    def score_and_gradient(self, changed: np.ndarray) -> tuple[float, np.ndarray]:
+        """SSIMULACRA2 of one changed copy (as `score`) and its derivative with respect to the copy's
+        values, float32 in the copy's shape (a gray copy's sums its three channels'): the exact
+        derivative of the score as computed, with the slope of max(., 0) and |.| at their kinks taken
+        as 0. It is 0 where the score is 100, and for images too small for any scale (whose score only
+        says whether anything changed). Takes about 2.7 times as long as `score` (600x600 pixels:
+        25 ms and 70 ms)."""
+        image = self._checked_changed(changed)
+        no_slope = np.zeros(image.shape, np.float32)
+        if not self._scales:
+            return self._unmeasured_score(image), no_slope
+        linear = _linear_rgb(image, self._precision)
+        features, kept = self._features(linear[None], keep_terms=True)
+        score = float(_score(features)[0])
+        feature_slope = _score_slope(features)[0]
+        if not feature_slope.any():
+            return score, no_slope
+        # Back from the coarsest scale: each scale's linear RGB feeds its own maps and the next scale.
+        linear_slope = None
+        for index in reversed(range(len(self._scales))):
+            scale = kept.pop()
+            map_slopes = _map_slopes(scale.maps, features[0, :, index], feature_slope[:, index])
+            xyb_slope = _error_maps_adjoint(
+                self._scales[index], scale.xyb, scale.maps, scale.terms, map_slopes
+            )
+            scale_slope = _linear_slope(scale.cube_roots, xyb_slope)
+            if linear_slope is not None:
+                scale_slope += _downsample_adjoint(linear_slope, scale.shape)
+            linear_slope = scale_slope
+        linear_slope = linear_slope[0]
+        if image.ndim == 2:  # the gray value feeds all three channels
+            linear, linear_slope = linear[:, :, 0], linear_slope.sum(axis=2)
+        return score, (linear_slope * _srgb_to_linear_slope(image, linear)).astype(np.float32)
+
+    def _features(self, linear: np.ndarray, keep_terms: bool = False) -> tuple[np.ndarray, list[_KeptScale]]:
+        """The features [N, 3, scales, 2, 3] of candidates' linear RGB [N, H, W, 3], and with
+        `keep_terms` what the way back needs at each scale."""
+        features, kept = [], []
         for index, original in enumerate(self._scales):
             if index:
                 linear = _downsample(linear)
-            features.append(_scale_features(original, _positive_xyb(linear)))
-        return _score(np.stack(features, axis=2))
+            cube_roots = _cube_roots(linear)
+            xyb = _xyb_from_cube_roots(cube_roots)
+            maps, terms = _error_maps(original, xyb, keep_terms)
+            features.append(_scale_features(maps))
+            if keep_terms:
+                kept.append(_KeptScale(linear.shape[1:3], cube_roots, xyb, maps, terms))
+        return np.stack(features, axis=2), kept
+
+    def _unmeasured_score(self, image: np.ndarray) -> float:
+        """The score of an image too small for any scale: only whether anything changed."""
+        return 100.0 if np.array_equal(image, self._original) else 0.0
+
+    def _checked_changed(self, image: np.ndarray) -> np.ndarray:
+        image = _checked_image(image, "changed image")
+        if image.shape[:2] != self.shape or image.ndim != self._original.ndim:
+            raise ValueError(f"changed image has shape {image.shape}, the original {self._original.shape}")
+        return image
 
 
 def ssimulacra2(original: np.ndarray, changed: np.ndarray) -> float:
