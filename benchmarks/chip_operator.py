@@ -148,7 +148,8 @@ def photo_canvas(photo: np.ndarray, model: object, detector: object) -> FaceCanv
 
 def loop_step_ms(photos: list[Path], steps: int, rounds: int) -> list[tuple[str, str, float, float]]:
     """(photo and canvas, diversity, ms per loop step with the sparse operator, with the NumPy one)."""
-    from ulixes_onnx.cloaking.loop import LoopSettings, ModelView, cloak_canvases
+    from ulixes_onnx.cloaking.loop import LoopSettings, ModelView
+    from ulixes_onnx.cloaking.polish import cloak_canvases
     from ulixes_onnx.face_model import FaceModel
     from ulixes_onnx.faces import detector_from_store
     from ulixes_onnx.photos import samples

@@ -21,7 +21,7 @@ STAGES = {
     "load landmark model": [("shape_predictor.py", "five_point_predictor")],
     "align chips": [("align.py", "extract_chips")],
     "face canvases": [("canvas.py", "make_canvas")],
-    "cloak loop (onnxruntime + NumPy)": [("cloaking/loop.py", "cloak_canvases")],
+    "cloak loop (onnxruntime + NumPy)": [("cloaking/polish.py", "cloak_canvases")],
     "DSSIM": [("cloaking/dssim.py", "plane_ssim"), ("_structural_similarity.py", "structural_similarity")],
     "canvas to photo": [("cloaking/pipeline.py", "photo_delta")],
     "encode output": [("photos/encoding.py", "encode_photo")],

@@ -12,16 +12,14 @@ from ulixes_onnx.cloaking.loop import (
     BOUNDS_CHECK_EVERY,
     FAST_STEP_FACTOR,
     FAST_UNTIL,
-    POLISH_MIN_MAGNIFICATION,
     STALL_WINDOW,
     CloakSettingsError,
     LoopSettings,
     ModelView,
     _movable_magnitudes,
-    cloak_canvases,
-    magnification,
     plan_objectives,
 )
+from ulixes_onnx.cloaking.polish import POLISH_MIN_MAGNIFICATION, cloak_canvases, magnification
 from ulixes_onnx.cloaking.visibility import ssimulacra2
 from ulixes_onnx.face_model import FaceModel, distances
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
@@ -195,16 +193,23 @@ def large_face(store: ModelStore) -> FaceCanvas:
     return make_canvas(photo, aligned.matrices, [150], cap=4.0)
 
 
-def test_polish_keeps_the_target_with_a_smaller_change(dlib_model, large_face) -> None:
+def _face_quality(canvas: FaceCanvas, delta: np.ndarray) -> float:
+    region = canvas.judged or (slice(None), slice(None))
+    original = canvas.image[region]
+    return ssimulacra2(original, original + delta[region] * np.float32(127.5))
+
+
+def test_polish_makes_the_change_less_visible_at_the_same_distance(dlib_model, large_face) -> None:
     assert magnification(large_face, 0) >= POLISH_MIN_MAGNIFICATION
     settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
     plain = cloak_canvases([ModelView(dlib_model, settings)], [large_face])[0]
-    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=4))], [large_face])[0]
-    assert polished.stop_reasons[NAME] == "target-reached" and polished.distances[NAME] >= 0.59
-    assert _distance(dlib_model, large_face, polished.delta) >= 0.59
-    assert polished.steps > plain.steps
-    # every round takes back part of what no longer moves the face: a smaller change overall
-    assert np.sqrt(np.mean(polished.delta**2)) < 0.95 * np.sqrt(np.mean(plain.delta**2))
+    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=12))], [large_face])[0]
+    assert polished.stop_reasons == plain.stop_reasons
+    assert polished.steps == plain.steps + 12
+    # kept at the target on the plain view, as reported
+    assert polished.distances[NAME] >= 0.6
+    assert abs(_distance(dlib_model, large_face, polished.delta) - polished.distances[NAME]) < 1e-3
+    assert _face_quality(large_face, polished.delta) > _face_quality(large_face, plain.delta) + 2
 
 
 def test_faces_the_photo_shows_at_chip_size_are_not_polished(dlib_model, canvases) -> None:
@@ -294,8 +299,8 @@ def test_pool_strategies_need_a_pool() -> None:
         ({"budget": 0}, "budget must be positive"),
         ({"diversity": 0.5}, "diversity must be in"),
         ({"momentum": 1.0}, "momentum in"),
-        ({"feature_weight": -0.5}, "feature weight and the polish rounds must be at least 0"),
-        ({"polish": -1}, "feature weight and the polish rounds must be at least 0"),
+        ({"feature_weight": -0.5}, "feature weight and the polish steps must be at least 0"),
+        ({"polish": -1}, "feature weight and the polish steps must be at least 0"),
     ],
 )
 def test_bad_settings(settings: dict, message: str) -> None:

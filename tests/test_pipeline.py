@@ -9,7 +9,6 @@ import pytest
 from PIL import ExifTags, Image
 
 from tests.test_photos import store_with_orientation
-from ulixes_onnx.cloaking import pipeline
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, cloak_files
 from ulixes_onnx.cloaking.loop import Boost
 from ulixes_onnx.cloaking.pipeline import (
@@ -21,7 +20,6 @@ from ulixes_onnx.cloaking.pipeline import (
     PhotoPixels,
     _next_boost,
 )
-from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.cloaking.visibility import face_visibility
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import Face, detector_from_store, extract_chips
@@ -225,19 +223,3 @@ def test_phone_photos_keep_their_orientation_and_change_only_the_face(cloaker: C
         # The face's own cloak differs a little per orientation (each takes its own rounds of the
         # closed loop); a whole re-encode of the photo made it up to 4.3x the upright one.
         assert dssim <= 2.0 * upright_dssim + 0.0005, (orientation, measured, upright_dssim)
-
-
-def test_only_a_photos_first_round_is_polished(cloaker: Cloaker, monkeypatch) -> None:
-    polishing = cloaker.with_settings(CloakSettings(polish=3, max_steps=4))
-    seen: list[int] = []
-    run_loop = pipeline.cloak_canvases
-
-    def recording(views, canvases, **options):
-        seen.append(views[0].settings.polish)
-        return run_loop(views, canvases, **options)
-
-    monkeypatch.setattr(pipeline, "cloak_canvases", recording)
-    job = polishing._prepare(PhotoPixels(samples.astronaut()))
-    polishing._cloak_round([job], 0)
-    polishing._cloak_round([job], 1)
-    assert seen == [3, 0]

@@ -18,8 +18,9 @@ import pytest
 
 from tests.zoo.conftest import SETUP_HINT
 from ulixes_onnx.cards import get_card
-from ulixes_onnx.cloaking.loop import STALL_WINDOW, LoopSettings, ModelView, cloak_canvases
+from ulixes_onnx.cloaking.loop import STALL_WINDOW, LoopSettings, ModelView
 from ulixes_onnx.cloaking.pipeline import Cloaker, CloakResult, FaceReport
+from ulixes_onnx.cloaking.polish import cloak_canvases
 from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.cloaking.visibility import face_visibility
 from ulixes_onnx.face_model import FaceModel

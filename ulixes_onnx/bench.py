@@ -27,8 +27,9 @@ import numpy as np
 from PIL import Image
 
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, cloak_files, expand_inputs
-from ulixes_onnx.cloaking.loop import ModelView, cloak_canvases
+from ulixes_onnx.cloaking.loop import ModelView
 from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.polish import cloak_canvases
 from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, CloakSettings
 from ulixes_onnx.engine.session import available_cores
 from ulixes_onnx.face_model import FaceModel

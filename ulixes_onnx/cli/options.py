@@ -118,7 +118,7 @@ Polish = Annotated[
     int,
     typer.Option(
         metavar="N",
-        help="Rounds of shrinking each cloak and climbing back to its target (less visible, slower).",
+        help="Steps moving each large face's cloak to where it shows least, at the same distance (0: none).",
         rich_help_panel=PROTECTION,
     ),
 ]

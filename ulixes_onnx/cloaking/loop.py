@@ -70,14 +70,6 @@ PERCENTILE_STRIDE = 8
 # every this many steps' state (and on the last), and a face that breaks one goes back to the last state
 # that passed.
 BOUNDS_CHECK_EVERY = 4
-# A polish round shrinks a face's change by this share before climbing back to the target.
-POLISH_SHRINK = 0.15
-# Only faces the photo shows at least this much larger than the chip are polished: smaller ones are
-# stretched less and score higher, and polishing doubles a face's steps
-# (benchmarks/results/polish-2026-12-06.md).
-POLISH_MIN_MAGNIFICATION = 2.0
-# Each polish round draws other random views: the seed moves by this much per round.
-POLISH_SEED_STRIDE = 7919
 
 
 class CloakSettingsError(UlixesError):
@@ -128,7 +120,7 @@ class LoopSettings:
                 "diversity must be in [0, 0.3], momentum in [0, 1) and smoothing at least 0"
             )
         if self.feature_weight < 0 or self.polish < 0:
-            raise CloakSettingsError("the feature weight and the polish rounds must be at least 0")
+            raise CloakSettingsError("the feature weight and the polish steps must be at least 0")
 
 
 @dataclass(frozen=True)
@@ -279,7 +271,7 @@ def plan_objectives(
     return plans
 
 
-def _jitter(rng: np.random.Generator, size: int, amount: float) -> np.ndarray:
+def jitter(rng: np.random.Generator, size: int, amount: float) -> np.ndarray:
     """A random similarity of the chip about its centre: scale within 1 +- amount, shift within
     +- amount / 2 of the side, rotation within +- 30 * amount degrees (input diversity)."""
     scale = 1 + rng.uniform(-amount, amount)
@@ -290,12 +282,12 @@ def _jitter(rng: np.random.Generator, size: int, amount: float) -> np.ndarray:
     return np.hstack([rotation, (centre - rotation @ [centre, centre] + shift)[:, None]])
 
 
-def _chip_blur(chip: np.ndarray, sigma: float) -> np.ndarray:
+def chip_blur(chip: np.ndarray, sigma: float) -> np.ndarray:
     """A [3, S, S] chip blurred by a Gaussian (self-adjoint, so it also carries the gradient back)."""
     return symmetric_blur(chip.transpose(1, 2, 0), sigma).transpose(2, 0, 1)
 
 
-class _FaceState:
+class FaceState:
     """One face in the loop: its canvas in canonical units, the change so far and its bounds."""
 
     def __init__(
@@ -374,7 +366,7 @@ class _FaceState:
         return broken
 
 
-def _movable_magnitudes(shaped: np.ndarray, face: _FaceState, stride: int) -> np.ndarray:
+def _movable_magnitudes(shaped: np.ndarray, face: FaceState, stride: int) -> np.ndarray:
     """|shaped| of every `stride`-th element that can still move: not at its bound in the direction
     the step takes it (against `shaped`)."""
     step, state = shaped.ravel()[::stride], face.opponent.ravel()[::stride]
@@ -386,7 +378,7 @@ def _movable_magnitudes(shaped: np.ndarray, face: _FaceState, stride: int) -> np
 def _confirmed_on_plain_views(
     view: ModelView,
     operators: list[ChipOperator],
-    faces: list[_FaceState],
+    faces: list[FaceState],
     rows: list[int],
     losses: np.ndarray,
     targets: list[Objective],
@@ -406,94 +398,6 @@ def _confirmed_on_plain_views(
         loss = target.neg_weight * float(view.model.distance(embedding[None], target.negative[None])[0])
         met[r] = loss + target.margin - float(distance) <= 0
     return met
-
-
-def cloak_canvases(
-    views: list[ModelView],
-    canvases: Sequence[FaceCanvas],
-    *,
-    start: Sequence[np.ndarray] | None = None,
-    face_keys: Sequence[int] | None = None,
-    boosts: Sequence[Boost] | None = None,
-) -> list[CanvasCloak]:
-    """Cloak faces on their canvases (`ascend`), then polish the faces that reached their targets.
-
-    A polish round shrinks a face's change by POLISH_SHRINK and climbs back to the target from there
-    (with other random views). What the climb adds is what the models respond to now; what the shrink
-    takes is spread over everything, including what early steps and random views left behind that no
-    longer helps. Each round keeps the distance and lowers the visibility, until the two balance
-    (measured: benchmarks/results/polish-2026-12-06.md). Faces that ended at their targets or where
-    they stopped making progress, and that the photo shows at least POLISH_MIN_MAGNIFICATION times
-    larger than the lead model's chip, are polished; a round that leaves a face nearer to a model's original
-    than before (or than its `away` target) is undone, and the face's polish ends. `polish` rounds at
-    most, from the first view's settings.
-    """
-    results = ascend(views, canvases, start=start, face_keys=face_keys, boosts=boosts)
-    keys = list(range(len(canvases))) if face_keys is None else list(face_keys)
-    boosts = [Boost()] * len(canvases) if boosts is None else list(boosts)
-    polishing = [
-        i
-        for i, result in enumerate(results)
-        if _polishable(result) and magnification(canvases[i], views[0].index) >= POLISH_MIN_MAGNIFICATION
-    ]
-    for round_number in range(1, views[0].settings.polish + 1):
-        if not polishing:
-            break
-        round_views = [
-            replace(
-                view,
-                settings=replace(view.settings, seed=view.settings.seed + POLISH_SEED_STRIDE * round_number),
-                positives=None if view.positives is None else view.positives[polishing],
-            )
-            for view in views
-        ]
-        polished = ascend(
-            round_views,
-            [canvases[i] for i in polishing],
-            start=[results[i].state * np.float32(1 - POLISH_SHRINK) for i in polishing],
-            face_keys=[keys[i] for i in polishing],
-            boosts=[boosts[i] for i in polishing],
-        )
-        still = []
-        for index, result in zip(polishing, polished, strict=True):
-            before = results[index]
-            if _polishable(result) and _kept_distances(views, before, result, boosts[index]):
-                results[index] = replace(
-                    result, steps=before.steps + result.steps, stop_reasons=before.stop_reasons
-                )
-                still.append(index)
-            else:
-                results[index] = replace(before, steps=before.steps + result.steps)
-        polishing = still
-    return results
-
-
-def magnification(canvas: FaceCanvas, model_index: int) -> float:
-    """How many photo pixels one pixel of a model's chip spans: above 1, the photo shows the cloak
-    stretched."""
-    chip_per_canvas = float(np.sqrt(abs(np.linalg.det(canvas.to_chip[model_index][:, :2]))))
-    return 1.0 / (canvas.scale * chip_per_canvas)
-
-
-def _polishable(result: CanvasCloak) -> bool:
-    """Whether every model ended the face at its target or where it stopped making progress (not at
-    a bound or a step limit, where a polish round could not climb back)."""
-    return all(
-        reason in ("target-reached", "loss-zero", "slow-progress") for reason in result.stop_reasons.values()
-    )
-
-
-def _kept_distances(views: list[ModelView], before: CanvasCloak, after: CanvasCloak, boost: Boost) -> bool:
-    """Whether a polish round kept the face as far from each model's original as it was, or as far
-    as the model's `away` target."""
-    for view in views:
-        name = view.model.name
-        reference = before.distances[name]
-        if view.settings.strategy == "away":
-            reference = min(reference, view.settings.target * boost.target)
-        if after.distances[name] < reference:
-            return False
-    return True
 
 
 def ascend(
@@ -525,7 +429,7 @@ def ascend(
     keys = list(range(count)) if face_keys is None else list(face_keys)
     boosts = [Boost()] * count if boosts is None else list(boosts)
     faces = [
-        _FaceState(canvas, lead, None if start is None else start[i], key, boost)
+        FaceState(canvas, lead, None if start is None else start[i], key, boost)
         for i, (canvas, key, boost) in enumerate(zip(canvases, keys, boosts, strict=True))
     ]
     plain = [[canvas.operator(view.index) for canvas in canvases] for view in views]
@@ -579,13 +483,13 @@ def ascend(
                 face = faces[i]
                 if lead.diversity > 0:
                     size = face.canvas.chip_sizes[view.index]
-                    operator = face.canvas.operator(view.index, _jitter(face.rng, size, lead.diversity))
+                    operator = face.canvas.operator(view.index, jitter(face.rng, size, lead.diversity))
                     blur = float(face.rng.uniform(0, 2 * lead.diversity * 5))
                 else:
                     operator, blur = plain[v][i], 0.0
                 operators.append(operator)
                 blurs.append(blur)
-                chips.append(_chip_blur(operator.forward(face.cloaked), blur))
+                chips.append(chip_blur(operator.forward(face.cloaked), blur))
             targets = [plans[v][i][objective[v, i]] for i in rows]
             margins = np.array([target.margin for target in targets], np.float32)
             neg_weights = np.array([target.neg_weight for target in targets], np.float32)
@@ -638,7 +542,7 @@ def ascend(
                     # and so is its gradient: the next step measures against the new nearest.
                     advanced.add(index)
                     continue
-                gradient = operators[row].adjoint(_chip_blur(result.grad[row], blurs[row]))
+                gradient = operators[row].adjoint(chip_blur(result.grad[row], blurs[row]))
                 largest = max(float(gradient.max()), -float(gradient.min()))  # max |gradient|, NaN if any is
                 if largest > 0 and np.isfinite(largest):
                     gradient /= largest

@@ -34,9 +34,9 @@ from ulixes_onnx.cloaking.loop import (
     CanvasCloak,
     CloakSettingsError,
     ModelView,
-    cloak_canvases,
     nearest_of,
 )
+from ulixes_onnx.cloaking.polish import cloak_canvases
 from ulixes_onnx.cloaking.settings import CloakSettings, protect_distance
 from ulixes_onnx.cloaking.visibility import face_region, face_visibility
 from ulixes_onnx.face_model import FaceModel
@@ -377,11 +377,7 @@ class Cloaker:
             views = [
                 ModelView(
                     self.models[position],
-                    # Later rounds are for faces whose saved copy fell short: they need more change, and
-                    # polishing (which takes change away) would fight that.
-                    replace(self.loop[self.models[position].name], polish=0)
-                    if round_index
-                    else self.loop[self.models[position].name],
+                    self.loop[self.models[position].name],
                     index=position,
                     positives=np.stack(
                         [job.reports[i].embeddings[self.models[position].name] for job, i in faces]

@@ -18,9 +18,9 @@ ENSEMBLES = ("max", "sum", "joint")
 DEFAULT_MODELS = ("dlib-resnet",)
 # How far each level moves a face, relative to the cards' targets and protection distances.
 LEVELS = {"low": 0.85, "mid": 1.0, "high": 1.15}
-# The loop's own defaults: the settings share them, but for input diversity and polish rounds (off in
-# the loop alone, so that a bare loop is plain gradient ascent; on in the settings for the transfer and
-# the visibility they measurably give: benchmarks/results/polish-2026-12-06.md).
+# The loop's own defaults: the settings share them, but for input diversity and the perceptual polish
+# (off in the loop alone, so that a bare loop is plain gradient ascent; on in the settings for the
+# transfer and the visibility they measurably give: benchmarks/results/perceptual-polish-2026-12-06.md).
 _LOOP = LoopSettings()
 # The per-pixel budget (grey levels of lightness at the face's median contrast) a face starts with;
 # the closed loop doubles it for a face whose loop stops short of its target.
@@ -45,7 +45,7 @@ class CloakSettings:
     momentum: float = _LOOP.momentum
     smoothing: float = _LOOP.smoothing
     feature_weight: float = _LOOP.feature_weight
-    polish: int = 6
+    polish: int = 40
     canvas_cap: float = 4.0
     max_dssim: float = _LOOP.max_dssim
     min_quality: float = _LOOP.min_quality

@@ -1,0 +1,257 @@
+"""Perceptual polish: once a face is as far from its original as its targets ask, move its change to
+where people see it least, at the photo's resolution, without bringing the face back.
+
+The loop's ascent (loop.py) follows the models' gradients: it reaches the targets, but what it leaves on
+the face is shaped by the models, and on large faces it shows as smooth blotches and ridges on skin.
+The polish then climbs SSIMULACRA2 itself (its exact gradient on the face region where people look at
+it, visibility.py) while keeping every model's distance: each step moves the change along the score's
+gradient with the part that would bring a model nearer to the original projected out, or, when a
+model has fallen below its distance, along that model's gradient back up. Distances are averaged
+over a few random views of each model's chip (as input diversity does in the loop), so the change
+that survives does not hang on one exact sampling of the chip; and every step is smoothed at the
+chip's scale, as a change finer than a chip pixel moves a model only through aliasing, which another
+resampling of the photo would not reproduce (such a change showed as a fine lattice at 1:1). The state
+with the best score among those at every model's distance on the plain view is kept.
+
+Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from ulixes_onnx.cloaking.loop import (
+    PERCENTILE_STRIDE,
+    STEP_PERCENTILE,
+    Boost,
+    CanvasCloak,
+    FaceState,
+    ModelView,
+    ascend,
+    jitter,
+)
+from ulixes_onnx.cloaking.perceptual import to_opponent
+from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
+from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
+
+# Only faces the photo shows at least this much larger than the chip are polished: smaller ones are
+# stretched less and score higher, and polishing costs a face several times its ascent.
+POLISH_MIN_MAGNIFICATION = 2.0
+# Views of each model's chip per polish step: the plain one and random ones.
+POLISH_VIEWS = 2
+# The random views' jitter (as `diversity` in the loop).
+POLISH_JITTER = 0.05
+# Polish steps are this many times the loop's step.
+POLISH_STEP_FACTOR = 2.0
+# Each step is smoothed by a Gaussian of this many of the lead model's chip pixels.
+POLISH_SMOOTHING = 0.5
+
+
+def cloak_canvases(
+    views: list[ModelView],
+    canvases: Sequence[FaceCanvas],
+    *,
+    start: Sequence[np.ndarray] | None = None,
+    face_keys: Sequence[int] | None = None,
+    boosts: Sequence[Boost] | None = None,
+) -> list[CanvasCloak]:
+    """Cloak faces on their canvases (`ascend`, see there for the arguments), then polish those that
+    reached their targets (or stopped making progress near them) and that the photo shows at least
+    POLISH_MIN_MAGNIFICATION times larger than the lead model's chip, for `polish` steps (the first
+    view's settings)."""
+    results = ascend(views, canvases, start=start, face_keys=face_keys, boosts=boosts)
+    steps = views[0].settings.polish if views else 0
+    chosen = [
+        i
+        for i, result in enumerate(results)
+        if _polishable(result) and magnification(canvases[i], views[0].index) >= POLISH_MIN_MAGNIFICATION
+    ]
+    if not steps or not chosen:
+        return results
+    keys = list(range(len(canvases))) if face_keys is None else list(face_keys)
+    boosts = [Boost()] * len(canvases) if boosts is None else list(boosts)
+    polished = polish(
+        views,
+        [canvases[i] for i in chosen],
+        [results[i] for i in chosen],
+        face_keys=[keys[i] for i in chosen],
+        boosts=[boosts[i] for i in chosen],
+        positives=[None if view.positives is None else view.positives[chosen] for view in views],
+    )
+    for index, result in zip(chosen, polished, strict=True):
+        results[index] = result
+    return results
+
+
+def magnification(canvas: FaceCanvas, model_index: int) -> float:
+    """How many photo pixels one pixel of a model's chip spans: above 1, the photo shows the cloak
+    stretched."""
+    chip_per_canvas = float(np.sqrt(abs(np.linalg.det(canvas.to_chip[model_index][:, :2]))))
+    return 1.0 / (canvas.scale * chip_per_canvas)
+
+
+def _polishable(result: CanvasCloak) -> bool:
+    """Whether every model ended the face at its target or where it stopped making progress (not at
+    a bound or a step limit, short of where the face should be)."""
+    return all(
+        reason in ("target-reached", "loss-zero", "slow-progress") for reason in result.stop_reasons.values()
+    )
+
+
+def _floor(view: ModelView, result: CanvasCloak, boost: Boost) -> float:
+    """The distance a polished face must keep from a model's original: where the ascent left it, or
+    the model's `away` target if it went past that."""
+    reached = result.distances[view.model.name]
+    if view.settings.strategy == "away":
+        return min(reached, view.settings.target * boost.target)
+    return reached
+
+
+def polish(
+    views: list[ModelView],
+    canvases: Sequence[FaceCanvas],
+    results: Sequence[CanvasCloak],
+    *,
+    face_keys: Sequence[int],
+    boosts: Sequence[Boost],
+    positives: Sequence[np.ndarray | None],
+) -> list[CanvasCloak]:
+    """Polish cloaked faces (`results` of the loop on `canvases`) for the first view's `polish` steps:
+    the change with the best SSIMULACRA2 that keeps every model's distance (`_floor`) on the plain
+    view. `positives` per view: the original faces' embeddings (None: embedded from the canvases)."""
+    lead = views[0].settings
+    faces = [
+        FaceState(canvas, lead, result.state, key, boost)
+        for canvas, result, key, boost in zip(canvases, results, face_keys, boosts, strict=True)
+    ]
+    rngs = [np.random.default_rng([lead.seed, key, 1]) for key in face_keys]
+    plain = [[canvas.operator(view.index) for canvas in canvases] for view in views]
+    originals = [
+        view.model.embed(np.stack([op.forward(face.clean) for op, face in zip(ops, faces, strict=True)]))
+        if given is None
+        else given
+        for view, ops, given in zip(views, plain, positives, strict=True)
+    ]
+    floors = np.array([[_floor(view, r, b) for r, b in zip(results, boosts, strict=True)] for view in views])
+    references = [Ssimulacra2Reference(face.canvas.image[face.judged]) for face in faces]
+    # In canvas pixels: the lead model's chip pixel spans `magnification` photo pixels.
+    smoothing = [POLISH_SMOOTHING * magnification(c, views[0].index) * c.scale for c in canvases]
+    preconditioner = np.array([1.0, lead.chroma, lead.chroma], np.float32)
+    best = [(-np.inf, face.opponent, dict(r.distances)) for face, r in zip(faces, results, strict=True)]
+    for _ in range(lead.polish):
+        plain_distances, mean_distances, gradients = _views_of_models(views, plain, faces, rngs, originals)
+        for i, face in enumerate(faces):
+            score, score_gradient = references[i].score_and_gradient(
+                face.canvas.image[face.judged] + face.delta[face.judged] * np.float32(127.5)
+            )
+            kept = np.minimum(plain_distances[:, i], mean_distances[:, i]) >= floors[:, i]
+            if np.all(kept) and score > best[i][0]:
+                reached = {view.model.name: float(plain_distances[v, i]) for v, view in enumerate(views)}
+                best[i] = (score, face.opponent, reached)
+            below = [v for v in range(len(views)) if mean_distances[v, i] < floors[v, i]]
+            if below:
+                direction = sum(_unit(gradients[v][i]) for v in below) * preconditioner
+            else:
+                full = np.zeros_like(face.clean)
+                full[face.judged] = score_gradient
+                direction = to_opponent(full * face.mask) * preconditioner
+                for per_face in gradients:
+                    direction = _keeping(direction, per_face[i], preconditioner)
+            _step(face, direction, smoothing[i], lead.step * POLISH_STEP_FACTOR)
+
+    polished = []
+    for face, result, (_, state, distances) in zip(faces, results, best, strict=True):
+        face.move_to(state)
+        polished.append(
+            CanvasCloak(
+                face.delta,
+                face.opponent,
+                result.steps + lead.polish,
+                face.dssim(),
+                dict(result.stop_reasons),
+                distances,
+            )
+        )
+    return polished
+
+
+def _views_of_models(
+    views: list[ModelView],
+    plain: list[list[ChipOperator]],
+    faces: list[FaceState],
+    rngs: list[np.random.Generator],
+    originals: list[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]]]:
+    """Each model's distance from each face's original on the plain view and averaged over
+    POLISH_VIEWS views ([views, faces] each), and the gradient of that average on the canvas, in the
+    opponent basis ([views][faces] of [H, W, 3]); one model run per view for all faces."""
+    count = len(faces)
+    plain_distances = np.zeros((len(views), count))
+    mean_distances = np.zeros((len(views), count))
+    gradients: list[list[np.ndarray]] = []
+    for v, view in enumerate(views):
+        operators = []
+        for i, face in enumerate(faces):
+            size = face.canvas.chip_sizes[view.index]
+            operators.append(
+                [plain[v][i]]
+                + [
+                    face.canvas.operator(view.index, jitter(rngs[i], size, POLISH_JITTER))
+                    for _ in range(POLISH_VIEWS - 1)
+                ]
+            )
+        chips = np.stack(
+            [op.forward(face.cloaked) for ops, face in zip(operators, faces, strict=True) for op in ops]
+        )
+        away_from = np.repeat(originals[v], POLISH_VIEWS, axis=0)
+        # A margin past any distance a face reaches: the loss stays positive and its gradient is minus
+        # that of the distance.
+        margins = np.full(len(chips), 4.0, np.float32)
+        result = view.model.step(chips, away_from, away_from, margins, np.zeros(len(chips), np.float32))
+        distances = result.d_pos if view.references is None else view.nearest(result.emb, away_from)[0]
+        distances = distances.reshape(count, POLISH_VIEWS)
+        plain_distances[v] = distances[:, 0]
+        mean_distances[v] = distances.mean(axis=1)
+        grads = result.grad.reshape(count, POLISH_VIEWS, *result.grad.shape[1:])
+        gradients.append(
+            [
+                to_opponent(-sum(op.adjoint(g) for op, g in zip(ops, face_grads, strict=True)) * face.mask)
+                for ops, face_grads, face in zip(operators, grads, faces, strict=True)
+            ]
+        )
+    return plain_distances, mean_distances, gradients
+
+
+def _step(face: FaceState, direction: np.ndarray, smoothing: float, step: float) -> None:
+    """Move a face's change along `direction` (opponent basis), smoothed, scaled so that a high
+    percentile of its elements on the judged region moves by `step`, and kept within the face's
+    per-pixel bounds."""
+    if smoothing >= 0.3:
+        direction = cv2.GaussianBlur(direction, (0, 0), smoothing)
+    scale = float(np.percentile(np.abs(direction[face.judged]).ravel()[::PERCENTILE_STRIDE], STEP_PERCENTILE))
+    if scale == 0 or not np.isfinite(scale):
+        return
+    direction *= np.float32(step / scale)
+    np.clip(direction, -step, step, out=direction)
+    moved = face.opponent + direction
+    face.move_to(np.clip(moved, face.negative_bound, face.bound, out=moved))
+
+
+def _unit(gradient: np.ndarray) -> np.ndarray:
+    """A gradient scaled to max-norm 1 (0 stays 0)."""
+    largest = float(np.abs(gradient).max())
+    return gradient / largest if largest > 0 else gradient
+
+
+def _keeping(direction: np.ndarray, gradient: np.ndarray, preconditioner: np.ndarray) -> np.ndarray:
+    """`direction` without the part that would lower the distance whose `gradient` is given: a
+    direction that lowers it loses its component along the preconditioned gradient, which then moves
+    the distance by 0 to first order."""
+    slope = float(np.vdot(direction, gradient))
+    if slope >= 0:
+        return direction
+    along = gradient * preconditioner
+    return direction - (slope / float(np.vdot(along, gradient))) * along
