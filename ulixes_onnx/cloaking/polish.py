@@ -11,7 +11,10 @@ over a few random views of each model's chip (as input diversity does in the loo
 that survives does not hang on one exact sampling of the chip; and every step is smoothed at the
 chip's scale, as a change finer than a chip pixel moves a model only through aliasing, which another
 resampling of the photo would not reproduce (such a change showed as a fine lattice at 1:1). The state
-with the best score among those at every model's distance on the plain view is kept.
+with the best score among those at every model's distance, on the plain view and on average over the
+views, is kept. Steps are taken in the loop's opponent basis, the colour axes scaled by its chroma share
+and within the face's per-pixel bounds: SSIMULACRA2 weighs colour lightly, and with colour free the
+score rose further while the whites of the eyes turned cyan at 1:1.
 
 Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md.
 """
@@ -121,7 +124,7 @@ def polish(
 ) -> list[CanvasCloak]:
     """Polish cloaked faces (`results` of the loop on `canvases`) for the first view's `polish` steps:
     the change with the best SSIMULACRA2 that keeps every model's distance (`_floor`) on the plain
-    view. `positives` per view: the original faces' embeddings (None: embedded from the canvases)."""
+    view and on average over the views. `positives` per view: the original faces' embeddings (None: embedded from the canvases)."""
     lead = views[0].settings
     faces = [
         FaceState(canvas, lead, result.state, key, boost)
@@ -144,17 +147,17 @@ def polish(
     for _ in range(lead.polish):
         plain_distances, mean_distances, gradients = _views_of_models(views, plain, faces, rngs, originals)
         for i, face in enumerate(faces):
-            score, score_gradient = references[i].score_and_gradient(
-                face.canvas.image[face.judged] + face.delta[face.judged] * np.float32(127.5)
-            )
-            kept = np.minimum(plain_distances[:, i], mean_distances[:, i]) >= floors[:, i]
-            if np.all(kept) and score > best[i][0]:
-                reached = {view.model.name: float(plain_distances[v, i]) for v, view in enumerate(views)}
-                best[i] = (score, face.opponent, reached)
             below = [v for v in range(len(views)) if mean_distances[v, i] < floors[v, i]]
             if below:
+                # Not a state to keep (a model is nearer than its floor): no need for its score.
                 direction = sum(_unit(gradients[v][i]) for v in below) * preconditioner
             else:
+                score, score_gradient = references[i].score_and_gradient(
+                    face.canvas.image[face.judged] + face.delta[face.judged] * np.float32(127.5)
+                )
+                if np.all(plain_distances[:, i] >= floors[:, i]) and score > best[i][0]:
+                    reached = {view.model.name: float(plain_distances[v, i]) for v, view in enumerate(views)}
+                    best[i] = (score, face.opponent, reached)
                 full = np.zeros_like(face.clean)
                 full[face.judged] = score_gradient
                 direction = to_opponent(full * face.mask) * preconditioner
