@@ -359,6 +359,25 @@ def test_a_face_moves_away_from_the_references_too(dlib_model, canvases) -> None
     assert result.distances[NAME] >= 0.59
 
 
+def test_a_polished_face_stays_away_from_the_references_too(dlib_model, large_face) -> None:
+    settings = LoopSettings(strategy="away", target=0.6, diversity=0.0, polish=8)
+    operator = large_face.operator(0)
+    clean = large_face.image / 127.5 - 1
+    original = dlib_model.embed(operator.forward(clean)[None])[0]
+    alone = cloak_canvases([ModelView(dlib_model, replace(settings, polish=0))], [large_face])[0]
+    moved = dlib_model.embed(operator.forward(clean + alone.delta)[None])[0]
+    reference = original + 1.2 * (moved - original)
+    view = ModelView(dlib_model, settings, references=reference[None])
+    result = cloak_canvases([view], [large_face])[0]
+    unpolished = cloak_canvases([replace(view, settings=replace(settings, polish=0))], [large_face])[0]
+    assert unpolished.stop_reasons[NAME] == "target-reached"
+    assert np.abs(result.delta - unpolished.delta).max() > 0.01  # the polish moved the change
+    cloaked = dlib_model.embed(operator.forward(clean + result.delta)[None])
+    nearest = min(float(dlib_model.distance(cloaked, point[None])[0]) for point in (original, reference))
+    assert nearest >= 0.6 - 1e-4
+    assert nearest == pytest.approx(result.distances[NAME], abs=1e-3)
+
+
 @pytest.mark.parametrize("stride", [1, 8])
 def test_movable_magnitudes_leave_out_elements_at_their_bound_in_the_step_direction(stride: int) -> None:
     rng = np.random.default_rng(3)

@@ -124,7 +124,8 @@ def polish(
 ) -> list[CanvasCloak]:
     """Polish cloaked faces (`results` of the loop on `canvases`) for the first view's `polish` steps:
     the change with the best SSIMULACRA2 that keeps every model's distance (`_floor`) on the plain
-    view and on average over the views. `positives` per view: the original faces' embeddings (None: embedded from the canvases)."""
+    view and on average over the views. `positives` per view: the original faces' embeddings (None:
+    embedded from the canvases)."""
     lead = views[0].settings
     faces = [
         FaceState(canvas, lead, result.state, key, boost)
@@ -138,6 +139,7 @@ def polish(
         else given
         for view, ops, given in zip(views, plain, positives, strict=True)
     ]
+    away_from = [np.array(original, np.float32, copy=True) for original in originals]
     floors = np.array([[_floor(view, r, b) for r, b in zip(results, boosts, strict=True)] for view in views])
     references = [Ssimulacra2Reference(face.canvas.image[face.judged]) for face in faces]
     # In canvas pixels: the lead model's chip pixel spans `magnification` photo pixels.
@@ -145,7 +147,9 @@ def polish(
     preconditioner = np.array([1.0, lead.chroma, lead.chroma], np.float32)
     best = [(-np.inf, face.opponent, dict(r.distances)) for face, r in zip(faces, results, strict=True)]
     for _ in range(lead.polish):
-        plain_distances, mean_distances, gradients = _views_of_models(views, plain, faces, rngs, originals)
+        plain_distances, mean_distances, gradients = _views_of_models(
+            views, plain, faces, rngs, originals, away_from
+        )
         for i, face in enumerate(faces):
             below = [v for v in range(len(views)) if mean_distances[v, i] < floors[v, i]]
             if below:
@@ -187,10 +191,13 @@ def _views_of_models(
     faces: list[FaceState],
     rngs: list[np.random.Generator],
     originals: list[np.ndarray],
+    away_from: list[np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]]]:
-    """Each model's distance from each face's original on the plain view and averaged over
-    POLISH_VIEWS views ([views, faces] each), and the gradient of that average on the canvas, in the
-    opponent basis ([views][faces] of [H, W, 3]); one model run per view for all faces."""
+    """Each model's distance from each face's original (or the nearest of its references) on the
+    plain view and averaged over POLISH_VIEWS views ([views, faces] each), and the gradient of that
+    average on the canvas, in the opponent basis ([views][faces] of [H, W, 3]); one model run per view
+    for all faces. The gradient is taken from `away_from` [views][faces, D] (as the loop does: the
+    original, or the reference the face came nearest to on the last plain view), which is updated."""
     count = len(faces)
     plain_distances = np.zeros((len(views), count))
     mean_distances = np.zeros((len(views), count))
@@ -209,12 +216,15 @@ def _views_of_models(
         chips = np.stack(
             [op.forward(face.cloaked) for ops, face in zip(operators, faces, strict=True) for op in ops]
         )
-        away_from = np.repeat(originals[v], POLISH_VIEWS, axis=0)
+        targets = np.repeat(away_from[v], POLISH_VIEWS, axis=0)
         # A margin past any distance a face reaches: the loss stays positive and its gradient is minus
         # that of the distance.
         margins = np.full(len(chips), 4.0, np.float32)
-        result = view.model.step(chips, away_from, away_from, margins, np.zeros(len(chips), np.float32))
-        distances = result.d_pos if view.references is None else view.nearest(result.emb, away_from)[0]
+        result = view.model.step(chips, targets, targets, margins, np.zeros(len(chips), np.float32))
+        distances = result.d_pos
+        if view.references is not None:
+            distances, nearest = view.nearest(result.emb, np.repeat(originals[v], POLISH_VIEWS, axis=0))
+            away_from[v] = nearest[::POLISH_VIEWS]
         distances = distances.reshape(count, POLISH_VIEWS)
         plain_distances[v] = distances[:, 0]
         mean_distances[v] = distances.mean(axis=1)
