@@ -40,9 +40,11 @@ from ulixes_onnx.cloaking.perceptual import to_opponent
 from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
 from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
 
-# Only faces the photo shows at least this much larger than the chip are polished: smaller ones are
-# stretched less and score higher, and polishing costs a face several times its ascent.
-POLISH_MIN_MAGNIFICATION = 2.0
+# Only faces the photo shows at least at the chip's scale are polished (about 110-px faces for
+# dlib-resnet): polishing takes about three times as long as a face's ascent, and smaller faces, whose
+# change the photo shows finer than the chip, score higher without it (`bench`'s 88-px faces: 86.8).
+# From 2x down to 1x, faces of 176-204 px went from 65.2 to 78.5 (perceptual-polish-2026-12-06.md).
+POLISH_MIN_MAGNIFICATION = 1.0
 # Views of each model's chip per polish step: the plain one and random ones.
 POLISH_VIEWS = 2
 # The random views' jitter (as `diversity` in the loop).
