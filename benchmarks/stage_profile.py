@@ -66,6 +66,8 @@ TIMED = [
         (("recognition", "face_model"), "FaceModel.embed", "embed"),
         (("recognition", "face_model"), "FaceModel.step", "gradient step (onnxruntime)"),
         (("pipeline", "cloaking.pipeline"), "cloak_canvases", "cloak loop"),
+        (("cloaking.polish",), "polish", "perceptual polish"),
+        (("cloaking.visibility",), "Ssimulacra2Reference.score_and_gradient", "SSIMULACRA2 gradient"),
         (("pipeline", "cloaking.pipeline"), "Cloaker.photo_delta", "paste back"),
         (("pipeline", "cloaking.pipeline"), "Cloaker.verify", "verify"),
         (("pipeline", "cloaking.pipeline"), "Cloaker.remeasure", "re-measure"),
