@@ -41,7 +41,7 @@ from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
 from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
 
 # Only faces the photo shows at least at the chip's scale are polished (about 110-px faces for
-# dlib-resnet): polishing takes about three times as long as a face's ascent, and smaller faces, whose
+# dlib-resnet): polishing takes three to four times as long as a face's ascent, and smaller faces, whose
 # change the photo shows finer than the chip, score higher without it (`bench`'s 88-px faces: 86.8).
 # From 2x down to 1x, faces of 176-204 px went from 65.2 to 78.5 (perceptual-polish-2026-12-06.md).
 POLISH_MIN_MAGNIFICATION = 1.0
