@@ -68,7 +68,7 @@ def cloak_canvases(
     POLISH_MIN_MAGNIFICATION times larger than the lead model's chip, for `polish` steps (the first
     view's settings)."""
     results = ascend(views, canvases, start=start, face_keys=face_keys, boosts=boosts)
-    steps = views[0].settings.polish if views else 0
+    steps = views[0].settings.polish
     chosen = [
         i
         for i, result in enumerate(results)
@@ -143,7 +143,12 @@ def polish(
     ]
     away_from = [np.array(original, np.float32, copy=True) for original in originals]
     floors = np.array([[_floor(view, r, b) for r, b in zip(results, boosts, strict=True)] for view in views])
-    references = [Ssimulacra2Reference(face.canvas.image[face.judged]) for face in faces]
+    # A face with a quality bound already holds the reference of its judged region.
+    references = [
+        face.quality_reference or Ssimulacra2Reference(face.canvas.image[face.judged]) for face in faces
+    ]
+    # The score's gradient on each whole canvas: zero outside the judged region, which never changes.
+    score_gradients = [np.zeros_like(face.clean) for face in faces]
     # In canvas pixels: the lead model's chip pixel spans `magnification` photo pixels.
     smoothing = [POLISH_SMOOTHING * magnification(c, views[0].index) * c.scale for c in canvases]
     preconditioner = np.array([1.0, lead.chroma, lead.chroma], np.float32)
@@ -164,9 +169,8 @@ def polish(
                 if np.all(plain_distances[:, i] >= floors[:, i]) and score > best[i][0]:
                     reached = {view.model.name: float(plain_distances[v, i]) for v, view in enumerate(views)}
                     best[i] = (score, face.opponent, reached)
-                full = np.zeros_like(face.clean)
-                full[face.judged] = score_gradient
-                direction = to_opponent(full * face.mask) * preconditioner
+                score_gradients[i][face.judged] = score_gradient * face.mask[face.judged]
+                direction = to_opponent(score_gradients[i]) * preconditioner
                 for per_face in gradients:
                     direction = _keeping(direction, per_face[i], preconditioner)
             _step(face, direction, smoothing[i], lead.step * POLISH_STEP_FACTOR)
