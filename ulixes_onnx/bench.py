@@ -117,7 +117,9 @@ def face_chips(
         faces = detector.detect(pixels)
         if faces:
             aligned = extract_chips(pixels, faces[:1], layout)
-            canvas = make_canvas(pixels, aligned.matrices, [layout.size], cap=canvas_cap)
+            canvas = make_canvas(
+                pixels, aligned.matrices, [layout.size], cap=canvas_cap, dlib_pyramids=[layout.dlib_pyramid]
+            )
             if canvas is not None:
                 chips.append(aligned.chips[0])
                 canvases.append(canvas)

@@ -90,7 +90,10 @@ class LoopSettings:
     max_steps: int = 100
     random_negatives: int = 5
     seed: int = 0
-    budget: float = 8.0
+    # Grey levels of lightness at the face's median contrast. At 8, most faces of 500 px and more
+    # stalled short of their targets and took a second round on top of the first (mostly less visible
+    # for it: benchmarks/results/chip-sampling-2026-12-06.md).
+    budget: float = 16.0
     chroma: float = 0.2
     diversity: float = 0.0
     momentum: float = 0.0

@@ -333,6 +333,7 @@ class Cloaker:
                 [aligned[model.name].matrices[index] for model in self.models],
                 [model.chip_size[0] for model in self.models],
                 cap=self.settings.canvas_cap,
+                dlib_pyramids=[model.chip_spec.dlib_pyramid for model in self.models],
             )
             if canvas is None:
                 skipped[index] = "the face lies outside the photo"

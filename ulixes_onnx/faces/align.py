@@ -247,9 +247,32 @@ def chip_corners_in_photo(matrix: np.ndarray, size: int) -> np.ndarray:
     return edge @ chip_to_photo[:, :2].T + chip_to_photo[:, 2]
 
 
+def pyramid_halvings(shrink: float) -> int:
+    """How many times `warp_chips` halves the photo before sampling a chip `shrink` times coarser."""
+    return max(math.ceil(math.log2(shrink)) - 1, 0) if shrink > 1 else 0
+
+
+def sampled_matrix(matrix: np.ndarray, *, dlib_pyramid: bool) -> np.ndarray:
+    """The photo -> chip map of where the content of `warp_chips`' chip pixels comes from: with
+    `dlib_pyramid`, each pyramid level places its pixels DLIB_PYRAMID_OFFSET off their filters'
+    centres, which moves the whole chip by up to a third of a chip pixel against `matrix`."""
+    matrix = np.array(matrix, np.float64)
+    if dlib_pyramid:
+        levels = 2.0 ** pyramid_halvings(photo_pixels_per_chip_pixel(matrix))
+        matrix[:, 2] += matrix[:, :2] @ ((levels - 1) * np.array(DLIB_PYRAMID_OFFSET))
+    return matrix
+
+
+def sampling_variance(shrink: float) -> float:
+    """The variance, in photo pixels squared, of the blur `warp_chips` applies to a chip `shrink`
+    times coarser than the photo: its pyramid's 5-tap filters (variance 1 at their own level each) and
+    the final bilinear interpolation (1/6 of a level pixel squared, averaged over where it samples)."""
+    level = 2.0 ** pyramid_halvings(shrink)
+    return (level**2 - 1) / 3 + level**2 / 6
+
+
 def _warp_chip(photo: np.ndarray, matrix: np.ndarray, size: int, dlib_pyramid: bool) -> np.ndarray:
-    shrink = photo_pixels_per_chip_pixel(matrix)
-    halvings = max(math.ceil(math.log2(shrink)) - 1, 0) if shrink > 1 else 0
+    halvings = pyramid_halvings(photo_pixels_per_chip_pixel(matrix))
     # Work on the chip's footprint only, with room for the pyramid filter's support.
     reach = 2 * 2**halvings + 2
     corners = chip_corners_in_photo(matrix, size)
