@@ -3,7 +3,7 @@
 A cloak is made on the canvas, not on a model's chip: the canvas covers every model's chip footprint of
 one face and keeps the photo's own pixels up to `cap` canvas pixels per pixel of the finest chip (a face
 larger than that is area-downsampled). Each model's chip is derived from the canvas by a linear
-operator (an anti-aliasing Gaussian blur, then bilinear sampling through the chip's affine map), whose
+operator (a Gaussian blur, then bilinear sampling through the chip's affine map), whose
 exact adjoint carries that model's gradient back onto the canvas. So a perturbation is shaped at the
 resolution people look at, instead of being computed on a 150-pixel chip and stretched onto the face.
 The operator cuts the chip the recogniser sees: it blurs as much as `warp_chips`' pyramid and
