@@ -19,7 +19,7 @@ from ulixes_onnx.cloaking.loop import (
     _movable_magnitudes,
     plan_objectives,
 )
-from ulixes_onnx.cloaking.polish import POLISH_MIN_MAGNIFICATION, cloak_canvases, magnification
+from ulixes_onnx.cloaking.polish import POLISH_MIN_MAGNIFICATION, cloak_canvases
 from ulixes_onnx.cloaking.visibility import ssimulacra2
 from ulixes_onnx.face_model import FaceModel, distances
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
@@ -200,7 +200,7 @@ def _face_quality(canvas: FaceCanvas, delta: np.ndarray) -> float:
 
 
 def test_polish_makes_the_change_less_visible_at_the_same_distance(dlib_model, large_face) -> None:
-    assert magnification(large_face, 0) >= POLISH_MIN_MAGNIFICATION
+    assert large_face.magnification(0) >= POLISH_MIN_MAGNIFICATION
     settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
     plain = cloak_canvases([ModelView(dlib_model, settings)], [large_face])[0]
     polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=12))], [large_face])[0]
@@ -213,7 +213,7 @@ def test_polish_makes_the_change_less_visible_at_the_same_distance(dlib_model, l
 
 
 def test_faces_the_photo_shows_at_chip_size_are_not_polished(dlib_model, canvases) -> None:
-    assert magnification(canvases[0], 0) < POLISH_MIN_MAGNIFICATION
+    assert canvases[0].magnification(0) < POLISH_MIN_MAGNIFICATION
     settings = LoopSettings(target=0.6, budget=16.0)
     plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
     polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=3))], canvases[:1])[0]

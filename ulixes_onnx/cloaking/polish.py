@@ -72,7 +72,7 @@ def cloak_canvases(
     chosen = [
         i
         for i, result in enumerate(results)
-        if _polishable(result) and magnification(canvases[i], views[0].index) >= POLISH_MIN_MAGNIFICATION
+        if _polishable(result) and canvases[i].magnification(views[0].index) >= POLISH_MIN_MAGNIFICATION
     ]
     if not steps or not chosen:
         return results
@@ -89,13 +89,6 @@ def cloak_canvases(
     for index, result in zip(chosen, polished, strict=True):
         results[index] = result
     return results
-
-
-def magnification(canvas: FaceCanvas, model_index: int) -> float:
-    """How many photo pixels one pixel of a model's chip spans: above 1, the photo shows the cloak
-    stretched."""
-    chip_per_canvas = float(np.sqrt(abs(np.linalg.det(canvas.to_chip[model_index][:, :2]))))
-    return 1.0 / (canvas.scale * chip_per_canvas)
 
 
 def _polishable(result: CanvasCloak) -> bool:
@@ -150,7 +143,7 @@ def polish(
     # The score's gradient on each whole canvas: zero outside the judged region, which never changes.
     score_gradients = [np.zeros_like(face.clean) for face in faces]
     # In canvas pixels: the lead model's chip pixel spans `magnification` photo pixels.
-    smoothing = [POLISH_SMOOTHING * magnification(c, views[0].index) * c.scale for c in canvases]
+    smoothing = [POLISH_SMOOTHING * c.magnification(views[0].index) * c.scale for c in canvases]
     preconditioner = np.array([1.0, lead.chroma, lead.chroma], np.float32)
     best = [(-np.inf, face.opponent, dict(r.distances)) for face, r in zip(faces, results, strict=True)]
     for _ in range(lead.polish):

@@ -263,12 +263,16 @@ def sampled_matrix(matrix: np.ndarray, *, dlib_pyramid: bool) -> np.ndarray:
     return matrix
 
 
+# The variance (pixels squared) of bilinear interpolation's blur, averaged over where it samples.
+BILINEAR_VARIANCE = 1 / 6
+
+
 def sampling_variance(shrink: float) -> float:
     """The variance, in photo pixels squared, of the blur `warp_chips` applies to a chip `shrink`
     times coarser than the photo: its pyramid's 5-tap filters (variance 1 at their own level each) and
     the final bilinear interpolation (1/6 of a level pixel squared, averaged over where it samples)."""
     level = 2.0 ** pyramid_halvings(shrink)
-    return (level**2 - 1) / 3 + level**2 / 6
+    return (level**2 - 1) / 3 + level**2 * BILINEAR_VARIANCE
 
 
 def _warp_chip(photo: np.ndarray, matrix: np.ndarray, size: int, dlib_pyramid: bool) -> np.ndarray:

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from ulixes_onnx.faces.align import (
+    BILINEAR_VARIANCE,
     chip_corners_in_photo,
     photo_pixels_per_chip_pixel,
     sampled_matrix,
@@ -31,8 +32,6 @@ from ulixes_onnx.faces.align import (
 
 # How far, as a share of the chip's side, the mask falls from 1 to 0 at the chip's border.
 DEFAULT_FEATHER = 0.08
-# The variance (pixels squared) of bilinear interpolation's blur, averaged over where it samples.
-BILINEAR_VARIANCE = 1 / 6
 # The variance (canvas pixels squared) of area resampling's box of one canvas pixel.
 AREA_VARIANCE = 1 / 12
 
@@ -149,8 +148,8 @@ class FaceCanvas:
     mask: np.ndarray
     to_chip: tuple[np.ndarray, ...]
     chip_sizes: tuple[int, ...]
+    dlib_pyramids: tuple[bool, ...]
     judged: tuple[slice, slice] | None = None
-    dlib_pyramids: tuple[bool, ...] = ()
     resampling_variance: float = 0.0
 
     @property
@@ -168,10 +167,15 @@ class FaceCanvas:
             matrix = compose(jitter, matrix)
         return ChipOperator(matrix, self.image.shape[:2], size, sigma=sigma)
 
+    def magnification(self, model_index: int) -> float:
+        """How many photo pixels one pixel of a model's chip spans: above 1, the photo shows the cloak
+        stretched."""
+        return photo_pixels_per_chip_pixel(self.to_chip[model_index]) / self.scale
+
     def chip_blur(self, model_index: int) -> float:
         """The Gaussian blur (canvas pixels) that, after the canvas's own resampling and before the
         operator's bilinear sampling, blurs the photo as much as cutting the model's chip from it does."""
-        shrink = photo_pixels_per_chip_pixel(self.to_chip[model_index]) / self.scale
+        shrink = self.magnification(model_index)
         variance = sampling_variance(shrink) * self.scale**2 - BILINEAR_VARIANCE - self.resampling_variance
         return math.sqrt(max(variance, 0.0))
 
@@ -188,10 +192,9 @@ class FaceCanvas:
     def realigned(self, matrices: Sequence[np.ndarray]) -> FaceCanvas:
         """The same canvas with the models' chips cut where new photo -> chip `matrices` put them (the
         alignment a recogniser finds in the cloaked photo); the image and mask stay the original's."""
-        pyramids = self.dlib_pyramids or (False,) * len(matrices)
         to_chip = tuple(
-            _canvas_to_chip(sampled_matrix(matrix, dlib_pyramid=pyramid), self.x0, self.y0, self.scale)
-            for matrix, pyramid in zip(matrices, pyramids, strict=True)
+            _canvas_to_chip(matrix, self.x0, self.y0, self.scale, dlib_pyramid=pyramid)
+            for matrix, pyramid in zip(matrices, self.dlib_pyramids, strict=True)
         )
         return replace(self, to_chip=to_chip)
 
@@ -208,10 +211,13 @@ class FaceCanvas:
         return photo_delta, photo_mask
 
 
-def _canvas_to_chip(photo_to_chip: np.ndarray, x0: int, y0: int, scale: float) -> np.ndarray:
+def _canvas_to_chip(
+    photo_to_chip: np.ndarray, x0: int, y0: int, scale: float, *, dlib_pyramid: bool
+) -> np.ndarray:
     """The canvas -> chip matrix of a photo -> chip matrix, for a canvas of the photo region from
-    (x0, y0) at `scale` canvas pixels per photo pixel."""
-    region_to_chip = np.array(photo_to_chip, np.float64)
+    (x0, y0) at `scale` canvas pixels per photo pixel, placed where the chip's content comes from
+    (`sampled_matrix`)."""
+    region_to_chip = sampled_matrix(photo_to_chip, dlib_pyramid=dlib_pyramid)
     region_to_chip[:, 2] += region_to_chip[:, :2] @ np.array([x0, y0], np.float64)
     canvas_to_region = cv2.invertAffineTransform(
         np.array([[scale, 0.0, 0.5 * scale - 0.5], [0.0, scale, 0.5 * scale - 0.5]])
@@ -269,8 +275,7 @@ def make_canvas(
     to_chip = []
     mask = np.zeros(image.shape[:2], np.float32)
     for matrix, size, pyramid in zip(matrices, sizes, pyramids, strict=True):
-        sampled = sampled_matrix(matrix, dlib_pyramid=pyramid)
-        canvas_to_chip = _canvas_to_chip(sampled, int(x0), int(y0), scale)
+        canvas_to_chip = _canvas_to_chip(matrix, int(x0), int(y0), scale, dlib_pyramid=pyramid)
         to_chip.append(canvas_to_chip)
         np.maximum(
             mask, feathered_mask(canvas_to_chip, image.shape[1], image.shape[0], size, feather), out=mask
@@ -285,6 +290,6 @@ def make_canvas(
         mask,
         tuple(to_chip),
         tuple(sizes),
-        dlib_pyramids=pyramids,
+        pyramids,
         resampling_variance=resampling_variance,
     )
