@@ -5,7 +5,9 @@ with the default Cloaker the way `ulixes-onnx cloak` saves it (the copy re-encod
 measures each of those faces' regions (box grown by a quarter per side) at the photo's resolution:
 SSIMULACRA2 and DSSIM of the saved copy, SSIMULACRA2 of the cloak alone (added to the 8-bit original,
 no re-encoding), and SSIMULACRA2 of the original re-encoded as JPEG at quality 90 (Pillow's defaults,
-4:2:0), the yardstick of "looks unchanged". It also times SSIMULACRA2 per region on one OpenCV thread.
+4:2:0), the yardstick of "looks unchanged". It also times SSIMULACRA2 per region on one OpenCV thread,
+and says where the saved copy's score is lost: the shares of its loss at each of SSIMULACRA2's scales
+(1x to 32x), in its luma channel Y and in its SSIM error maps (`visibility.loss_shares`).
 
 usage: python benchmarks/visibility_baseline.py [FOLDER] [--count 20] [--extra PHOTO ...] [--level mid]
        [--set FIELD=VALUE ...] [--out FILE.md]
@@ -27,7 +29,7 @@ from PIL import Image
 from ulixes_onnx.cloaking.files import expand_inputs
 from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoPixels
 from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings
-from ulixes_onnx.cloaking.visibility import face_region, face_visibility, ssimulacra2
+from ulixes_onnx.cloaking.visibility import face_region, face_visibility, loss_shares, ssimulacra2
 from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.photos.decoding import decode_photo, read_photo
 from ulixes_onnx.photos.encoding import encode_photo
@@ -75,6 +77,7 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
         started = time.perf_counter()
         ssimulacra2(region, saved_copy[region_rows, region_cols])
         metric_seconds = time.perf_counter() - started
+        shares = loss_shares(region, saved_copy[region_rows, region_cols])
         rows.append(
             {
                 "photo": str(path.relative_to(path.parents[1])),
@@ -88,6 +91,9 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
                 "cloak_alone": face_visibility(original, cloak_alone, face.box).ssimulacra2,
                 "jpeg_q90": face_visibility(original, reencoded, face.box).ssimulacra2,
                 "metric_ms": 1000 * metric_seconds,
+                "loss_by_scale": [round(float(share), 3) for share in shares.sum(axis=(0, 2, 3))],
+                "loss_in_luma": float(shares[1].sum()),
+                "loss_in_ssim": float(shares[..., 0].sum()),
                 "cloak_seconds": cloak_seconds,
                 "steps": max(outcome.steps for outcome in face.models.values()),
                 "rounds": face.rounds,
@@ -99,8 +105,9 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
 def markdown(rows: list[dict], command: str) -> str:
     lines = [
         "| photo | face width (px) | region (px) | protected | distance | cloak, saved copy | cloak alone "
-        "| JPEG q90 | DSSIM, saved copy | SSIMULACRA2 ms (1 thread) | steps | rounds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| JPEG q90 | DSSIM, saved copy | loss by scale 1x/2x/4x/8x/16x/32x (%) | loss in Y, in SSIM (%) "
+        "| SSIMULACRA2 ms (1 thread) | steps | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
@@ -108,16 +115,26 @@ def markdown(rows: list[dict], command: str) -> str:
             f"| {'yes' if row['protected'] else 'no'} | {row['distance']} | {row['saved']:.1f} "
             f"| {row['cloak_alone']:.1f} "
             f"| {row['jpeg_q90']:.1f} | {row['dssim']:.4f} "
+            f"| {'/'.join(f'{100 * share:.0f}' for share in row['loss_by_scale'])} "
+            f"| {100 * row['loss_in_luma']:.0f}, {100 * row['loss_in_ssim']:.0f} "
             f"| {row['metric_ms']:.0f} | {row['steps']} | {row['rounds']} |"
         )
     saved = np.array([row["saved"] for row in rows])
     jpeg = np.array([row["jpeg_q90"] for row in rows])
+    # Scales a region is too small for are missing from its row: they lose nothing.
+    width = max(len(row["loss_by_scale"]) for row in rows)
+    by_scale = np.mean(
+        [np.pad(row["loss_by_scale"], (0, width - len(row["loss_by_scale"]))) for row in rows], axis=0
+    )
     lines += [
         "",
         f"SSIMULACRA2 of the saved copy: mean {saved.mean():.1f}, min {saved.min():.1f}; "
         f"JPEG q90: mean {jpeg.mean():.1f}, min {jpeg.min():.1f} ({len(rows)} faces); "
         f"{sum(row['protected'] for row in rows)} of {len(rows)} protected; "
-        f"{np.mean([row['steps'] for row in rows]):.1f} loop steps per face (all rounds).",
+        f"{np.mean([row['steps'] for row in rows]):.1f} loop steps per face (all rounds). "
+        f"Loss by scale, mean: {'/'.join(f'{100 * share:.0f}' for share in by_scale)} %; in Y "
+        f"{100 * np.mean([row['loss_in_luma'] for row in rows]):.0f} %, in SSIM maps "
+        f"{100 * np.mean([row['loss_in_ssim'] for row in rows]):.0f} %.",
         "",
         f"Command: `{command}`",
     ]

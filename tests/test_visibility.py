@@ -18,6 +18,7 @@ from ulixes_onnx.cloaking.visibility import (
     Visibility,
     face_region,
     face_visibility,
+    loss_shares,
     ssimulacra2,
 )
 from ulixes_onnx.faces import detector_from_store
@@ -225,3 +226,34 @@ def test_measuring_only_around_the_change_scores_as_the_whole_image(
     # The whole images' maps are summed in another order: equal but for float32 rounding in the maps.
     assert ssimulacra2(face, changed) == pytest.approx(Ssimulacra2Reference(face).score(changed), abs=1e-3)
     assert ssimulacra2(face, changed) < 100
+
+
+def test_loss_shares_sum_to_one_and_place_fine_and_coarse_changes(astronaut: np.ndarray) -> None:
+    face = astronaut[:256, 128:384]
+    rng = np.random.default_rng(0)
+    # Pixel noise shows at the finest scales; a smooth blob of the same size shows at the coarse ones.
+    noise = _clipped(face + rng.normal(0, 4, face.shape))
+    blob = np.zeros(face.shape[:2], np.float32)
+    blob[128, 128] = 1
+    blob = cv2.GaussianBlur(blob, (0, 0), 24)
+    smooth = _clipped(face + 12 * (blob / blob.max())[:, :, None])
+    fine_shares, coarse_shares = loss_shares(face, noise), loss_shares(face, smooth)
+    for shares in (fine_shares, coarse_shares):
+        assert shares.shape == (3, 6, 2, 3)
+        assert shares.min() >= 0
+        assert shares.sum() == pytest.approx(1.0)
+    by_scale = [shares.sum(axis=(0, 2, 3)) for shares in (fine_shares, coarse_shares)]
+    # (measured: 0.54 against 0.05 at 1x and 2x, 0.15 against 0.71 from 8x on)
+    assert by_scale[0][:2].sum() > 4 * by_scale[1][:2].sum()
+    assert by_scale[1][3:].sum() > 2 * by_scale[0][3:].sum()
+    # A lightness change: most of the loss is in SSIMULACRA2's luma channel Y.
+    assert coarse_shares[1].sum() > 0.5
+
+
+def test_loss_shares_of_an_unchanged_or_tiny_image_are_zero(face_crops: dict[str, np.ndarray]) -> None:
+    original = face_crops["astronaut"]
+    assert not loss_shares(original, original.copy()).any()
+    tiny = np.zeros((MIN_SIDE - 1, MIN_SIDE - 1, 3), np.uint8)
+    assert not loss_shares(tiny, tiny + 1).any()
+    with pytest.raises(ValueError, match="differ in shape"):
+        loss_shares(original, original[1:])

@@ -598,6 +598,23 @@ def ssimulacra2(original: np.ndarray, changed: np.ndarray) -> float:
     return float(_score(np.stack(features, axis=2))[0])
 
 
+def loss_shares(original: np.ndarray, changed: np.ndarray) -> np.ndarray:
+    """Where SSIMULACRA2 sees a change: each feature's share of the weighted sum the score falls with,
+    [3 channels (X, Y, B), scales (1x, 2x, 4x, ...), 2 pools (mean, 4-norm), 3 maps (SSIM error,
+    artifact, detail lost)], summing to 1; all 0 when nothing changed or the images are too small for
+    any scale. Arguments as `ssimulacra2`."""
+    original, changed = _checked_image(original, "original"), _checked_image(changed, "changed image")
+    if original.shape != changed.shape:
+        raise ValueError(f"images differ in shape: original {original.shape}, changed {changed.shape}")
+    reference = Ssimulacra2Reference(original)
+    if not reference._scales:
+        return np.zeros((3, 0, 2, 3))
+    features, _ = reference._features(_linear_rgb(changed, reference._precision)[None])
+    weighted = np.abs(features[0]) * _feature_weights(features)
+    total = float(weighted.sum())
+    return weighted / total if total > 0 else weighted
+
+
 def face_region(box: Sequence[float], shape: Sequence[int]) -> tuple[slice, slice]:
     """Rows and columns of the face box (x0, y0, x1, y1) grown by a quarter of its size on each side,
     clipped to a photo of `shape` (H, W, ...): the face with its hair, ears and chin, where people
