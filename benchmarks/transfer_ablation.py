@@ -34,6 +34,7 @@ SETTINGS = {
     "momentum 0.5": ["--momentum", "0.5"],
     "gradient smoothing 2 px": ["--smoothing", "2"],
     "max ensemble": ["--ensemble", "max"],
+    "model dropout 0.3": ["--model-dropout", "0.3"],
     "quality floor 70": ["--min-quality", "70"],
     "momentum 0.5, quality floor 70": ["--momentum", "0.5", "--min-quality", "70"],
     "feature weight 3": ["--feature-weight", "3"],

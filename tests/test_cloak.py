@@ -16,6 +16,7 @@ from ulixes_onnx.cloaking.loop import (
     CloakSettingsError,
     LoopSettings,
     ModelView,
+    _dropped_views,
     _movable_magnitudes,
     plan_objectives,
 )
@@ -301,6 +302,8 @@ def test_pool_strategies_need_a_pool() -> None:
         ({"momentum": 1.0}, "momentum in"),
         ({"feature_weight": -0.5}, "feature weight and the polish steps must be at least 0"),
         ({"polish": -1}, "feature weight and the polish steps must be at least 0"),
+        ({"model_dropout": 1.0}, "model dropout must be in"),
+        ({"model_dropout": -0.1}, "model dropout must be in"),
     ],
 )
 def test_bad_settings(settings: dict, message: str) -> None:
@@ -308,17 +311,16 @@ def test_bad_settings(settings: dict, message: str) -> None:
         LoopSettings(**settings)
 
 
-def test_joint_views_follow_both_models(dlib_model, store: ModelStore) -> None:
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_joint_views_follow_both_models(dlib_model, store: ModelStore, dropout: float) -> None:
     photo = samples.astronaut()
     face = detector_from_store(store).detect(photo)[:1]
     # dlib's chip and a mirrored copy of it are two differently aligned views of the same face
     matrix = extract_chips(photo, face, chip_spec("dlib-150-pad0.25")).matrices[0]
     mirrored = np.array([[-1.0, 0.0, 149.0], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0.0, 0.0, 1.0]])
     canvas = make_canvas(photo, [matrix, mirrored], [150, 150], cap=4.0)
-    views = [
-        ModelView(dlib_model, LoopSettings(target=0.5), index=0),
-        ModelView(dlib_model, LoopSettings(target=0.5), index=1),
-    ]
+    settings = LoopSettings(target=0.5, model_dropout=dropout)
+    views = [ModelView(dlib_model, settings, index=0), ModelView(dlib_model, settings, index=1)]
     (result,) = cloak_canvases(views, [canvas])
     assert set(result.stop_reasons.values()) == {"target-reached"}
     clean = canvas.image / 127.5 - 1
@@ -394,3 +396,27 @@ def test_movable_magnitudes_leave_out_elements_at_their_bound_in_the_step_direct
     expected = np.abs(shaped.ravel()[::stride][~stuck.ravel()[::stride]])
     np.testing.assert_array_equal(_movable_magnitudes(shaped, face, stride), expected)
     assert 0 < expected.size < shaped.size / stride
+
+
+def _faces_with_generators(count: int) -> list[SimpleNamespace]:
+    return [SimpleNamespace(rng=np.random.default_rng([0, key])) for key in range(count)]
+
+
+def test_model_dropout_leaves_out_models_at_its_rate_and_never_all() -> None:
+    faces = _faces_with_generators(2)
+    working = [[None, None], [None, None], [None, None]]  # three views, both faces still in progress
+    draws = [_dropped_views(faces, [0, 1], working, 0.5) for _ in range(400)]
+    for dropped in draws:
+        assert set(dropped) == {0, 1}
+        assert all(len(left_out) < 3 for left_out in dropped.values())
+    # each view is left out about half the time (less: a step that drew all three keeps one)
+    rate = np.mean([v in dropped[0] for dropped in draws for v in range(3)])
+    assert 0.35 < rate < 0.5
+
+
+def test_model_dropout_keeps_a_face_s_last_working_model_and_is_off_at_zero() -> None:
+    faces = _faces_with_generators(1)
+    # view 0 is done with the face: only view 1 still works on it, and it is never left out
+    working = [["target-reached"], [None]]
+    assert all(not _dropped_views(faces, [0], working, 0.9) for _ in range(50))
+    assert _dropped_views(faces, [0], [[None], [None]], 0.0) == {}

@@ -114,6 +114,14 @@ FeatureWeight = Annotated[
         rich_help_panel=ADVANCED,
     ),
 ]
+ModelDropout = Annotated[
+    float,
+    typer.Option(
+        metavar="CHANCE",
+        help="Ensembles: the chance that a step leaves out each model's gradient (0: none).",
+        rich_help_panel=ADVANCED,
+    ),
+]
 Polish = Annotated[
     int,
     typer.Option(
@@ -202,6 +210,7 @@ SETTING_OPTIONS = {
     "momentum": Momentum,
     "smoothing": Smoothing,
     "feature_weight": FeatureWeight,
+    "model_dropout": ModelDropout,
     "canvas_cap": CanvasCap,
     "step": Step,
     "max_dssim": MaxDssim,

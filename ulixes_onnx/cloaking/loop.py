@@ -99,6 +99,8 @@ class LoopSettings:
     momentum: float = 0.0
     smoothing: float = 0.0
     feature_weight: float = 0.0
+    # The chance that a step leaves out one model's gradient (ensembles; each step keeps at least one).
+    model_dropout: float = 0.0
     polish: int = 0
 
     def __post_init__(self) -> None:
@@ -124,6 +126,8 @@ class LoopSettings:
             )
         if self.feature_weight < 0 or self.polish < 0:
             raise CloakSettingsError("the feature weight and the polish steps must be at least 0")
+        if not 0 <= self.model_dropout < 1:
+            raise CloakSettingsError(f"the model dropout must be in [0, 1), not {self.model_dropout}")
 
 
 @dataclass(frozen=True)
@@ -378,6 +382,27 @@ def _movable_magnitudes(shaped: np.ndarray, face: FaceState, stride: int) -> np.
     return np.abs(step[~stuck])
 
 
+def _dropped_views(
+    faces: list[FaceState], active: list[int], view_reasons: list[list[str | None]], dropout: float
+) -> dict[int, set[int]]:
+    """Per active face, the views whose gradient this step leaves out: each of the views still working
+    on the face with probability `dropout` (drawn from the face's own generator), never all of them
+    (model dropout: the change must not lean on any one surrogate)."""
+    if dropout == 0:
+        return {}
+    dropped = {}
+    for index in active:
+        working = [v for v, reasons in enumerate(view_reasons) if reasons[index] is None]
+        if len(working) < 2:
+            continue
+        rng = faces[index].rng
+        left_out = {v for v, draw in zip(working, rng.random(len(working)), strict=True) if draw < dropout}
+        if len(left_out) == len(working):
+            left_out.discard(working[int(rng.integers(len(working)))])
+        dropped[index] = left_out
+    return dropped
+
+
 def _confirmed_on_plain_views(
     view: ModelView,
     operators: list[ChipOperator],
@@ -477,6 +502,7 @@ def ascend(
         # are larger.
         progress: dict[int, float] = {}
         advanced: set[int] = set()  # faces where an objective ended: evaluate the next one first
+        dropped = _dropped_views(faces, active, view_reasons, lead.model_dropout)
         for v, view in enumerate(views):
             rows = [i for i in active if view_reasons[v][i] is None]
             if not rows:
@@ -544,6 +570,8 @@ def ascend(
                     # (against the nearest of the previous step, which the face has now passed) is zero
                     # and so is its gradient: the next step measures against the new nearest.
                     advanced.add(index)
+                    continue
+                if v in dropped.get(index, ()):
                     continue
                 gradient = operators[row].adjoint(chip_blur(result.grad[row], blurs[row]))
                 largest = max(float(gradient.max()), -float(gradient.min()))  # max |gradient|, NaN if any is

@@ -45,6 +45,7 @@ class CloakSettings:
     momentum: float = _LOOP.momentum
     smoothing: float = _LOOP.smoothing
     feature_weight: float = _LOOP.feature_weight
+    model_dropout: float = _LOOP.model_dropout
     polish: int = 40
     canvas_cap: float = 4.0
     max_dssim: float = _LOOP.max_dssim
@@ -106,6 +107,7 @@ class CloakSettings:
             momentum=self.momentum,
             smoothing=self.smoothing,
             feature_weight=self.feature_weight,
+            model_dropout=self.model_dropout,
             polish=self.polish,
         )
 
