@@ -1,7 +1,9 @@
 """A quick transfer proxy for a new surrogate: how far a cloak made with other models moves each judge.
 
 For the first `--photos` identities of the folder with at least two photos (in name order), the
-photo with the fewest pixels is cloaked with `--cloak-models` at the default settings. Each judge then
+photo with the fewest pixels is cloaked with `--cloak-models` at the default settings (or, with
+`--cloak PHOTO...`, those photos, each with the other photos of its folder: e.g. the largest faces,
+where the polish works). Each judge then
 embeds the largest face of the original, of the saved (8-bit) cloaked copy and of the identity's other
 photos, as a recogniser would (fresh detection, the judge's own chip layout), and the table gives, in
 units of the judge's threshold: the cloaked copy's distance from the original, and the mean distance
@@ -10,8 +12,8 @@ from the other photos before and after, with how many of those pairs still match
 visibility (mean face SSIMULACRA2 of the saved copy), the faces protected against the cloak models and
 the cloaking seconds.
 
-usage: python benchmarks/transfer_proxy.py [FOLDER] [--photos 6] [--cloak-models dlib-resnet]
-           [--ensemble max] [--judges memento-face,faceres,sface] [--out FILE.md]
+usage: python benchmarks/transfer_proxy.py [FOLDER] [--photos 6] [--cloak PHOTO ...]
+           [--cloak-models dlib-resnet] [--ensemble max] [--judges memento-face,faceres,sface] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -38,11 +40,20 @@ def largest_face_embedding(cloaker: Cloaker, model: FaceModel, pixels: np.ndarra
     return model.embed(extract_chips(pixels, [face], model.chip_spec).chips)[0]
 
 
+def _photos_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def given_photos(photos: list[Path]) -> list[tuple[Path, list[Path]]]:
+    """(photo to cloak, the other photos of its folder) for each of `photos`."""
+    return [(photo, [path for path in _photos_in(photo.parent) if path != photo]) for photo in photos]
+
+
 def chosen_photos(folder: Path, count: int) -> list[tuple[Path, list[Path]]]:
     """(photo to cloak, the identity's other photos) for the first `count` identities with two photos."""
     chosen = []
     for identity in sorted(path for path in folder.iterdir() if path.is_dir()):
-        photos = sorted(path for path in identity.iterdir() if path.suffix.lower() in PHOTO_SUFFIXES)
+        photos = _photos_in(identity)
         if len(photos) >= 2:
             smallest = min(photos, key=lambda path: np.prod(Image.open(path).size))
             chosen.append((smallest, [path for path in photos if path != smallest]))
@@ -57,6 +68,7 @@ def main() -> None:
     )
     parser.add_argument("folder", type=Path, nargs="?", default=DEFAULT_FOLDER)
     parser.add_argument("--photos", type=int, default=6)
+    parser.add_argument("--cloak", type=Path, nargs="+", metavar="PHOTO", help="cloak these photos instead")
     parser.add_argument("--cloak-models", default="dlib-resnet")
     parser.add_argument("--ensemble", default=CloakSettings().ensemble, help="how cloak models combine")
     parser.add_argument("--judges", default="memento-face,faceres,sface")
@@ -68,10 +80,11 @@ def main() -> None:
     # Per judge: cloaked vs original, others' mean clean and cloaked, matched clean, cloaked, pairs.
     sums = {judge.name: np.zeros(6) for judge in judges}
     lines = [
-        "| photo | judge | cloaked vs original | others: clean | others: cloaked | matched |",
+        "| photo (face SSIMULACRA2) | judge | cloaked vs original | others: clean | others: cloaked "
+        "| matched |",
         "|---|---|---|---|---|---|",
     ]
-    chosen = chosen_photos(args.folder, args.photos)
+    chosen = given_photos(args.cloak) if args.cloak else chosen_photos(args.folder, args.photos)
     faces, protected, quality, seconds = 0, 0, 0.0, 0.0
     for photo, others in chosen:
         original = read_photo(photo).rgb8
@@ -80,6 +93,7 @@ def main() -> None:
         faces += len(result.faces)
         protected += sum(face.protected for face in result.faces)
         quality += sum(face.ssimulacra2 for face in result.faces)
+        scores = ", ".join(f"{face.ssimulacra2:.1f}" for face in result.faces)
         seconds += result.seconds
         print(f"{photo.parent.name}/{photo.name}: {[f.protected for f in result.faces]}", file=sys.stderr)
         other_pixels = [read_photo(path).rgb8 for path in others]
@@ -93,8 +107,9 @@ def main() -> None:
             row = [moved, before.mean(), after.mean(), (before < 1).sum(), (after < 1).sum(), len(rest)]
             sums[judge.name] += row
             lines.append(
-                f"| {photo.parent.name}/{photo.name} | {judge.name} | {moved:.2f} | {before.mean():.2f} | "
-                f"{after.mean():.2f} | {row[3]:.0f}/{len(rest)} -> {row[4]:.0f}/{len(rest)} |"
+                f"| {photo.parent.name}/{photo.name} ({scores}) | {judge.name} | {moved:.2f} "
+                f"| {before.mean():.2f} | {after.mean():.2f} "
+                f"| {row[3]:.0f}/{len(rest)} -> {row[4]:.0f}/{len(rest)} |"
             )
     count = len(chosen)
     lines += [

@@ -113,3 +113,17 @@ def test_the_visibility_table_says_where_the_score_is_lost() -> None:
     assert "| 10/10/40/20/20/0 | 90, 80 |" in table
     assert "| 50/30/20/0/0 | 90, 80 |" in table
     assert "Loss by scale, mean: 30/20/30/10/10/0 %; in Y 90 %, in SSIM maps 80 %." in table
+
+
+def test_the_transfer_proxy_takes_given_photos_with_their_folders_others(tmp_path: Path) -> None:
+    from benchmarks.transfer_proxy import given_photos
+
+    for person, names in {"A": ["1.jpg", "2.png", "notes.txt"], "B": ["3.jpg", "4.jpg", "5.jpg"]}.items():
+        (tmp_path / person).mkdir()
+        for name in names:
+            (tmp_path / person / name).write_bytes(b"")
+    chosen = given_photos([tmp_path / "B" / "4.jpg", tmp_path / "A" / "2.png"])
+    assert chosen == [
+        (tmp_path / "B" / "4.jpg", [tmp_path / "B" / "3.jpg", tmp_path / "B" / "5.jpg"]),
+        (tmp_path / "A" / "2.png", [tmp_path / "A" / "1.jpg"]),
+    ]
