@@ -7,6 +7,8 @@ import pytest
 
 from benchmarks.same_cloak import compare, settings_of
 from benchmarks.stage_profile import CLOCKS, StageClock, markdown
+from benchmarks.transfer_proxy import given_photos
+from benchmarks.visibility_baseline import markdown as visibility_markdown
 
 
 def test_settings_take_each_fields_type() -> None:
@@ -96,8 +98,6 @@ def test_markdown_names_its_clock() -> None:
 
 
 def test_the_visibility_table_says_where_the_score_is_lost() -> None:
-    from benchmarks.visibility_baseline import markdown as visibility_markdown
-
     def row(width: int, by_scale: list[float]) -> dict:
         return {
             "photo": f"A/{width}.jpg", "face_width": width, "region": f"{width}x{width}", "protected": True,
@@ -116,8 +116,6 @@ def test_the_visibility_table_says_where_the_score_is_lost() -> None:
 
 
 def test_the_transfer_proxy_takes_given_photos_with_their_folders_others(tmp_path: Path) -> None:
-    from benchmarks.transfer_proxy import given_photos
-
     for person, names in {"A": ["1.jpg", "2.png", "notes.txt"], "B": ["3.jpg", "4.jpg", "5.jpg"]}.items():
         (tmp_path / person).mkdir()
         for name in names:

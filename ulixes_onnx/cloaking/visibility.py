@@ -575,13 +575,19 @@ class Ssimulacra2Reference:
         return image
 
 
+def _checked_pair(original: np.ndarray, changed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both images checked (`_checked_image`), and of one shape."""
+    original, changed = _checked_image(original, "original"), _checked_image(changed, "changed image")
+    if original.shape != changed.shape:
+        raise ValueError(f"images differ in shape: original {original.shape}, changed {changed.shape}")
+    return original, changed
+
+
 def ssimulacra2(original: np.ndarray, changed: np.ndarray) -> float:
     """SSIMULACRA2 of `changed` against `original` (RGB HxWx3 or gray HxW, integers or floats in 0..255
     units, equal shapes): 100 when identical, lower the more visible the change. Images under 8 pixels
     on a side have no scale to measure: 100 when unchanged, 0 otherwise."""
-    original, changed = _checked_image(original, "original"), _checked_image(changed, "changed image")
-    if original.shape != changed.shape:
-        raise ValueError(f"images differ in shape: original {original.shape}, changed {changed.shape}")
+    original, changed = _checked_pair(original, changed)
     # Measured only around what changed (`_changed_area_features`): a cloak changes part of a face's
     # region. Equal to `Ssimulacra2Reference(original).score(changed)` but for float32 rounding in the
     # maps (OpenCV's filters round a pixel differently at another place in a row): 2e-4 points at most.
@@ -603,9 +609,7 @@ def loss_shares(original: np.ndarray, changed: np.ndarray) -> np.ndarray:
     [3 channels (X, Y, B), scales (1x, 2x, 4x, ...), 2 pools (mean, 4-norm), 3 maps (SSIM error,
     artifact, detail lost)], summing to 1; all 0 when nothing changed or the images are too small for
     any scale. Arguments as `ssimulacra2`."""
-    original, changed = _checked_image(original, "original"), _checked_image(changed, "changed image")
-    if original.shape != changed.shape:
-        raise ValueError(f"images differ in shape: original {original.shape}, changed {changed.shape}")
+    original, changed = _checked_pair(original, changed)
     reference = Ssimulacra2Reference(original)
     if not reference._scales:
         return np.zeros((3, 0, 2, 3))
