@@ -18,6 +18,7 @@ from ulixes_onnx.cloaking.loop import (
     ModelView,
     _dropped_views,
     _movable_magnitudes,
+    ensemble_farness,
     plan_objectives,
 )
 from ulixes_onnx.cloaking.polish import POLISH_MIN_MAGNIFICATION, cloak_canvases
@@ -273,6 +274,67 @@ def test_nearest_falls_back_to_self_when_no_negative_is_beyond_the_margin() -> N
     chips = np.zeros((1, 2, 1, 1), np.float32)
     plan = plan_objectives(_EuclideanModel(), chips, np.zeros((1, 2)), settings, POOL)[0]
     np.testing.assert_allclose(plan[0].negative, [1e-5, 1e-5])
+
+
+class _ScaledModel(_EuclideanModel):
+    """A toy model whose threshold is `threshold` and whose distances are `scale` times Euclidean."""
+
+    def __init__(self, scale: float, threshold: float) -> None:
+        self.scale, self.threshold = scale, threshold
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self.scale * distances(a, b, "euclidean")
+
+
+def test_an_ensemble_pulls_every_model_towards_the_same_pool_face() -> None:
+    # Alone, model a picks pool face 0 (3 thresholds away) and model b pool face 1 (3 thresholds);
+    # on average over the two, face 1 is the farther: (2 + 3) / 2 = 2.5 against (3 + 1) / 2 = 2.
+    pool_a = np.array([[3.0, 0.0], [2.0, 0.0], [0.5, 0.0]])
+    pool_b = np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 0.5]])
+    settings = LoopSettings(strategy="farthest", margin=0.1)
+    views = [
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=pool_a),
+        ModelView(_ScaledModel(2.0, 2.0), settings, pool=pool_b),
+    ]
+    positives = [np.zeros((1, 2)), np.zeros((1, 2))]
+    chips = np.zeros((1, 2, 1, 1), np.float32)
+    farness = ensemble_farness(views, positives)
+    np.testing.assert_allclose(farness, [[2.0, 2.5, 0.5]])
+
+    def first_negatives(ranking: np.ndarray | None) -> list[np.ndarray]:
+        return [
+            plan_objectives(view.model, chips, positive, settings, view.pool, farness=ranking)[0][0].negative
+            for view, positive in zip(views, positives, strict=True)
+        ]
+
+    np.testing.assert_array_equal(first_negatives(None), [[3.0, 0.0], [0.0, 3.0]])
+    np.testing.assert_array_equal(first_negatives(farness), [[2.0, 0.0], [0.0, 3.0]])
+
+
+def test_nearest_by_the_ensemble_still_keeps_each_models_margin() -> None:
+    # Pool face 3 is the nearest on average, but inside this model's margin: the next one is taken.
+    settings = LoopSettings(strategy="nearest", margin=0.6)
+    chips = np.zeros((1, 2, 1, 1), np.float32)
+    farness = np.array([[0.9, 0.7, 2.0, 0.1]])
+    plan = plan_objectives(_EuclideanModel(), chips, np.zeros((1, 2)), settings, POOL, farness=farness)
+    np.testing.assert_array_equal(plan[0][0].negative, [3.0, 0.0])
+
+
+@pytest.mark.parametrize("strategy", ["away", "random"])
+def test_only_strategies_that_rank_the_pool_share_a_choice(strategy: str) -> None:
+    settings = LoopSettings(strategy=strategy)
+    views = [ModelView(_ScaledModel(1.0, 1.0), settings, pool=POOL)] * 2
+    assert ensemble_farness(views, [np.zeros((1, 2))] * 2) is None
+
+
+def test_an_ensembles_pool_must_hold_the_same_faces_for_every_model() -> None:
+    settings = LoopSettings(strategy="farthest")
+    views = [
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=POOL),
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=POOL[:2]),
+    ]
+    with pytest.raises(CloakSettingsError, match="same pool faces for every model"):
+        ensemble_farness(views, [np.zeros((1, 2))] * 2)
 
 
 def test_away_plan_has_no_negative_weight() -> None:
