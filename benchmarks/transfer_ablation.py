@@ -40,6 +40,9 @@ SETTINGS = {
     "momentum 0.5, quality floor 70": ["--momentum", "0.5", "--min-quality", "70"],
     "feature weight 3": ["--feature-weight", "3"],
     "no polish": ["--polish", "0"],
+    # Towards another person (the paper's strategies; need --pool, photos of people not evaluated).
+    "farthest pool face": ["--strategy", "farthest"],
+    "nearest pool face": ["--strategy", "nearest"],
 }
 
 
@@ -51,6 +54,10 @@ def eval_command(args: argparse.Namespace, options: list[str], out: Path) -> lis
         "--leave-one-out", "--models", args.models, "--ensemble", "joint", *options,
         "--out", str(out), "--cache-dir", str(args.cache_dir or args.work / "cache"), "--no-plots",
     ]  # fmt: skip
+    if "--strategy" in options:
+        if args.pool is None:
+            raise SystemExit(f"{shlex.join(options)} needs --pool: photos of people who are not evaluated")
+        command += ["--pool", str(args.pool)]
     if args.allow_single:
         command.append("--allow-single")
     if args.threads:
@@ -94,6 +101,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/transfer.md"))
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--pool", type=Path, help="other people's photos, for the settings with a strategy")
     parser.add_argument("--models", default=MODELS, help=f"the zoo models, each held out in turn ({MODELS})")
     return parser.parse_args(argv)
 

@@ -21,6 +21,7 @@ COMMANDS = [
     ("eval",),
     ("bench",),
     ("serve",),
+    ("pool",),
     ("models",),
     ("models", "list"),
     ("models", "build"),
@@ -137,7 +138,7 @@ def test_help_paragraphs_are_not_hard_wrapped() -> None:
         if entry.attribute != "app"
     ]
     callbacks += [command.callback for command in models_command.app.registered_commands]
-    assert len(callbacks) == 8
+    assert len(callbacks) == 9
     for callback in callbacks:
         for paragraph in inspect.getdoc(callback).split("\n\n"):
             assert "\n" not in paragraph, callback.__name__

@@ -50,6 +50,18 @@ def test_every_setting_runs_without_only():
     assert parse_arguments(["data"]).only is None
 
 
+def test_strategy_settings_pass_the_pool():
+    args = parse_arguments(["data", "--pool", "/others"])
+    command = eval_command(args, ["--strategy", "farthest"], Path("out"))
+    assert command[command.index("--pool") + 1] == "/others"
+    assert "--pool" not in eval_command(args, ["--diversity", "0"], Path("out"))
+
+
+def test_strategy_settings_need_a_pool():
+    with pytest.raises(SystemExit, match="needs --pool"):
+        eval_command(parse_arguments(["data"]), ["--strategy", "nearest"], Path("out"))
+
+
 def test_eval_command_passes_cache_threads_and_single_identities():
     args = parse_arguments(["data", "--cache-dir", "/c", "--threads", "1", "--allow-single"])
     command = eval_command(args, ["--diversity", "0"], Path("out"))

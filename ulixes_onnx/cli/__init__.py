@@ -60,6 +60,11 @@ COMMANDS = {
         "serve",
         "Serve a web page and an HTTP API that cloak uploaded photos on this computer.",
     ),
+    "pool": CommandEntry(
+        "ulixes_onnx.cli.pool",
+        "pool",
+        "Embed other people's faces into a pool file for `cloak --strategy ... --pool FILE.npz`.",
+    ),
     "models": CommandEntry("ulixes_onnx.cli.models", "app", "List, build and check face models."),
 }
 
