@@ -54,9 +54,7 @@ def eval_command(args: argparse.Namespace, options: list[str], out: Path) -> lis
         "--leave-one-out", "--models", args.models, "--ensemble", "joint", *options,
         "--out", str(out), "--cache-dir", str(args.cache_dir or args.work / "cache"), "--no-plots",
     ]  # fmt: skip
-    if "--strategy" in options:
-        if args.pool is None:
-            raise SystemExit(f"{shlex.join(options)} needs --pool: photos of people who are not evaluated")
+    if "--strategy" in options:  # parse_arguments made sure there is a pool
         command += ["--pool", str(args.pool)]
     if args.allow_single:
         command.append("--allow-single")
@@ -101,9 +99,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/transfer.md"))
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--pool", type=Path, help="other people's photos, for the settings with a strategy")
+    parser.add_argument(
+        "--pool", type=Path, help="other people's photos (or a pool file), for the settings with a strategy"
+    )
     parser.add_argument("--models", default=MODELS, help=f"the zoo models, each held out in turn ({MODELS})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    needing = [name for name in args.only or SETTINGS if "--strategy" in SETTINGS[name]]
+    if needing and args.pool is None:
+        parser.error(f"{'; '.join(needing)} need --pool: photos of people who are not evaluated")
+    return args
 
 
 def render(

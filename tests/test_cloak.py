@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from ulixes_onnx.cloaking import loop as loop_module
 from ulixes_onnx.cloaking.loop import (
     BOUNDS_CHECK_EVERY,
     FAST_STEP_FACTOR,
@@ -311,13 +312,56 @@ def test_an_ensemble_pulls_every_model_towards_the_same_pool_face() -> None:
     np.testing.assert_array_equal(first_negatives(farness), [[2.0, 0.0], [0.0, 3.0]])
 
 
-def test_nearest_by_the_ensemble_still_keeps_each_models_margin() -> None:
-    # Pool face 3 is the nearest on average, but inside this model's margin: the next one is taken.
-    settings = LoopSettings(strategy="nearest", margin=0.6)
+def test_nearest_by_the_ensemble_skips_pool_faces_within_any_models_margin() -> None:
+    # Pool face 0 is the nearest on average but within model b's margin; face 1 is beyond both
+    # margins, so both models take it (alone, model a would take face 0).
+    pool_a = np.array([[1.0, 0.0], [2.0, 0.0], [4.0, 0.0]])
+    pool_b = np.array([[0.0, 0.2], [0.0, 1.0], [0.0, 3.0]])
+    settings = LoopSettings(strategy="nearest", margin=0.5)
+    views = [
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=pool_a),
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=pool_b),
+    ]
+    positives = [np.zeros((1, 2)), np.zeros((1, 2))]
     chips = np.zeros((1, 2, 1, 1), np.float32)
-    farness = np.array([[0.9, 0.7, 2.0, 0.1]])
-    plan = plan_objectives(_EuclideanModel(), chips, np.zeros((1, 2)), settings, POOL, farness=farness)
-    np.testing.assert_array_equal(plan[0][0].negative, [3.0, 0.0])
+    farness = ensemble_farness(views, positives)
+    np.testing.assert_allclose(farness, [[np.inf, 1.5, 3.5]])
+    picks = [
+        plan_objectives(view.model, chips, positive, settings, view.pool, farness=ranking)[0][0].negative
+        for view, positive in zip(views, positives, strict=True)
+        for ranking in (None, farness)
+    ]
+    np.testing.assert_array_equal(picks, [[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+
+
+def test_nearest_by_the_ensemble_falls_back_to_self_for_every_model_together() -> None:
+    settings = LoopSettings(strategy="nearest", margin=0.5)
+    views = [
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=np.array([[0.2, 0.0], [3.0, 0.0]])),
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=np.array([[2.0, 0.0], [0.1, 0.0]])),
+    ]
+    positives = [np.zeros((1, 2)), np.zeros((1, 2))]
+    farness = ensemble_farness(views, positives)
+    assert np.isinf(farness).all()
+    chips = np.zeros((1, 2, 1, 1), np.float32)
+    for view, positive in zip(views, positives, strict=True):
+        plan = plan_objectives(view.model, chips, positive, settings, view.pool, farness=farness)
+        np.testing.assert_allclose(plan[0][0].negative, [1e-5, 1e-5])
+
+
+def test_a_joint_loop_ranks_the_pool_once_for_all_its_models(dlib_model, canvases, monkeypatch) -> None:
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(args[6] if len(args) > 6 else kwargs.get("farness"))
+        return plan_objectives(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "plan_objectives", recording)
+    pool = np.random.default_rng(0).normal(0.0, 0.1, (3, 128)).astype(np.float32)
+    settings = LoopSettings(strategy="farthest", max_steps=1)
+    views = [ModelView(dlib_model, settings, pool=pool), ModelView(dlib_model, settings, pool=pool)]
+    cloak_canvases(views, canvases[:1])
+    assert len(seen) == 2 and seen[0] is not None and seen[0] is seen[1]
 
 
 @pytest.mark.parametrize("strategy", ["away", "random"])

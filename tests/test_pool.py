@@ -73,16 +73,42 @@ def test_an_unreadable_pool_file_is_a_clear_error(tmp_path: Path) -> None:
         load_pool(path, [fake_model("a", "1" * 64)])
 
 
-def test_pool_command_writes_a_file_that_cloak_uses(
+def test_pool_command_writes_the_faces_it_found_and_skips_unreadable_photos(
+    astronaut_file: Path, tmp_path: Path, store: ModelStore
+) -> None:
+    (astronaut_file.parent / "notes.jpg").write_text("not a photo")
+    pool_file = tmp_path / "others.npz"
+    made = run_cli("pool", str(astronaut_file.parent), "--out", str(pool_file), models_dir=store.root)
+    assert made.returncode == 0, made.stderr
+    assert made.stderr.startswith(f"skipped: {astronaut_file.parent / 'notes.jpg'}: not a photo")
+    with np.load(pool_file) as saved:
+        count = len(saved["dlib-resnet"])
+    assert count == 1
+    assert made.stdout.strip() == f"{pool_file}: 1 faces from 1 photos, for dlib-resnet"
+
+
+def test_pool_command_replaces_a_pool_only_with_overwrite(
+    astronaut_file: Path, tmp_path: Path, store: ModelStore
+) -> None:
+    pool_file = tmp_path / "others.npz"
+    pool_file.write_bytes(b"kept")
+    refused = run_cli("pool", str(astronaut_file), "--out", str(pool_file), models_dir=store.root)
+    assert refused.returncode == 2 and "exists already; remove it or use --overwrite" in refused.stderr
+    assert pool_file.read_bytes() == b"kept"
+    replaced = run_cli(
+        "pool", str(astronaut_file), "--out", str(pool_file), "--overwrite", models_dir=store.root
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    with np.load(pool_file) as saved:
+        assert saved["dlib-resnet"].shape == (1, 128)
+
+
+def test_cloak_uses_a_pool_file_made_by_the_pool_command(
     astronaut_file: Path, faces_dev: Path, tmp_path: Path, store: ModelStore
 ) -> None:
     pool_file = tmp_path / "others.npz"
-    others = faces_dev / "Obama"
-    made = run_cli("pool", str(others), "--out", str(pool_file), models_dir=store.root)
+    made = run_cli("pool", str(faces_dev / "Obama"), "--out", str(pool_file), models_dir=store.root)
     assert made.returncode == 0, made.stderr
-    photos = len(list(others.glob("*.jpg")))
-    assert made.stdout.strip() == f"{pool_file}: {photos} faces of {photos} photos, for dlib-resnet"
-
     report = tmp_path / "report.json"
     cloaked = run_cli(
         "cloak", str(astronaut_file), "--strategy", "farthest", "--pool", str(pool_file),
@@ -96,28 +122,47 @@ def test_pool_command_writes_a_file_that_cloak_uses(
 
 
 @pytest.mark.parametrize(
-    ("arguments", "message"),
+    ("out", "message"),
     [
-        (["--out", "{tmp}/pool.txt"], "a pool file ends in .npz"),
-        (["--out", "{tmp}/existing.npz"], "exists; give --overwrite to replace it"),
+        ("pool.txt", "a pool file ends in .npz"),
+        ("folder.npz", "is a folder; give the path of a file"),
+        ("missing/pool.npz", "does not exist; create it first"),
+        ("people/astronaut.npz", "is the input"),
     ],
 )
 def test_pool_command_refuses_outputs_it_must_not_write(
-    arguments: list[str], message: str, astronaut_file: Path, tmp_path: Path, store: ModelStore
+    out: str, message: str, astronaut_file: Path, tmp_path: Path, store: ModelStore
 ) -> None:
-    existing = tmp_path / "existing.npz"
-    existing.write_bytes(b"kept")
-    result = run_cli(
-        "pool", str(astronaut_file), *[a.format(tmp=tmp_path) for a in arguments], models_dir=store.root
-    )
-    # Typer boxes usage errors and wraps long paths inside the box.
-    assert result.returncode == 2 and message in " ".join(result.stderr.replace("│", " ").split())
-    assert existing.read_bytes() == b"kept" and not (tmp_path / "pool.txt").exists()
+    (tmp_path / "folder.npz").mkdir()
+    photo_named_like_a_pool = astronaut_file.with_suffix(".npz")
+    photo_named_like_a_pool.write_bytes(astronaut_file.read_bytes())
+    before = photo_named_like_a_pool.read_bytes()
+    inputs = [str(astronaut_file), str(photo_named_like_a_pool)]
+    result = run_cli("pool", *inputs, "--out", str(tmp_path / out), "--overwrite", models_dir=store.root)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert photo_named_like_a_pool.read_bytes() == before and not (tmp_path / "pool.txt").exists()
 
 
 def test_pool_command_without_photos_is_a_usage_error(tmp_path: Path, store: ModelStore) -> None:
     result = run_cli("pool", str(tmp_path), "--out", str(tmp_path / "pool.npz"), models_dir=store.root)
     assert result.returncode == 2 and "no photos found" in result.stderr
+
+
+def test_pool_command_with_an_unknown_model_says_so_in_one_line(
+    astronaut_file: Path, tmp_path: Path, store: ModelStore
+) -> None:
+    result = run_cli(
+        "pool",
+        str(astronaut_file),
+        "--out",
+        str(tmp_path / "p.npz"),
+        "--models",
+        "nosuch",
+        models_dir=store.root,
+    )
+    assert result.returncode == 3 and "nosuch" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.npz").exists()
 
 
 def test_cloak_with_an_unreadable_pool_file_says_so_in_one_line(

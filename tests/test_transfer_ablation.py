@@ -47,7 +47,7 @@ def test_only_rejects_an_unknown_setting(capsys):
 
 
 def test_every_setting_runs_without_only():
-    assert parse_arguments(["data"]).only is None
+    assert parse_arguments(["data", "--pool", "others"]).only is None
 
 
 def test_strategy_settings_pass_the_pool():
@@ -57,13 +57,16 @@ def test_strategy_settings_pass_the_pool():
     assert "--pool" not in eval_command(args, ["--diversity", "0"], Path("out"))
 
 
-def test_strategy_settings_need_a_pool():
-    with pytest.raises(SystemExit, match="needs --pool"):
-        eval_command(parse_arguments(["data"]), ["--strategy", "nearest"], Path("out"))
+def test_strategy_settings_need_a_pool_before_any_run(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_arguments(["data", "--only", "joint, defaults", "nearest pool face"])
+    assert exit_info.value.code == 2
+    assert "nearest pool face need --pool" in capsys.readouterr().err
+    assert parse_arguments(["data", "--only", "joint, defaults"]).pool is None
 
 
 def test_eval_command_passes_cache_threads_and_single_identities():
-    args = parse_arguments(["data", "--cache-dir", "/c", "--threads", "1", "--allow-single"])
+    args = parse_arguments(["data", "--cache-dir", "/c", "--threads", "1", "--allow-single", "--pool", "p"])
     command = eval_command(args, ["--diversity", "0"], Path("out"))
     assert command[command.index("--cache-dir") + 1] == "/c"
     assert command[command.index("--threads") + 1] == "1"
@@ -73,7 +76,7 @@ def test_eval_command_passes_cache_threads_and_single_identities():
 
 
 def test_eval_command_defaults_to_a_cache_under_work_and_all_threads():
-    args = parse_arguments(["data", "--work", "w"])
+    args = parse_arguments(["data", "--work", "w", "--pool", "p"])
     command = eval_command(args, [], Path("out"))
     assert command[command.index("--cache-dir") + 1] == str(Path("w") / "cache")
     assert "--threads" not in command

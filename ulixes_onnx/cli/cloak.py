@@ -131,7 +131,10 @@ def cloak(
             load_pool(pool, cloaker.models)
             if pool.is_file()
             else build_pool(
-                [photo.path for photo in expand_inputs([str(pool)])], cloaker.models, cloaker.detector
+                [photo.path for photo in expand_inputs([str(pool)])],
+                cloaker.models,
+                cloaker.detector,
+                on_skip=lambda path, reason: print(f"skipped (pool): {reason}", file=sys.stderr),
             )
         )
     if reference:

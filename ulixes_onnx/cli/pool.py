@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ulixes_onnx.atomic import protect_inputs, same_file
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.cli.context import CliState
 from ulixes_onnx.cli.options import DEFAULT_MODEL_LIST, model_names
 from ulixes_onnx.cloaking.files import expand_inputs
 from ulixes_onnx.cloaking.pool import build_pool, save_pool
+from ulixes_onnx.errors import UsageError
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import detector_from_store
 
@@ -19,7 +23,7 @@ from ulixes_onnx.faces import detector_from_store
 def pool(
     ctx: typer.Context,
     paths: Annotated[
-        list[Path], typer.Argument(metavar="PHOTO...", help="Photos or folders of other people.")
+        list[str], typer.Argument(metavar="PHOTO...", help="Photos, folders (searched recursively) or globs.")
     ],
     out: Annotated[Path, typer.Option(metavar="FILE.npz", help="Where to write the pool.")],
     models: Annotated[
@@ -35,18 +39,38 @@ def pool(
 
     Only embeddings are kept (no images); `cloak` checks them against the weights of its models.
     """
-    if out.suffix != ".npz":
-        raise typer.BadParameter(f"{out}: a pool file ends in .npz", param_hint="--out")
-    if out.exists() and not overwrite:
-        raise typer.BadParameter(f"{out} exists; give --overwrite to replace it", param_hint="--out")
-    photos = expand_inputs(str(path) for path in paths)
-    if not photos:
-        raise typer.BadParameter("no photos found", param_hint="PHOTO...")
+    photos = [photo.path for photo in expand_inputs(paths)]
+    _check_destination(out, photos, overwrite)
+    names = model_names(models, "--models")
     store = ctx.ensure_object(CliState).store()
-    embedders = [
-        FaceModel(get_card(name), store, threads=threads) for name in model_names(models, "--models")
-    ]
-    faces = build_pool([photo.path for photo in photos], embedders, detector_from_store(store))
-    save_pool(faces, embedders, out)
-    counts = {len(embeddings) for embeddings in faces.values()}
-    typer.echo(f"{out}: {counts.pop()} faces of {len(photos)} photos, for {', '.join(faces)}")
+    embedders = [FaceModel(get_card(name), store, threads=threads) for name in names]
+    skipped = []
+
+    def skip(path: Path, reason: str) -> None:
+        skipped.append(path)
+        print(f"skipped: {reason}", file=sys.stderr)
+
+    faces = build_pool(photos, embedders, detector_from_store(store), on_skip=skip)
+    with protect_inputs(photos):
+        save_pool(faces, embedders, out, overwrite=overwrite)
+    count = len(next(iter(faces.values())))
+    typer.echo(f"{out}: {count} faces from {len(photos) - len(skipped)} photos, for {', '.join(names)}")
+
+
+def _check_destination(out: Path, photos: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, a pool file that could not be written or would replace a photo."""
+    if not photos:
+        raise UsageError("no photos found among the given paths")
+    if out.suffix != ".npz":
+        raise UsageError(f"--out {out}: a pool file ends in .npz")
+    clash = next((photo for photo in photos if same_file(out, photo)), None)
+    if clash is not None:
+        raise UsageError(f"--out {out} is the input {clash}; the pool needs a path of its own")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the path of a file")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    if os.path.lexists(out) and not overwrite:
+        raise UsageError(f"--out {out} exists already; remove it or use --overwrite")
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {out}: the folder {out.parent} is not writable")

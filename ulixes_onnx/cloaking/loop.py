@@ -47,6 +47,8 @@ from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas, symmetric_blur
 
 STRATEGIES = ("away", "self", "nearest", "farthest", "random", "random-farthest")
 POOL_STRATEGIES = ("nearest", "farthest", "random", "random-farthest")
+# The pool strategies that rank the pool; a joint ensemble ranks it once for all its models.
+RANKING_STRATEGIES = ("nearest", "farthest", "random-farthest")
 SELF_NEGATIVE_OFFSET = 1e-5
 # The away objective starts this far (in step units) from the original so that its gradient exists.
 AWAY_START_NOISE = 0.1
@@ -240,8 +242,9 @@ def plan_objectives(
 ) -> list[list[Objective]]:
     """The sequence of objectives for each face, by strategy; random draws are seeded by the seed and
     each face's key (default: its position). `farness` [faces, pool] ranks the pool faces for
-    `farthest` and `nearest` (default: this model's distances); an ensemble passes `ensemble_farness`
-    so that all its models pull each face towards the same person."""
+    `farthest` and `nearest` (default: this model's distances; `nearest` takes no pool face whose
+    ranking is infinite); a joint ensemble passes `ensemble_farness`, so that all its models pull
+    each face towards the same person."""
     strategy = settings.strategy
     if strategy == "away":
         return [[Objective(positive, settings.target, 0.0)] for positive in positives]
@@ -266,7 +269,7 @@ def plan_objectives(
             for choice in rng.choice(len(pool), size=min(settings.random_negatives, len(pool)), replace=False)
         ]
         if strategy == "nearest":
-            candidates = np.flatnonzero(distances > settings.margin)
+            candidates = np.flatnonzero((distances > settings.margin) & np.isfinite(ranking))
             if len(candidates):
                 nearest = candidates[np.argmin(ranking[candidates])]
                 plans.append([Objective(pool[nearest], settings.margin, 1.0)])
@@ -284,13 +287,15 @@ def plan_objectives(
 
 def ensemble_farness(views: Sequence[ModelView], positives: Sequence[np.ndarray]) -> np.ndarray | None:
     """[faces, pool] each pool face's distance from each face, in units of each model's threshold,
-    averaged over the views' models; None unless several views share a pool strategy.
+    averaged over the views' models (for `nearest`, infinite where a pool face lies within any
+    model's margin); None unless several views share a strategy that ranks the pool.
 
-    Left to themselves, the models of an ensemble pick different people: on the development photos
-    each model's farthest pool face is another model's for only 8-15 % of the faces, so the joint
+    Left to themselves, the models of a joint ensemble pick different people: on the development
+    photos each model's farthest pool face is another model's for only 8-15 % of the faces, so the
     change would pull towards three people at once, a direction fitted to no one.
     """
-    if len(views) < 2 or views[0].settings.strategy not in ("nearest", "farthest", "random-farthest"):
+    strategy = views[0].settings.strategy
+    if len(views) < 2 or strategy not in RANKING_STRATEGIES:
         return None
     pools = [view.pool for view in views]
     if any(pool is None for pool in pools):
@@ -299,13 +304,15 @@ def ensemble_farness(views: Sequence[ModelView], positives: Sequence[np.ndarray]
         raise CloakSettingsError(
             "an ensemble's pool needs the same pool faces for every model; build the pool with all of them"
         )
-    return np.mean(
-        [
-            view.model.distance(positive[:, None], view.pool[None]) / view.model.threshold
-            for view, positive in zip(views, positives, strict=True)
-        ],
-        axis=0,
-    )
+    farness = np.zeros((len(positives[0]), len(pools[0])))
+    for view, positive in zip(views, positives, strict=True):
+        # One face at a time: all faces against the whole pool at once would hold faces x pool x
+        # embedding size in memory.
+        distances = np.stack([view.model.distance(embedding[None], view.pool) for embedding in positive])
+        farness += distances / view.model.threshold / len(views)
+        if strategy == "nearest":
+            farness[distances <= view.settings.margin] = np.inf
+    return farness
 
 
 def jitter(rng: np.random.Generator, size: int, amount: float) -> np.ndarray:

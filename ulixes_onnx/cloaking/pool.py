@@ -8,13 +8,13 @@ weights would point the cloak at meaningless targets, so it is refused).
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ulixes_onnx.atomic import write_atomically
-from ulixes_onnx.errors import UlixesError
+from ulixes_onnx.errors import ImageError, UlixesError
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import MTCNN, extract_chips
 from ulixes_onnx.photos.decoding import read_photo
@@ -26,12 +26,22 @@ class PoolError(UlixesError):
     """A pool cannot be built, read or used with these models."""
 
 
-def build_pool(photos: Iterable[Path], models: Sequence[FaceModel], detector: MTCNN) -> dict[str, np.ndarray]:
-    """Embeddings of every face found in `photos`, per model."""
+def build_pool(
+    photos: Iterable[Path],
+    models: Sequence[FaceModel],
+    detector: MTCNN,
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Embeddings of every face found in `photos`, per model, in the same order for every model. A
+    photo that cannot be read is left out and handed to `on_skip` with the reason."""
     collected: dict[str, list[np.ndarray]] = {model.name: [] for model in models}
     for path in photos:
-        photo = read_photo(path)
-        pixels = photo.rgb8
+        try:
+            pixels = read_photo(path).rgb8
+        except ImageError as error:
+            if on_skip is not None:
+                on_skip(path, str(error))
+            continue
         faces = detector.detect(pixels)
         if not faces:
             continue
@@ -44,13 +54,17 @@ def build_pool(photos: Iterable[Path], models: Sequence[FaceModel], detector: MT
     return pool
 
 
-def save_pool(pool: dict[str, np.ndarray], models: Sequence[FaceModel], path: Path) -> None:
+def save_pool(
+    pool: dict[str, np.ndarray], models: Sequence[FaceModel], path: Path, *, overwrite: bool = True
+) -> None:
+    """Write `pool` with each model's sha256 to `path` atomically (without `overwrite`, an existing
+    file is left alone and `FileExistsError` raised)."""
     arrays = {name: embeddings.astype(np.float32) for name, embeddings in pool.items()}
     for model in models:
         arrays[model.name + _SHA_SUFFIX] = np.array(model.built.sha256["model"])
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    write_atomically(buffer.getvalue(), path)
+    write_atomically(buffer.getvalue(), path, overwrite=overwrite)
 
 
 def load_pool(path: Path, models: Sequence[FaceModel]) -> dict[str, np.ndarray]:
