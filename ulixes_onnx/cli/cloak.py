@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ulixes_onnx.atomic import protect_inputs, same_file, write_atomically
+from ulixes_onnx.atomic import protect_inputs, write_atomically
 from ulixes_onnx.cli.context import CliState
-from ulixes_onnx.cli.options import DEFAULTS, Pool, References, choice, with_cloak_settings
+from ulixes_onnx.cli.options import DEFAULTS, Pool, References, check_new_file, choice, with_cloak_settings
 from ulixes_onnx.cloaking.files import (
     BATCH_PHOTOS,
     NO_FACE_ACTIONS,
@@ -179,21 +179,11 @@ def _json_destination(
     """The report's file, checked before any cloaking; None for none or stdout ('-')."""
     if path is None or str(path) == "-":
         return None
-    entries = [photo.path for photo in found.photos] + [report.source for report in found.skipped]
-    clash = next((entry for entry in entries if same_file(path, entry)), None)
-    if clash is not None:
-        raise UsageError(f"--json {path} is the input {clash}; the report needs a path of its own")
     outputs = [item.destination for item in planned if item.destination is not None]
     if any(os.path.abspath(path) == os.path.abspath(output) for output in outputs):
         raise UsageError(f"--json {path} is where a cloaked copy goes; give the report another path")
-    if path.is_dir():
-        raise UsageError(f"--json {path} is a folder; give the path of a file (or - for stdout)")
-    if not path.parent.is_dir():
-        raise UsageError(f"--json {path}: the folder {path.parent} does not exist; create it first")
-    if os.path.lexists(path) and not overwrite:
-        raise UsageError(f"--json {path} exists already; remove it or use --overwrite")
-    if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"--json {path}: the folder {path.parent} is not writable")
+    entries = [photo.path for photo in found.photos] + [report.source for report in found.skipped]
+    check_new_file("--json", path, entries, overwrite, "the report")
     return path
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ulixes_onnx.atomic import same_file
 from ulixes_onnx.cloaking.loop import STRATEGIES, CloakSettingsError
 from ulixes_onnx.cloaking.settings import ENSEMBLES, LEVELS, CloakSettings
+from ulixes_onnx.errors import UsageError
 
 DEFAULTS = CloakSettings()
 PROTECTION = "Protection"
@@ -291,3 +294,19 @@ def with_cloak_settings(
         return run
 
     return decorate
+
+
+def check_new_file(option: str, path: Path, inputs: Iterable[Path], overwrite: bool, what: str) -> None:
+    """Refuse, before any work, a file `option` names that could not be written or would replace an
+    input; `what` names the file in the messages ("the report", "the pool")."""
+    clash = next((entry for entry in inputs if same_file(path, entry)), None)
+    if clash is not None:
+        raise UsageError(f"{option} {path} is the input {clash}; {what} needs a path of its own")
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give the path of a file")
+    if not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {path.parent} does not exist; create it first")
+    if os.path.lexists(path) and not overwrite:
+        raise UsageError(f"{option} {path} exists already; remove it or use --overwrite")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{option} {path}: the folder {path.parent} is not writable")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ulixes_onnx.atomic import protect_inputs, same_file
+from ulixes_onnx.atomic import protect_inputs
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.cli.context import CliState
-from ulixes_onnx.cli.options import DEFAULT_MODEL_LIST, model_names
+from ulixes_onnx.cli.options import DEFAULT_MODEL_LIST, check_new_file, model_names
 from ulixes_onnx.cloaking.files import expand_inputs
 from ulixes_onnx.cloaking.pool import build_pool, save_pool
 from ulixes_onnx.errors import UsageError
@@ -63,14 +62,4 @@ def _check_destination(out: Path, photos: list[Path], overwrite: bool) -> None:
         raise UsageError("no photos found among the given paths")
     if out.suffix != ".npz":
         raise UsageError(f"--out {out}: a pool file ends in .npz")
-    clash = next((photo for photo in photos if same_file(out, photo)), None)
-    if clash is not None:
-        raise UsageError(f"--out {out} is the input {clash}; the pool needs a path of its own")
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give the path of a file")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it first")
-    if os.path.lexists(out) and not overwrite:
-        raise UsageError(f"--out {out} exists already; remove it or use --overwrite")
-    if not os.access(out.parent, os.W_OK):
-        raise UsageError(f"--out {out}: the folder {out.parent} is not writable")
+    check_new_file("--out", out, photos, overwrite, "the pool")
