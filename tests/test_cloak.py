@@ -287,51 +287,44 @@ class _ScaledModel(_EuclideanModel):
         return self.scale * distances(a, b, "euclidean")
 
 
+_ORIGIN = np.zeros((1, 2))
+
+
+def _first_negatives(views: list[ModelView], farness: np.ndarray | None) -> list[np.ndarray]:
+    """Each view's first negative for one face embedded at the origin."""
+    chips = np.zeros((1, 2, 1, 1), np.float32)
+    return [
+        plan_objectives(view.model, chips, _ORIGIN, view.settings, view.pool, farness=farness)[0][0].negative
+        for view in views
+    ]
+
+
 def test_an_ensemble_pulls_every_model_towards_the_same_pool_face() -> None:
     # Alone, model a picks pool face 0 (3 thresholds away) and model b pool face 1 (3 thresholds);
     # on average over the two, face 1 is the farther: (2 + 3) / 2 = 2.5 against (3 + 1) / 2 = 2.
-    pool_a = np.array([[3.0, 0.0], [2.0, 0.0], [0.5, 0.0]])
-    pool_b = np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 0.5]])
     settings = LoopSettings(strategy="farthest", margin=0.1)
     views = [
-        ModelView(_ScaledModel(1.0, 1.0), settings, pool=pool_a),
-        ModelView(_ScaledModel(2.0, 2.0), settings, pool=pool_b),
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=np.array([[3.0, 0.0], [2.0, 0.0], [0.5, 0.0]])),
+        ModelView(_ScaledModel(2.0, 2.0), settings, pool=np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 0.5]])),
     ]
-    positives = [np.zeros((1, 2)), np.zeros((1, 2))]
-    chips = np.zeros((1, 2, 1, 1), np.float32)
-    farness = ensemble_farness(views, positives)
+    farness = ensemble_farness(views, [_ORIGIN, _ORIGIN])
     np.testing.assert_allclose(farness, [[2.0, 2.5, 0.5]])
-
-    def first_negatives(ranking: np.ndarray | None) -> list[np.ndarray]:
-        return [
-            plan_objectives(view.model, chips, positive, settings, view.pool, farness=ranking)[0][0].negative
-            for view, positive in zip(views, positives, strict=True)
-        ]
-
-    np.testing.assert_array_equal(first_negatives(None), [[3.0, 0.0], [0.0, 3.0]])
-    np.testing.assert_array_equal(first_negatives(farness), [[2.0, 0.0], [0.0, 3.0]])
+    np.testing.assert_array_equal(_first_negatives(views, None), [[3.0, 0.0], [0.0, 3.0]])
+    np.testing.assert_array_equal(_first_negatives(views, farness), [[2.0, 0.0], [0.0, 3.0]])
 
 
 def test_nearest_by_the_ensemble_skips_pool_faces_within_any_models_margin() -> None:
     # Pool face 0 is the nearest on average but within model b's margin; face 1 is beyond both
     # margins, so both models take it (alone, model a would take face 0).
-    pool_a = np.array([[1.0, 0.0], [2.0, 0.0], [4.0, 0.0]])
-    pool_b = np.array([[0.0, 0.2], [0.0, 1.0], [0.0, 3.0]])
     settings = LoopSettings(strategy="nearest", margin=0.5)
     views = [
-        ModelView(_ScaledModel(1.0, 1.0), settings, pool=pool_a),
-        ModelView(_ScaledModel(1.0, 1.0), settings, pool=pool_b),
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=np.array([[1.0, 0.0], [2.0, 0.0], [4.0, 0.0]])),
+        ModelView(_ScaledModel(1.0, 1.0), settings, pool=np.array([[0.0, 0.2], [0.0, 1.0], [0.0, 3.0]])),
     ]
-    positives = [np.zeros((1, 2)), np.zeros((1, 2))]
-    chips = np.zeros((1, 2, 1, 1), np.float32)
-    farness = ensemble_farness(views, positives)
+    farness = ensemble_farness(views, [_ORIGIN, _ORIGIN])
     np.testing.assert_allclose(farness, [[np.inf, 1.5, 3.5]])
-    picks = [
-        plan_objectives(view.model, chips, positive, settings, view.pool, farness=ranking)[0][0].negative
-        for view, positive in zip(views, positives, strict=True)
-        for ranking in (None, farness)
-    ]
-    np.testing.assert_array_equal(picks, [[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    np.testing.assert_array_equal(_first_negatives(views, None), [[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_array_equal(_first_negatives(views, farness), [[2.0, 0.0], [0.0, 1.0]])
 
 
 def test_nearest_by_the_ensemble_falls_back_to_self_for_every_model_together() -> None:
@@ -340,13 +333,9 @@ def test_nearest_by_the_ensemble_falls_back_to_self_for_every_model_together() -
         ModelView(_ScaledModel(1.0, 1.0), settings, pool=np.array([[0.2, 0.0], [3.0, 0.0]])),
         ModelView(_ScaledModel(1.0, 1.0), settings, pool=np.array([[2.0, 0.0], [0.1, 0.0]])),
     ]
-    positives = [np.zeros((1, 2)), np.zeros((1, 2))]
-    farness = ensemble_farness(views, positives)
+    farness = ensemble_farness(views, [_ORIGIN, _ORIGIN])
     assert np.isinf(farness).all()
-    chips = np.zeros((1, 2, 1, 1), np.float32)
-    for view, positive in zip(views, positives, strict=True):
-        plan = plan_objectives(view.model, chips, positive, settings, view.pool, farness=farness)
-        np.testing.assert_allclose(plan[0][0].negative, [1e-5, 1e-5])
+    np.testing.assert_allclose(_first_negatives(views, farness), [[1e-5, 1e-5], [1e-5, 1e-5]])
 
 
 def test_a_joint_loop_ranks_the_pool_once_for_all_its_models(dlib_model, canvases, monkeypatch) -> None:
