@@ -31,32 +31,12 @@ from pathlib import Path
 import numpy as np
 
 
-def settings_of(assignments: list[str]) -> dict[str, object]:
-    """`CloakSettings` fields from FIELD=VALUE strings, each value typed as the field's default."""
-    from ulixes_onnx import CloakSettings
-
-    defaults = CloakSettings()
-    fields = {}
-    for assignment in assignments:
-        name, _, value = assignment.partition("=")
-        if not hasattr(defaults, name):
-            raise SystemExit(f"--set {assignment}: CloakSettings has no field {name!r}")
-        default = getattr(defaults, name)
-        if isinstance(default, tuple):
-            fields[name] = tuple(value.split(","))
-        elif default is None:
-            fields[name] = float(value)
-        else:
-            fields[name] = type(default)(value)
-    return fields
-
-
-def worker(photo: Path, threads: int, output: Path, assignments: list[str]) -> dict:
+def worker(photo: Path, threads: int, output: Path, fields: dict[str, object]) -> dict:
     """Cloak one photo both ways with this process's version of the code; the pixels go to `output`."""
     import ulixes_onnx
     from ulixes_onnx.photos.decoding import read_photo
 
-    settings = ulixes_onnx.CloakSettings(**settings_of(assignments))
+    settings = ulixes_onnx.CloakSettings(**fields)
     cloaker = ulixes_onnx.Cloaker(settings, threads=threads)
     pixels = read_photo(photo).rgb8
     result = cloaker.cloak(pixels)
@@ -92,11 +72,12 @@ def _face(face: object) -> dict:
     }
 
 
-def run_worker(tree: Path, photo: Path, threads: int, output: Path, assignments: list[str]) -> dict:
+def run_worker(tree: Path, photo: Path, threads: int, output: Path, fields: dict[str, object]) -> dict:
     environment = {**os.environ, "PYTHONPATH": str(tree)}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(photo)]
     command += ["--threads", str(threads), "--pixels", str(output)]
-    command += [f"--set={assignment}" for assignment in assignments]
+    # Parsed once, in this tree: a worker's tree may predate the parser.
+    command += ["--fields", json.dumps(fields)]
     finished = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=environment)
     if finished.returncode:
         raise SystemExit(f"the worker failed in {tree}:\n{finished.stderr}")
@@ -185,10 +166,17 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE of CloakSettings")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pixels", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--fields", type=json.loads, default={}, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.photos[0], args.threads, args.pixels, args.set)))
+        print(json.dumps(worker(args.photos[0], args.threads, args.pixels, args.fields)))
         return
+    from ulixes_onnx.cloaking.settings import CloakSettingsError, overrides_from
+
+    try:
+        fields = overrides_from(args.set)
+    except CloakSettingsError as error:
+        raise SystemExit(str(error)) from None
     if not args.tree or len(args.tree) != 2:
         raise SystemExit("give two --tree checkouts: before and after")
     labels = args.label or [str(tree) for tree in args.tree]
@@ -199,7 +187,7 @@ def main() -> None:
             runs, pixels = [], []
             for number, tree in enumerate(args.tree):
                 pixels.append(Path(folder) / f"{photo.stem}-{number}.npz")
-                runs.append(run_worker(tree.resolve(), photo, args.threads, pixels[-1], args.set))
+                runs.append(run_worker(tree.resolve(), photo, args.threads, pixels[-1], fields))
             results[photo.name] = compare(*runs, *pixels)
     if args.json:
         record = {"labels": labels, "settings": args.set, "photos": results}

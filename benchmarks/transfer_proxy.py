@@ -13,7 +13,8 @@ visibility (mean face SSIMULACRA2 of the saved copy), the faces protected agains
 the cloaking seconds.
 
 usage: python benchmarks/transfer_proxy.py [FOLDER] [--photos 6] [--cloak PHOTO ...]
-           [--cloak-models dlib-resnet] [--ensemble max] [--judges memento-face,faceres,sface] [--out FILE.md]
+           [--cloak-models dlib-resnet] [--ensemble max] [--judges memento-face,faceres,sface]
+           [--set FIELD=VALUE ...] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ulixes_onnx.cloaking.pipeline import Cloaker
-from ulixes_onnx.cloaking.settings import CloakSettings
+from ulixes_onnx.cloaking.settings import CloakSettings, CloakSettingsError, overrides_from
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces import extract_chips
 from ulixes_onnx.photos.decoding import read_photo
@@ -72,9 +73,16 @@ def main() -> None:
     parser.add_argument("--cloak-models", default="dlib-resnet")
     parser.add_argument("--ensemble", default=CloakSettings().ensemble, help="how cloak models combine")
     parser.add_argument("--judges", default="memento-face,faceres,sface")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="other settings, e.g. smoothing=2"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    settings = CloakSettings(models=tuple(args.cloak_models.split(",")), ensemble=args.ensemble)
+    try:
+        overrides = overrides_from(args.set, fixed=("models", "ensemble"))
+    except CloakSettingsError as error:
+        parser.error(str(error))
+    settings = CloakSettings(models=tuple(args.cloak_models.split(",")), ensemble=args.ensemble, **overrides)
     cloaker = Cloaker(settings, threads=1)
     judges = [FaceModel(name, threads=1) for name in args.judges.split(",")]
     # Per judge: cloaked vs original, others' mean clean and cloaked, matched clean, cloaked, pairs.

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ulixes_onnx.cloaking.files import expand_inputs
 from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoPixels
-from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings
+from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings, CloakSettingsError, overrides_from
 from ulixes_onnx.cloaking.visibility import face_region, face_visibility, loss_shares, ssimulacra2
 from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.photos.decoding import decode_photo, read_photo
@@ -154,15 +154,10 @@ def main() -> None:
         "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="other settings, e.g. diversity=0"
     )
     args = parser.parse_args()
-    overrides = {}
-    defaults = CloakSettings()
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if not hasattr(defaults, name) or name in ("models", "level"):
-            parser.error(f"--set {item}: not a setting (use --level for the level)")
-        default = getattr(defaults, name)
-        # Settings left as None (budget, target, ...) are distances or levels: numbers.
-        overrides[name] = float(value) if default is None else type(default)(value)
+    try:
+        overrides = overrides_from(args.set, fixed=("models", "level"))
+    except CloakSettingsError as error:
+        parser.error(f"{error} (use --level for the level)")
     cv2.setNumThreads(1)
     store = ModelStore()
     chosen = largest_faces(args.folder, args.count, store)

@@ -1,27 +1,14 @@
-"""benchmarks/same_cloak.py (settings, comparison of two versions' cloaks) and stage_profile.py's clocks."""
+"""benchmarks/same_cloak.py (comparison of two versions' cloaks) and stage_profile.py's clocks."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.same_cloak import compare, settings_of
+from benchmarks.same_cloak import compare
 from benchmarks.stage_profile import CLOCKS, StageClock, markdown
 from benchmarks.transfer_proxy import given_photos
 from benchmarks.visibility_baseline import markdown as visibility_markdown
-
-
-def test_settings_take_each_fields_type() -> None:
-    fields = settings_of(["momentum=0.5", "models=dlib-resnet,facenet-vggface2", "budget=3", "max_steps=7"])
-    assert fields == {
-        "momentum": 0.5,
-        "models": ("dlib-resnet", "facenet-vggface2"),
-        "budget": 3.0,
-        "max_steps": 7,
-    }
-    assert isinstance(fields["max_steps"], int)
-    with pytest.raises(SystemExit, match="no field 'no_such_field'"):
-        settings_of(["no_such_field=1"])
 
 
 def _run(steps: int, distance: float) -> dict:

@@ -6,7 +6,7 @@ import pytest
 
 from ulixes_onnx.cards import get_card
 from ulixes_onnx.cloaking.loop import CloakSettingsError
-from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings, protect_distance
+from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings, overrides_from, protect_distance
 
 
 def test_card_defaults_fill_what_is_left_as_none() -> None:
@@ -54,3 +54,31 @@ def test_models_are_kept_once_in_order_and_labelled() -> None:
 def test_settings_that_cannot_work_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(CloakSettingsError, match=message):
         CloakSettings(**changes)
+
+
+def test_set_assignments_take_each_fields_type() -> None:
+    assignments = ["momentum=0.5", "models=dlib-resnet,facenet-vggface2", "budget=3", "max_steps=7"]
+    fields = overrides_from(assignments)
+    assert fields == {
+        "momentum": 0.5,
+        "models": ("dlib-resnet", "facenet-vggface2"),
+        "budget": 3.0,
+        "max_steps": 7,
+    }
+    assert isinstance(fields["max_steps"], int)
+    assert CloakSettings(**fields).momentum == 0.5
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("no_such_field=1", "not a setting"),
+        ("level=high", "not a setting"),
+        ("loop_settings=1", "not a setting"),
+        ("max_steps=many", "'many' is not a whole number"),
+        ("target=far", "'far' is not a number"),
+    ],
+)
+def test_set_assignments_that_cannot_work_are_refused(assignment: str, message: str) -> None:
+    with pytest.raises(CloakSettingsError, match=message):
+        overrides_from([assignment], fixed=("level",))

@@ -117,5 +117,29 @@ def protect_distance(settings: CloakSettings, card: ModelCard) -> float:
     return card.cloak.protect_distance * LEVELS[settings.level]
 
 
+def overrides_from(assignments: list[str], *, fixed: tuple[str, ...] = ()) -> dict[str, object]:
+    """`CloakSettings` fields from FIELD=VALUE strings (the benchmarks' `--set`), each value typed as
+    the field's default: tuples split at commas, distances left as None read as numbers. A name that
+    is no field, or one of `fixed` (set by its own option), is refused."""
+    defaults = CloakSettings()
+    fields: dict[str, object] = {}
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        if name.startswith("_") or name in fixed or name not in CloakSettings.__dataclass_fields__:
+            raise CloakSettingsError(f"--set {assignment}: not a setting this command lets --set change")
+        default = getattr(defaults, name)
+        try:
+            if isinstance(default, tuple):
+                fields[name] = tuple(value.split(","))
+            elif default is None:
+                fields[name] = float(value)
+            else:
+                fields[name] = type(default)(value)
+        except ValueError:
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise CloakSettingsError(f"--set {assignment}: {value!r} is not {kind}") from None
+    return fields
+
+
 def _first(*values: float | None) -> float:
     return next(value for value in values if value is not None)
