@@ -1,6 +1,9 @@
-"""Clamps spelled with Min and Max fold into Clip with exactly the same values."""
+"""Clamps spelled with Min and Max fold into Clip, and PRelus split into plain operators, with exactly
+the same values."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -9,7 +12,8 @@ from onnx import helper
 
 from tests.engine.conftest import make_model, run
 from ulixes_onnx.engine import add_input_gradient
-from ulixes_onnx.engine.rewrite import fold_clamps
+from ulixes_onnx.engine.rewrite import fold_clamps, split_prelus
+from ulixes_onnx.engine.session import optimised_for_this_machine
 
 
 def _clamp_model(
@@ -78,3 +82,38 @@ def test_the_folded_clamp_differentiates_like_the_original_off_the_bounds() -> N
     x = np.random.default_rng(1).uniform(-8, 8, (2, 3, 4, 4)).astype(np.float32)
     (gradient,) = run(add_input_gradient(model, "x", "y"), {"x": x}, ["x_grad"])
     np.testing.assert_array_equal(gradient, ((x > 0) & (x < 6)).astype(np.float32))
+
+
+def _prelu_model(slope_as_input: bool = False) -> onnx.ModelProto:
+    """x -> PRelu(., slope) -> y with per-channel slopes below 0, between 0 and 1 and above 1."""
+    slope = np.array([-0.8, 0.25, 1.2], np.float32).reshape(3, 1, 1)
+    inputs = {"x": [2, 3, 4, 4]}
+    if slope_as_input:
+        inputs["slope"] = [3, 1, 1]
+    return make_model(
+        [helper.make_node("PRelu", ["x", "slope"], ["y"])],
+        inputs,
+        ["y"],
+        initializers=None if slope_as_input else {"slope": slope},
+        dtype=np.float32,
+    )
+
+
+def test_a_prelu_splits_into_plain_operators_with_equal_values() -> None:
+    model = _prelu_model()
+    split = split_prelus(model)
+    assert [node.op_type for node in split.graph.node] == ["Relu", "Min", "Mul", "Add"]
+    onnx.checker.check_model(split, full_check=True)
+    np.testing.assert_array_equal(_run(split, _inputs()), _run(model, _inputs()))
+
+
+def test_a_prelu_whose_slope_is_computed_is_left_alone() -> None:
+    assert [node.op_type for node in split_prelus(_prelu_model(slope_as_input=True)).graph.node] == ["PRelu"]
+
+
+def test_sessions_run_the_split_prelus(tmp_path: Path) -> None:
+    path = tmp_path / "prelu.onnx"
+    onnx.save(_prelu_model(), path)
+    optimised = onnx.load_from_string(optimised_for_this_machine(path))
+    assert "PRelu" not in {node.op_type for node in optimised.graph.node}
+    np.testing.assert_array_equal(_run(optimised, _inputs()), _run(_prelu_model(), _inputs()))

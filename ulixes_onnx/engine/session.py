@@ -50,10 +50,18 @@ def machine_key() -> str:
 
 
 def optimised_for_this_machine(model_path: Path) -> bytes:
-    """The model as onnxruntime's full optimisation leaves it: load it with optimisation disabled,
-    on machines with this `machine_key` only."""
+    """The model as onnxruntime's full optimisation leaves it, after `rewrite.split_prelus`: load it
+    with optimisation disabled, on machines with this `machine_key` only."""
     with tempfile.TemporaryDirectory(prefix="ulixes-onnx-") as scratch:
         target = Path(scratch) / "optimised.onnx"
+        import onnx
+
+        from ulixes_onnx.engine.rewrite import split_prelus
+
+        model = onnx.load(model_path)
+        if any(node.op_type == "PRelu" for node in model.graph.node):
+            model_path = Path(scratch) / "split.onnx"
+            onnx.save(split_prelus(model), model_path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.optimized_model_filepath = str(target)
