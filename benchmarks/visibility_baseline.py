@@ -1,13 +1,14 @@
 """How visible the default cloak is on the largest faces of a photo folder, next to a JPEG q90 re-encode.
 
 Finds every face of the folder with the detector, takes the photos of the COUNT largest, cloaks each
-with the default Cloaker the way `ulixes-onnx cloak` saves it (the copy re-encoded like its source) and
-measures each of those faces' regions (box grown by a quarter per side) at the photo's resolution:
-SSIMULACRA2 and DSSIM of the saved copy, SSIMULACRA2 of the cloak alone (added to the 8-bit original,
-no re-encoding), and SSIMULACRA2 of the original re-encoded as JPEG at quality 90 (Pillow's defaults,
-4:2:0), the yardstick of "looks unchanged". It also times SSIMULACRA2 per region on one OpenCV thread,
-and says where the saved copy's score is lost: the shares of its loss at each of SSIMULACRA2's scales
-(1x to 32x), in its luma channel Y and in its SSIM error maps (`visibility.loss_shares`).
+with the default Cloaker (or the settings `--set` changes) the way `ulixes-onnx cloak` saves it (the
+copy re-encoded like its source) and measures each of those faces' regions (box grown by a quarter per
+side) at the photo's resolution: SSIMULACRA2 and DSSIM of the saved copy, SSIMULACRA2 of the cloak
+alone (added to the 8-bit original, no re-encoding), and SSIMULACRA2 of the original re-encoded as JPEG
+at quality 90 (Pillow's defaults, 4:2:0), the yardstick of "looks unchanged". It also times SSIMULACRA2
+per region on one OpenCV thread, and says where the saved copy's score is lost: the shares of its loss
+at each of SSIMULACRA2's scales (1x to 32x), in its luma channel Y and in its SSIM error maps
+(`visibility.loss_shares`).
 
 usage: python benchmarks/visibility_baseline.py [FOLDER] [--count 20] [--extra PHOTO ...] [--level mid]
        [--set FIELD=VALUE ...] [--out FILE.md]
@@ -151,11 +152,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the markdown table here too")
     parser.add_argument("--level", choices=tuple(LEVELS), default=CloakSettings().level)
     parser.add_argument(
-        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="other settings, e.g. diversity=0"
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="other settings, e.g. diversity=0 or models=dlib-resnet,sface ensemble=joint",
     )
     args = parser.parse_args()
     try:
-        overrides = overrides_from(args.set, fixed=("models", "level"))
+        overrides = overrides_from(args.set, fixed=("level",))
     except CloakSettingsError as error:
         parser.error(f"{error} (use --level for the level)")
     cv2.setNumThreads(1)
