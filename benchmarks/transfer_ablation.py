@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-# The zoo models built from packages (sface: `pip install 'ulixes-onnx[sface]'`).
+# The zoo models built from packages.
 MODELS = "dlib-resnet,facenet-vggface2,faceres"
 # Each setting: a name and the `eval` options it adds; every method alone, then together.
 SETTINGS = {

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.store import MODELS_DIR_ENV, ModelStore
 
@@ -31,8 +32,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
     model_store = ModelStore(tmp_path_factory.mktemp("models"))
     previous = os.environ.get(MODELS_DIR_ENV)
     os.environ[MODELS_DIR_ENV] = str(model_store.root)
-    model_store.get("dlib-resnet")
-    model_store.get("mtcnn")
+    for name in (*DEFAULT_MODELS, "mtcnn"):
+        model_store.get(name)
     yield model_store
     if previous is None:
         os.environ.pop(MODELS_DIR_ENV, None)
@@ -47,8 +48,9 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture
 def warm_store(store: ModelStore) -> ModelStore:
-    """The session store with the default model's optimised graphs in place: a process that has to
+    """The session store with the default models' optimised graphs in place: a process that has to
     make them peaks near 1.6 GB, which would hide what a memory bound measures (other tests may have
     replaced them, e.g. by exercising the store's clean-up of derived files)."""
-    FaceModel("dlib-resnet", store)
+    for name in DEFAULT_MODELS:
+        FaceModel(name, store)
     return store

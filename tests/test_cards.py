@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ulixes_onnx.cards import all_cards, default_card, get_card, parse_card
+from ulixes_onnx.cards import all_cards, get_card, parse_card
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS
 from ulixes_onnx.errors import ModelError
 
 
@@ -18,9 +19,10 @@ def test_every_card_is_complete() -> None:
             assert len(card.input.scale) == 3 and card.embedding.threshold > 0
 
 
-def test_default_embedding_is_dlib() -> None:
-    card = default_card()
-    assert card.name == "dlib-resnet"
+def test_the_cards_marked_default_are_the_default_cloak_models() -> None:
+    marked = {card.name for card in all_cards().values() if card.kind == "embedding" and card.default}
+    assert marked == set(DEFAULT_MODELS)
+    card = get_card("dlib-resnet")
     assert card.embedding.size == 128 and card.embedding.threshold == 0.6
     assert card.input.size == (150, 150) and card.input.alignment == "dlib-150-pad0.25"
 

@@ -40,7 +40,7 @@ def test_the_test_extra_holds_every_extra_the_tests_exercise() -> None:
     # The README's test command installs only `.[test]`; a requirement added to one of these extras
     # alone would leave its tests failing on a fresh machine.
     extras = tomllib.loads((SOURCE / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    for extra in ("eval", "serve", "facenet", "sface", "plots"):
+    for extra in ("eval", "serve", "facenet", "plots"):
         assert set(extras[extra]) <= set(extras["test"]), extra
 
 

@@ -35,7 +35,8 @@ def test_models_are_kept_once_in_order_and_labelled() -> None:
     settings = CloakSettings(models=("faceres", "dlib-resnet", "faceres"), ensemble="joint")
     assert settings.models == ("faceres", "dlib-resnet")
     assert settings.label == "joint(faceres+dlib-resnet)"
-    assert CloakSettings().label == "dlib-resnet"
+    assert CloakSettings(models=("dlib-resnet",)).label == "dlib-resnet"
+    assert CloakSettings().label == "joint(dlib-resnet+sface)"
 
 
 @pytest.mark.parametrize(

@@ -178,11 +178,3 @@ def get_card(name: str) -> ModelCard:
         known = ", ".join(sorted(cards))
         raise ModelError(f"unknown model {name!r}; known models: {known}")
     return cards[name]
-
-
-def default_card(kind: str = "embedding") -> ModelCard:
-    """The default model of a kind (the default embedding model is the one cloaks use unless told)."""
-    for card in all_cards().values():
-        if card.kind == kind and card.default:
-            return card
-    raise ModelError(f"no default {kind} model card is installed; reinstall ulixes-onnx")

@@ -16,7 +16,7 @@ from tests.test_cli import run_cli
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file
 from ulixes_onnx.cloaking.loop import CloakSettingsError
 from ulixes_onnx.cloaking.pipeline import Cloaker
-from ulixes_onnx.cloaking.settings import CloakSettings
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, CloakSettings
 from ulixes_onnx.server.jobs import Limits
 
 
@@ -51,7 +51,7 @@ def test_cloak_answers_the_report_and_the_same_file_as_the_cloak_command(
     result = body["result"]
     assert result["status"] == "protected" and result["filename"] == "My_holiday_cloaked.png"
     assert result["media_type"] == "image/png" and result["settings"] == {
-        "models": ["dlib-resnet"],
+        "models": list(DEFAULT_MODELS),
         "target": None,
         "level": "mid",
         "min_quality": 0.0,

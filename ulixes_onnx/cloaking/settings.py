@@ -15,7 +15,11 @@ from ulixes_onnx.cards import ModelCard
 from ulixes_onnx.cloaking.loop import STRATEGIES, CloakSettingsError, LoopSettings
 
 ENSEMBLES = ("max", "sum", "joint")
-DEFAULT_MODELS = ("dlib-resnet",)
+# Two networks of different architecture, training data and loss, cloaked jointly: a cloak made with
+# dlib-resnet alone leaves the recognisers it never saw matching 85-92 % of the person's pairs; with
+# SFace (ArcFace family) as well, 64-72 % (benchmarks/results/default-ensemble-2026-12-06.md). Both
+# build from PyPI packages without the export toolchain.
+DEFAULT_MODELS = ("dlib-resnet", "sface")
 # How far each level moves a face, relative to the cards' targets and protection distances.
 LEVELS = {"low": 0.85, "mid": 1.0, "high": 1.15}
 # The loop's own defaults: the settings share them, but for input diversity and the perceptual polish
@@ -32,7 +36,7 @@ class CloakSettings:
     """How faces are cloaked (see the README's "What `cloak` does" for each setting's meaning)."""
 
     models: tuple[str, ...] = DEFAULT_MODELS
-    ensemble: str = "max"
+    ensemble: str = "joint"
     strategy: str = "away"
     level: str = "mid"
     budget: float | None = None
