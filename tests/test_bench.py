@@ -16,6 +16,7 @@ from ulixes_onnx.bench import (
     median_ms,
     sample_photos,
 )
+from ulixes_onnx.cloaking.settings import CloakSettings
 from ulixes_onnx.store import ModelStore
 
 
@@ -53,7 +54,16 @@ def test_machine_description_names_cpu_cores_and_versions() -> None:
 def test_bench_command_writes_every_measurement(tmp_path: Path, store: ModelStore) -> None:
     output = tmp_path / "bench.json"
     result = run_cli(
-        "bench", "--batch", "1,2", "--repeats", "1", "--json", str(output), models_dir=store.root
+        "bench",
+        "--models",
+        "dlib-resnet",
+        "--batch",
+        "1,2",
+        "--repeats",
+        "1",
+        "--json",
+        str(output),
+        models_dir=store.root,
     )
     assert result.returncode == 0, result.stderr
     (model,) = json.loads(output.read_text())["models"]
@@ -70,6 +80,12 @@ def test_bench_command_writes_every_measurement(tmp_path: Path, store: ModelStor
     assert len(model["faces"]) == model["faces_cloaked_end_to_end"]
     assert all(0 < face["ssimulacra2"] < 100 and face["face_width"] > 0 for face in model["faces"])
     assert model["peak_rss_mb"] > 0
+    # The default cloak (the ensemble) end to end, whichever models --models timed alone.
+    default = json.loads(output.read_text())["default_cloak"]
+    assert default["settings"] == CloakSettings().label
+    assert default["end_to_end_seconds_per_face"] > 0 and default["faces_cloaked_end_to_end"] >= 5
+    assert len(default["faces"]) == default["faces_cloaked_end_to_end"]
+    assert "the default cloak, " + CloakSettings().label in result.stdout
     assert (
         "forward passes" in result.stdout
         and "end to end" in result.stdout

@@ -69,15 +69,22 @@ def bench(
                 f"{row['faces_per_second']:.2f}",
             )
         console.print(table)
-        console.print(
-            f"end to end: {model['end_to_end_seconds_per_face']} s per face "
-            f"= {model['end_to_end_forward_passes_per_face']} forward passes "
-            f"({model['faces_cloaked_end_to_end']} faces), folder in batches: "
-            f"{model['folder_faces_per_second']} faces/s "
-            f"= {model['folder_forward_passes_per_face']} forward passes per face, "
-            f"peak RSS {model['peak_rss_mb']} MB"
-        )
-        scores = [face["ssimulacra2"] for face in model["faces"]]
-        if scores:
-            mean = sum(scores) / len(scores)
-            console.print(f"visibility: SSIMULACRA2 per face mean {mean:.1f}, min {min(scores):.1f}")
+        _print_end_to_end(console, model)
+    default = results["default_cloak"]
+    console.print(f"the default cloak, {default['settings']}:")
+    _print_end_to_end(console, default)
+
+
+def _print_end_to_end(console: Console, measured: dict) -> None:
+    console.print(
+        f"end to end: {measured['end_to_end_seconds_per_face']} s per face "
+        f"= {measured['end_to_end_forward_passes_per_face']} forward passes "
+        f"({measured['faces_cloaked_end_to_end']} faces), folder in batches: "
+        f"{measured['folder_faces_per_second']} faces/s "
+        f"= {measured['folder_forward_passes_per_face']} forward passes per face, "
+        f"peak RSS {measured['peak_rss_mb']} MB"
+    )
+    scores = [face["ssimulacra2"] for face in measured["faces"]]
+    if scores:
+        mean = sum(scores) / len(scores)
+        console.print(f"visibility: SSIMULACRA2 per face mean {mean:.1f}, min {min(scores):.1f}")
