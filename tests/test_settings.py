@@ -11,7 +11,7 @@ from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings, overrides_from,
 
 def test_card_defaults_fill_what_is_left_as_none() -> None:
     card = get_card("dlib-resnet")
-    loop = CloakSettings().loop_settings(card)
+    loop = CloakSettings(level="mid").loop_settings(card)
     assert (loop.target, loop.margin, loop.min_progress) == (
         card.cloak.away_target,
         card.cloak.margin,

@@ -8,8 +8,8 @@ medians over repeated runs after a warm-up; this machine may be shared, so compa
 the same run rather than absolute numbers across runs.
 
 End-to-end times are also given in forward passes: seconds per face divided by the time of one forward
-pass of the default model on one face, measured in the same run. The unit scales with the machine, so
-forward passes per face compare across machines where seconds do not.
+pass of the first default model (dlib-resnet) on one face, measured in the same run. The unit scales
+with the machine, so forward passes per face compare across machines where seconds do not.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def face_chips(
 
 
 def forward_pass_ms(store: ModelStore, photos: list[Path], repeats: int, threads: int | None) -> float:
-    """The unit of end-to-end times: one forward pass of the default model on one face, in ms."""
+    """The unit of end-to-end times: one forward pass of the first default model on one face, in ms."""
     model = FaceModel(DEFAULT_MODELS[0], store, threads=threads)
     chips, _ = face_chips(photos[:1], store, model.card.input.alignment, CloakSettings().canvas_cap)
     return median_ms(lambda: model.embed(chips[:1]), repeats)
@@ -248,7 +248,7 @@ def run_bench(
         "machine": machine_description(),
         "repeats": repeats,
         "photos": len(photos),
-        # What end-to-end times are counted in: one forward pass of the default model at batch 1.
+        # What end-to-end times are counted in: one forward pass of the first default model at batch 1.
         "forward_pass": {"model": DEFAULT_MODELS[0], "batch": 1, "ms": round(unit_ms, 3)},
         "models": results,
         # What `ulixes-onnx cloak` does by default (an ensemble: each model's rows time it alone).

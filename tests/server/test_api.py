@@ -16,7 +16,7 @@ from tests.test_cli import run_cli
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file
 from ulixes_onnx.cloaking.loop import CloakSettingsError
 from ulixes_onnx.cloaking.pipeline import Cloaker
-from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, CloakSettings
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, LEVELS, CloakSettings
 from ulixes_onnx.server.jobs import Limits
 
 
@@ -53,7 +53,7 @@ def test_cloak_answers_the_report_and_the_same_file_as_the_cloak_command(
     assert result["media_type"] == "image/png" and result["settings"] == {
         "models": list(DEFAULT_MODELS),
         "target": None,
-        "level": "mid",
+        "level": "low",
         "min_quality": 0.0,
     }
     (face,) = result["faces"]
@@ -252,7 +252,8 @@ def test_other_settings_share_the_sessions(store):
     raised = cloaker.with_settings(CloakSettings(target=1.0))
     assert raised.models is cloaker.models and raised.detector is cloaker.detector
     assert raised.loop["dlib-resnet"].target == 1.0
-    assert cloaker.loop["dlib-resnet"].target == pytest.approx(0.8)
-    assert raised.with_settings(CloakSettings()).loop["dlib-resnet"].target == pytest.approx(0.8)
+    default_target = 0.8 * LEVELS[CloakSettings().level]  # the card's target at the default level
+    assert cloaker.loop["dlib-resnet"].target == pytest.approx(default_target)
+    assert raised.with_settings(CloakSettings()).loop["dlib-resnet"].target == pytest.approx(default_target)
     with pytest.raises(CloakSettingsError, match="other models"):
         cloaker.with_settings(CloakSettings(models=("faceres",)))

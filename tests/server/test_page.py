@@ -19,6 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file
 from ulixes_onnx.cloaking.pipeline import Cloaker
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS
 
 # Slow: drives a real browser.
 pytestmark = pytest.mark.slow
@@ -67,8 +68,9 @@ def test_upload_cloak_view_and_download_in_a_browser(browser, live_server, store
     checked = [
         box.get_attribute("value") for box in browser.find_elements(By.CSS_SELECTOR, "#models input:checked")
     ]
-    assert checked == ["dlib-resnet"]
-    assert "default target 0.8" in browser.find_element(By.ID, "target-hint").text
+    assert checked == list(DEFAULT_MODELS)
+    hint = browser.find_element(By.ID, "target-hint").text
+    assert "dlib-resnet: threshold 0.6, default target 0.8" in hint and "sface: threshold 0.55" in hint
 
     browser.find_element(By.ID, "files").send_keys(str(astronaut_png))
     card = browser.find_element(By.CSS_SELECTOR, "article.photo")

@@ -43,7 +43,7 @@ COMMANDS = {
     "demo": CommandEntry(
         "ulixes_onnx.cli.demo",
         "demo",
-        "Write the sample astronaut photo, cloak it with the default model and verify the copy.",
+        "Write the sample astronaut photo, cloak it with the defaults and verify the copy.",
     ),
     "eval": CommandEntry(
         "ulixes_onnx.cli.evaluate",

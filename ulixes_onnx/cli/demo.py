@@ -18,7 +18,7 @@ def demo(
         Path, typer.Option(metavar="DIR", help="Where to write the sample and its cloaked copy.")
     ] = Path("ulixes-demo"),
 ) -> None:
-    """Write the sample astronaut photo, cloak it with the default model and verify the copy."""
+    """Write the sample astronaut photo, cloak it with the defaults and verify the copy."""
     output_dir.mkdir(parents=True, exist_ok=True)
     sample = output_dir / "astronaut.png"
     if not sample.exists():

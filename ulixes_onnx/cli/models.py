@@ -54,7 +54,7 @@ def list_models(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"models in {store.root}", caption="* default model")
+    table = Table(title=f"models in {store.root}", caption="* default models")
     for column in ("name", "kind", "status", "size"):
         table.add_column(column, no_wrap=True)
     table.add_column("licence")

@@ -235,7 +235,7 @@ def parse_settings(form: FormData, offered: list[dict]) -> CloakSettings:
             value = math.nan
         if not (math.isfinite(value) and value > 0):
             raise BadRequestError(f"target must be a positive number, not {target!r}")
-    level = str(form.get("level") or "mid").strip()
+    level = str(form.get("level") or CloakSettings().level).strip()
     if level not in LEVELS:
         raise BadRequestError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     min_quality = str(form.get("min_quality") or "").strip()
