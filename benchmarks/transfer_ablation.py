@@ -28,7 +28,7 @@ MODELS = "dlib-resnet,facenet-vggface2,faceres"
 # Each setting: a name and the `eval` options it adds; every method alone, then together.
 SETTINGS = {
     "joint, defaults": [],
-    "+ level low": ["--level", "low"],
+    "+ level mid": ["--level", "mid"],
     "+ level high": ["--level", "high"],
     "no input diversity": ["--diversity", "0"],
     "input diversity 0.15": ["--diversity", "0.15"],

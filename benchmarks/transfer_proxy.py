@@ -13,7 +13,7 @@ visibility (mean face SSIMULACRA2 of the saved copy), the faces protected agains
 the cloaking seconds.
 
 usage: python benchmarks/transfer_proxy.py [FOLDER] [--photos 6] [--cloak PHOTO ...]
-           [--cloak-models dlib-resnet] [--ensemble max] [--judges memento-face,faceres,sface]
+           [--cloak-models dlib-resnet] [--ensemble joint] [--judges memento-face,faceres,sface]
            [--set FIELD=VALUE ...] [--out FILE.md]
 """
 
@@ -74,7 +74,12 @@ def main() -> None:
     parser.add_argument("--ensemble", default=CloakSettings().ensemble, help="how cloak models combine")
     parser.add_argument("--judges", default="memento-face,faceres,sface")
     parser.add_argument(
-        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="other settings, e.g. smoothing=2"
+        "--set",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="other settings, e.g. smoothing=2",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

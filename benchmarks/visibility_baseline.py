@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         default=[],
         metavar="FIELD=VALUE",
         help="other settings, e.g. diversity=0 or models=dlib-resnet,sface ensemble=joint",
@@ -162,7 +163,7 @@ def main() -> None:
     try:
         overrides = overrides_from(args.set, fixed=("level",))
     except CloakSettingsError as error:
-        parser.error(f"{error} (use --level for the level)")
+        parser.error(f"{error} (--level sets the level)" if "--set level=" in str(error) else str(error))
     cv2.setNumThreads(1)
     store = ModelStore()
     chosen = largest_faces(args.folder, args.count, store)

@@ -85,7 +85,8 @@ def test_bench_command_writes_every_measurement(tmp_path: Path, store: ModelStor
     assert default["settings"] == CloakSettings().label
     assert default["end_to_end_seconds_per_face"] > 0 and default["faces_cloaked_end_to_end"] >= 5
     assert len(default["faces"]) == default["faces_cloaked_end_to_end"]
-    assert "the default cloak, " + CloakSettings().label in result.stdout
+    assert default["level"] == CloakSettings().level
+    assert f"the default cloak, {CloakSettings().label} at level {CloakSettings().level}" in result.stdout
     assert (
         "forward passes" in result.stdout
         and "end to end" in result.stdout

@@ -78,6 +78,8 @@ def test_set_assignments_take_each_fields_type() -> None:
         ("loop_settings=1", "not a setting"),
         ("max_steps=many", "'many' is not a whole number"),
         ("target=far", "'far' is not a number"),
+        ("ensemble=both", "unknown ensemble 'both'"),
+        ("max_rounds=0", "max rounds must be at least 1"),
     ],
 )
 def test_set_assignments_that_cannot_work_are_refused(assignment: str, message: str) -> None:

@@ -241,6 +241,7 @@ def run_bench(
         default = CloakSettings()
         default_cloak = {
             "settings": default.label,
+            "level": default.level,
             **end_to_end(Cloaker(default, store=store, threads=threads), photos, unit_ms),
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }

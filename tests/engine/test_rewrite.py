@@ -107,6 +107,18 @@ def test_a_prelu_splits_into_plain_operators_with_equal_values() -> None:
     np.testing.assert_array_equal(_run(split, _inputs()), _run(model, _inputs()))
 
 
+def test_split_prelus_take_names_no_other_tensor_or_node_has() -> None:
+    model = _prelu_model()
+    # a tensor already named as the rewrite would name its first part
+    model.graph.node.append(helper.make_node("Identity", ["y"], ["y/prelu_positive"], name="y/prelu_add"))
+    model.graph.output.append(helper.make_tensor_value_info("y/prelu_positive", onnx.TensorProto.FLOAT, None))
+    split = split_prelus(model)
+    outputs = [name for node in split.graph.node for name in node.output]
+    node_names = [node.name for node in split.graph.node]
+    assert len(outputs) == len(set(outputs)) and len(node_names) == len(set(node_names))
+    np.testing.assert_array_equal(_run(split, _inputs()), _run(model, _inputs()))
+
+
 def test_a_prelu_whose_slope_is_computed_is_left_alone() -> None:
     assert [node.op_type for node in split_prelus(_prelu_model(slope_as_input=True)).graph.node] == ["PRelu"]
 

@@ -36,7 +36,8 @@ def test_health_and_models(client):
     models = {model["name"]: model for model in client.get("/v1/models").json()["models"]}
     default = models["dlib-resnet"]
     assert default["default"] and default["built"]
-    assert default["threshold"] == pytest.approx(0.6) and default["default_target"] > default["threshold"]
+    assert default["threshold"] == pytest.approx(0.6)
+    assert default["targets"] == {level: pytest.approx(0.8 * scale) for level, scale in LEVELS.items()}
     assert "mtcnn" not in models  # detectors are not a choice
 
 

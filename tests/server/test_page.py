@@ -70,7 +70,7 @@ def test_upload_cloak_view_and_download_in_a_browser(browser, live_server, store
     ]
     assert checked == list(DEFAULT_MODELS)
     hint = browser.find_element(By.ID, "target-hint").text
-    assert "dlib-resnet: threshold 0.6, default target 0.8" in hint and "sface: threshold 0.55" in hint
+    assert "dlib-resnet: threshold 0.6, target at low 0.68" in hint and "sface: threshold 0.55" in hint
 
     browser.find_element(By.ID, "files").send_keys(str(astronaut_png))
     card = browser.find_element(By.CSS_SELECTOR, "article.photo")

@@ -71,7 +71,7 @@ def bench(
         console.print(table)
         _print_end_to_end(console, model)
     default = results["default_cloak"]
-    console.print(f"the default cloak, {default['settings']}:")
+    console.print(f"the default cloak, {default['settings']} at level {default['level']}:")
     _print_end_to_end(console, default)
 
 
@@ -82,7 +82,7 @@ def _print_end_to_end(console: Console, measured: dict) -> None:
         f"({measured['faces_cloaked_end_to_end']} faces), folder in batches: "
         f"{measured['folder_faces_per_second']} faces/s "
         f"= {measured['folder_forward_passes_per_face']} forward passes per face, "
-        f"peak RSS {measured['peak_rss_mb']} MB"
+        f"process peak RSS so far {measured['peak_rss_mb']} MB"
     )
     scores = [face["ssimulacra2"] for face in measured["faces"]]
     if scores:

@@ -34,7 +34,7 @@ Target = Annotated[
     float | None,
     typer.Option(
         metavar="DISTANCE",
-        help="Distance from the original to reach (default: each model's card).",
+        help="Distance from the original to reach, the same for every model (default: each model's card).",
         rich_help_panel=PROTECTION,
     ),
 ]

@@ -125,7 +125,8 @@ def protect_distance(settings: CloakSettings, card: ModelCard) -> float:
 def overrides_from(assignments: list[str], *, fixed: tuple[str, ...] = ()) -> dict[str, object]:
     """`CloakSettings` fields from FIELD=VALUE strings (the benchmarks' `--set`), each value typed as
     the field's default: tuples split at commas, distances left as None read as numbers. A name that
-    is no field, or one of `fixed` (set by its own option), is refused."""
+    is no field, or one of `fixed` (set by its own option), is refused, and so are values the
+    settings do not accept (checked with the other fields at their defaults)."""
     defaults = CloakSettings()
     fields: dict[str, object] = {}
     for assignment in assignments:
@@ -143,6 +144,10 @@ def overrides_from(assignments: list[str], *, fixed: tuple[str, ...] = ()) -> di
         except ValueError:
             kind = "a whole number" if isinstance(default, int) else "a number"
             raise CloakSettingsError(f"--set {assignment}: {value!r} is not {kind}") from None
+    try:
+        CloakSettings(**fields)  # type: ignore[arg-type]
+    except CloakSettingsError as error:
+        raise CloakSettingsError(f"--set {' '.join(assignments)}: {error}") from None
     return fields
 
 

@@ -99,25 +99,38 @@ def split_prelus(model: onnx.ModelProto) -> onnx.ModelProto:
     split.CopyFrom(model)
     graph = split.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
+    taken = set(initializers) | {
+        name for node in graph.node for name in [*node.input, *node.output, node.name]
+    }
+    taken |= {value.name for value in graph.input}
+
+    def unused(name: str) -> str:
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
     nodes: list[onnx.NodeProto] = []
     zeros: dict[int, str] = {}
     for node in graph.node:
-        if node.op_type != "PRelu" or node.input[1] not in initializers:
+        if node.op_type != "PRelu" or node.domain not in ("", "ai.onnx") or node.input[1] not in initializers:
             nodes.append(node)
             continue
         x, slope = node.input
         elem_type = initializers[slope].data_type
         if elem_type not in zeros:
-            zeros[elem_type] = f"{slope}/prelu_zero"
+            zeros[elem_type] = unused(f"{slope}/prelu_zero")
             zero = np.zeros((), onnx.helper.tensor_dtype_to_np_dtype(elem_type))
             graph.initializer.append(numpy_helper.from_array(zero, zeros[elem_type]))
-        base = node.name or node.output[0]
+        positive, negative, leak = (
+            unused(f"{node.output[0]}/prelu_{part}") for part in ("positive", "negative", "leak")
+        )
         nodes += [
-            onnx.helper.make_node("Relu", [x], [f"{base}/positive"], name=f"{base}/relu"),
-            onnx.helper.make_node("Min", [x, zeros[elem_type]], [f"{base}/negative"], name=f"{base}/min"),
-            onnx.helper.make_node("Mul", [f"{base}/negative", slope], [f"{base}/leak"], name=f"{base}/leak"),
+            onnx.helper.make_node("Relu", [x], [positive], name=unused(f"{positive}/relu")),
+            onnx.helper.make_node("Min", [x, zeros[elem_type]], [negative], name=unused(f"{negative}/min")),
+            onnx.helper.make_node("Mul", [negative, slope], [leak], name=unused(f"{leak}/mul")),
             onnx.helper.make_node(
-                "Add", [f"{base}/positive", f"{base}/leak"], [node.output[0]], name=f"{base}/add"
+                "Add", [positive, leak], [node.output[0]], name=unused(f"{node.output[0]}/prelu_add")
             ),
         ]
     del graph.node[:]

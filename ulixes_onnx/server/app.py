@@ -354,7 +354,10 @@ def _model_listing(store: ModelStore) -> list[dict]:
                 "status": status.value,
                 "metric": card.embedding.metric,
                 "threshold": card.embedding.threshold,
-                "default_target": card.cloak.away_target,
+                # The loop's target at each level (the page shows the chosen level's).
+                "targets": {
+                    level: round(card.cloak.away_target * scale, 4) for level, scale in LEVELS.items()
+                },
             }
         )
     return listing

@@ -23,6 +23,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   document.getElementById("download-all").addEventListener("click", downloadAll);
   document.getElementById("target").addEventListener("input", showTargetHint);
+  document.getElementById("level").addEventListener("change", showTargetHint);
 });
 
 async function loadModels() {
@@ -56,8 +57,9 @@ function chosenModels() {
 
 function showTargetHint() {
   const chosen = modelInfo.filter((model) => chosenModels().includes(model.name));
+  const level = document.getElementById("level").value;
   document.getElementById("target-hint").textContent = chosen
-    .map((m) => `${m.name}: threshold ${m.threshold}, default target ${m.default_target} (${m.metric})`)
+    .map((m) => `${m.name}: threshold ${m.threshold}, target at ${level} ${m.targets[level]} (${m.metric})`)
     .join("; ");
 }
 
