@@ -163,7 +163,7 @@ def main() -> None:
     try:
         overrides = overrides_from(args.set, fixed=("level",))
     except CloakSettingsError as error:
-        parser.error(f"{error} (--level sets the level)" if "--set level=" in str(error) else str(error))
+        parser.error(str(error))
     cv2.setNumThreads(1)
     store = ModelStore()
     chosen = largest_faces(args.folder, args.count, store)

@@ -131,7 +131,11 @@ def overrides_from(assignments: list[str], *, fixed: tuple[str, ...] = ()) -> di
     fields: dict[str, object] = {}
     for assignment in assignments:
         name, _, value = assignment.partition("=")
-        if name.startswith("_") or name in fixed or name not in CloakSettings.__dataclass_fields__:
+        if name in fixed:
+            raise CloakSettingsError(
+                f"--set {assignment}: not a setting this command lets --set change (it has its own option)"
+            )
+        if name.startswith("_") or name not in CloakSettings.__dataclass_fields__:
             raise CloakSettingsError(f"--set {assignment}: not a setting this command lets --set change")
         default = getattr(defaults, name)
         try:

@@ -52,12 +52,12 @@ def machine_key() -> str:
 def optimised_for_this_machine(model_path: Path) -> bytes:
     """The model as onnxruntime's full optimisation leaves it, after `rewrite.split_prelus`: load it
     with optimisation disabled, on machines with this `machine_key` only."""
+    import onnx
+
+    from ulixes_onnx.engine.rewrite import split_prelus
+
     with tempfile.TemporaryDirectory(prefix="ulixes-onnx-") as scratch:
         target = Path(scratch) / "optimised.onnx"
-        import onnx
-
-        from ulixes_onnx.engine.rewrite import split_prelus
-
         model = onnx.load(model_path)
         if any(node.op_type == "PRelu" for node in model.graph.node):
             model_path = Path(scratch) / "split.onnx"

@@ -356,7 +356,7 @@ def _model_listing(store: ModelStore) -> list[dict]:
                 "threshold": card.embedding.threshold,
                 # The loop's target at each level (the page shows the chosen level's).
                 "targets": {
-                    level: round(card.cloak.away_target * scale, 4) for level, scale in LEVELS.items()
+                    level: round(CloakSettings(level=level).loop_settings(card).target, 4) for level in LEVELS
                 },
             }
         )
