@@ -8,14 +8,13 @@ grown by a quarter on each side) of the original, of the cloaked copy and their 
 times around mid-gray, side by side at the photo's resolution (large faces are cropped, never shrunk),
 under a caption with the region's SSIMULACRA2 and DSSIM; and OUT/index.html, most visible faces first.
 
-usage: python tools/visual_check.py PHOTOS... --out DIR [--models dlib-resnet] [--target 0.8]
+usage: python tools/visual_check.py PHOTOS... --out DIR [--models dlib-resnet,sface] [--target 0.8]
            [--set step=0.02 --set max_rounds=2 ...] [--threads 1] [--cloaked DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import glob
 import html
 import io
@@ -30,7 +29,7 @@ from PIL import Image
 from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, expand_inputs
 from ulixes_onnx.cloaking.pipeline import Cloaker
-from ulixes_onnx.cloaking.settings import CloakSettings
+from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, CloakSettings, overrides_from
 from ulixes_onnx.cloaking.visibility import face_region, face_visibility
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.faces import detector_from_store
@@ -77,17 +76,13 @@ def cloaked_copy(photo: Path, folder: Path) -> Path:
 
 
 def extra_settings(pairs: list[str]) -> dict[str, object]:
-    """`name=value` pairs as `CloakSettings` fields (numbers, booleans and None as such)."""
-    settings: dict[str, object] = {}
+    """`name=value` pairs as `CloakSettings` fields (`settings.overrides_from`; the models and the
+    target have options of their own)."""
     for pair in pairs:
-        name, separator, value = pair.partition("=")
+        name, separator, _ = pair.partition("=")
         if not separator or not name:
             raise UlixesError(f"--set takes name=value, not {pair!r}")
-        try:
-            settings[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            settings[name] = value
-    return settings
+    return overrides_from(pairs, fixed=("models", "target"))
 
 
 def photo_pairs(args: argparse.Namespace, store: ModelStore) -> list[tuple[Path, Path | str, list]]:
@@ -175,7 +170,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("photos", nargs="+", help="photo files, folders or globs")
     parser.add_argument("--out", type=Path, required=True, help="folder for the panels and index.html")
     parser.add_argument("--cloaked", type=Path, help="folder of cloaked copies to compare (no cloaking)")
-    parser.add_argument("--models", default="dlib-resnet", help="comma-separated models to cloak with")
+    parser.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated models to cloak with"
+    )
     parser.add_argument("--target", type=float, help="the cloak's target distance (default: the card's)")
     parser.add_argument("--threads", type=int, help="threads for the models (default: all cores)")
     parser.add_argument(
@@ -210,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors.append(str(error))
         panels.sort(key=lambda panel: panel.ssimulacra2)
         write_atomically(index_html(panels, errors).encode(), args.out / "index.html")
-    except (UlixesError, TypeError, OSError) as error:
-        # TypeError: a --set name CloakSettings does not have.
+    except (UlixesError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for error in errors:
