@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.protection_calibration import SamePair, calibration_table
 from benchmarks.same_cloak import compare
 from benchmarks.stage_profile import CLOCKS, StageClock, markdown
 from benchmarks.transfer_proxy import given_photos
@@ -112,3 +113,19 @@ def test_the_transfer_proxy_takes_given_photos_with_their_folders_others(tmp_pat
         (tmp_path / "B" / "4.jpg", [tmp_path / "B" / "3.jpg", tmp_path / "B" / "5.jpg"]),
         (tmp_path / "A" / "2.png", [tmp_path / "A" / "1.jpg"]),
     ]
+
+
+def test_protection_calibration_finds_where_pairs_stop_matching() -> None:
+    # Threshold 0.5: no face moved past 0.5 matches its other photo; one of the two moved 0.5 does.
+    pairs = [
+        SamePair("mid", f"b{index}", saved, 0.3, cloaked)
+        for index, (saved, cloaked) in enumerate(
+            [(0.45, 0.40), (0.50, 0.45), (0.50, 0.55), (0.60, 0.62), (0.70, 0.75), (0.80, 0.85)]
+        )
+    ]
+    rows, supported = calibration_table(0.5, pairs, tp_bar=0.02)
+    assert supported == pytest.approx(0.525)
+    at_threshold = next(row for row in rows if row.startswith("| 1.00 "))
+    assert "| 5 / 6 | 5 | 20.0% (1) |" in at_threshold
+    assert calibration_table(0.5, pairs, tp_bar=0.5)[1] == pytest.approx(0.40)
+    assert calibration_table(0.5, pairs[:2], tp_bar=0.02)[1] is None

@@ -21,12 +21,13 @@ from ulixes_onnx.cloaking.loop import (
     _movable_magnitudes,
     ensemble_farness,
     plan_objectives,
+    random_alignment,
 )
 from ulixes_onnx.cloaking.polish import POLISH_MIN_MAGNIFICATION, cloak_canvases
 from ulixes_onnx.cloaking.visibility import ssimulacra2
 from ulixes_onnx.face_model import FaceModel, distances
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
-from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
+from ulixes_onnx.faces.canvas import FaceCanvas, compose, make_canvas
 from ulixes_onnx.photos import samples
 from ulixes_onnx.store import ModelStore
 
@@ -176,6 +177,41 @@ def test_input_diversity_and_momentum_still_reach_the_target(dlib_model, canvase
     assert result.stop_reasons[NAME] == "target-reached"
     # a random view past the target ends nothing until the plain view confirms it
     assert result.distances[NAME] >= 0.7
+
+
+def test_random_views_cover_every_alignment_a_face_has_had(canvases) -> None:
+    canvas = canvases[0]
+    rng = np.random.default_rng(5)
+    # one alignment: no draw, so a face's random views are what they were before realignment existed
+    assert random_alignment(canvas, rng) == 0
+    assert rng.bit_generator.state == np.random.default_rng(5).bit_generator.state
+    realigned = replace(canvas, earlier_to_chip=(canvas.to_chip,))
+    assert {random_alignment(realigned, rng) for _ in range(40)} == {0, 1}
+
+
+def test_random_views_of_a_realigned_face_cut_its_chips_at_both_alignments(
+    dlib_model, canvases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canvas = canvases[0]
+    # the cloak moved the landmarks: the next round cuts chips 4 chip pixels to the left
+    shift = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, 0.0]])
+    moved = (compose(shift, canvas.to_chip[0]),)
+    realigned = replace(canvas, to_chip=moved, earlier_to_chip=(canvas.to_chip,))
+    cut = []
+    operator = FaceCanvas.operator
+
+    def recording(self, model_index, jitter=None, alignment=0):
+        cut.append((jitter is not None, alignment))
+        return operator(self, model_index, jitter, alignment)
+
+    monkeypatch.setattr(FaceCanvas, "operator", recording)
+    settings = LoopSettings(target=0.7, budget=16.0, diversity=0.05, polish=10)
+    result = cloak_canvases([ModelView(dlib_model, settings)], [realigned])[0]
+    assert result.stop_reasons[NAME] == "target-reached"
+    random_views = [alignment for jittered, alignment in cut if jittered]
+    assert set(random_views) == {0, 1}
+    # the plain views, which confirm the target, cut where the face is aligned now
+    assert {alignment for jittered, alignment in cut if not jittered} == {0}
 
 
 def test_feature_objective_reaches_the_target_and_changes_the_cloak(dlib_model, canvases) -> None:

@@ -170,3 +170,11 @@ def test_a_realigned_canvas_cuts_its_chips_where_the_new_alignment_says():
     old_chip = canvas.operator(0).forward(canvas.image / 127.5 - 1)
     error = np.abs(chip - expected).mean()
     assert error < 0.04 and error < 0.25 * np.abs(old_chip - expected).mean()
+    # the alignment before stays at hand: a recogniser whose detector the cloak did not move cuts there
+    assert canvas.alignment_count == 1 and realigned.alignment_count == 2
+    earlier = realigned.operator(0, alignment=1).forward(realigned.image / 127.5 - 1)
+    np.testing.assert_array_equal(earlier, old_chip)
+    twice = realigned.realigned([_matrix(10.1, 205.0, 295.0)])
+    assert twice.alignment_count == 3
+    np.testing.assert_array_equal(twice.operator(0, alignment=1).forward(canvas.image / 127.5 - 1), chip)
+    np.testing.assert_array_equal(twice.operator(0, alignment=2).forward(canvas.image / 127.5 - 1), old_chip)

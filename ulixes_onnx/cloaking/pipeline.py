@@ -75,7 +75,8 @@ class ModelOutcome:
     """How one model saw one face: loop statistics and the verified distance from the original.
 
     `chip_dssim` and `chip_distance` are the loop's own figures (on the face's canvas and the model's
-    chip cut from it); `distance` is measured in the photo as saved. The face counts as protected
+    chip cut from it); `distance` is measured in the photo as saved (at the nearer of where the face is
+    found in it and where it was found in the original: `Cloaker.verify`). The face counts as protected
     against the model when `distance` reaches `protect_distance`: past the `threshold` by about the
     spread of one person's photos, so that the person's other photos do not match it either.
     """
@@ -436,7 +437,10 @@ class Cloaker:
         nearer) as a recogniser would measure it in `seen`.
 
         Faces are re-detected near where they were and re-aligned; a face the detector no longer
-        finds is measured at its original placement (another detector might still find it).
+        finds is measured at its original placement (another detector might still find it). A face it
+        finds is measured at both placements, and the nearer counts: the cloak moves the landmarks our
+        detector aligns by, and a recogniser with a detector the cloak does not move aligns the face
+        where it was.
         """
         distances, redetected, _ = self._measure(seen, reports)
         return distances, redetected
@@ -449,11 +453,17 @@ class Cloaker:
         matched = [self._redetect(seen8, report.face) for report in reports]
         faces = [found or report.face for found, report in zip(matched, reports, strict=True)]
         distances, matrices = {}, {}
+        moved = [row for row, found in enumerate(matched) if found is not None]
         for model in self.models:
             aligned = extract_chips(seen8, faces, model.chip_spec)
             originals = np.stack([report.embeddings[model.name] for report in reports])
             references = self.references.get(model.name)
-            distances[model.name] = nearest_of(model, model.embed(aligned.chips), originals, references)[0]
+            distance = nearest_of(model, model.embed(aligned.chips), originals, references)[0]
+            if moved:
+                placed = extract_chips(seen8, [reports[row].face for row in moved], model.chip_spec)
+                at_original = nearest_of(model, model.embed(placed.chips), originals[moved], references)[0]
+                distance[moved] = np.minimum(distance[moved], at_original)
+            distances[model.name] = distance
             matrices[model.name] = aligned.matrices
         return distances, [found is not None for found in matched], matrices
 

@@ -35,6 +35,7 @@ from ulixes_onnx.cloaking.loop import (
     ModelView,
     ascend,
     jitter,
+    random_alignment,
 )
 from ulixes_onnx.cloaking.perceptual import to_opponent
 from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
@@ -205,13 +206,12 @@ def _views_of_models(
         operators = []
         for i, face in enumerate(faces):
             size = face.canvas.chip_sizes[view.index]
-            operators.append(
-                [plain[v][i]]
-                + [
-                    face.canvas.operator(view.index, jitter(rngs[i], size, POLISH_JITTER))
-                    for _ in range(POLISH_VIEWS - 1)
-                ]
-            )
+            randoms = []
+            for _ in range(POLISH_VIEWS - 1):
+                shaken = jitter(rngs[i], size, POLISH_JITTER)
+                alignment = random_alignment(face.canvas, rngs[i])
+                randoms.append(face.canvas.operator(view.index, shaken, alignment))
+            operators.append([plain[v][i], *randoms])
         chips = np.stack(
             [op.forward(face.cloaked) for ops, face in zip(operators, faces, strict=True) for op in ops]
         )

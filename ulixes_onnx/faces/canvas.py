@@ -137,6 +137,8 @@ class FaceCanvas:
     the model's chips sample the photo), `judged` the canvas rows and columns where people look at the
     face (None: the whole canvas), `dlib_pyramids` which models' chips are cut as dlib cuts them, and
     `resampling_variance` the blur (canvas pixels squared) of resampling the photo to the canvas.
+    `earlier_to_chip` the matrices of the alignments the face had before `realigned` (the latest
+    first, the original's last): a recogniser whose detector the cloak does not move aligns it there.
     """
 
     x0: int
@@ -151,6 +153,7 @@ class FaceCanvas:
     dlib_pyramids: tuple[bool, ...]
     judged: tuple[slice, slice] | None = None
     resampling_variance: float = 0.0
+    earlier_to_chip: tuple[tuple[np.ndarray, ...], ...] = ()
 
     @property
     def photo_to_canvas(self) -> np.ndarray:
@@ -158,9 +161,17 @@ class FaceCanvas:
         s = self.scale
         return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
 
-    def operator(self, model_index: int, jitter: np.ndarray | None = None) -> ChipOperator:
-        """The canvas -> chip operator of one model, optionally followed by a chip-space `jitter`."""
-        matrix = self.to_chip[model_index]
+    @property
+    def alignment_count(self) -> int:
+        """How many alignments the face has had: the current one and those before `realigned`."""
+        return 1 + len(self.earlier_to_chip)
+
+    def operator(
+        self, model_index: int, jitter: np.ndarray | None = None, alignment: int = 0
+    ) -> ChipOperator:
+        """The canvas -> chip operator of one model, optionally followed by a chip-space `jitter`;
+        `alignment` 0 cuts the chip where the face is aligned now, k > 0 where it was k alignments ago."""
+        matrix = (self.to_chip, *self.earlier_to_chip)[alignment][model_index]
         size = self.chip_sizes[model_index]
         sigma = self.chip_blur(model_index)
         if jitter is not None:
@@ -191,12 +202,13 @@ class FaceCanvas:
 
     def realigned(self, matrices: Sequence[np.ndarray]) -> FaceCanvas:
         """The same canvas with the models' chips cut where new photo -> chip `matrices` put them (the
-        alignment a recogniser finds in the cloaked photo); the image and mask stay the original's."""
+        alignment a recogniser finds in the cloaked photo); the image and mask stay the original's, and
+        the alignment so far joins the earlier ones."""
         to_chip = tuple(
             _canvas_to_chip(matrix, self.x0, self.y0, self.scale, dlib_pyramid=pyramid)
             for matrix, pyramid in zip(matrices, self.dlib_pyramids, strict=True)
         )
-        return replace(self, to_chip=to_chip)
+        return replace(self, to_chip=to_chip, earlier_to_chip=(self.to_chip, *self.earlier_to_chip))
 
     def to_photo(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A canvas-resolution change [H, W, 3] (already masked) and the mask, resampled to the photo
