@@ -1,11 +1,12 @@
-"""benchmarks/same_cloak.py (comparison of two versions' cloaks) and stage_profile.py's clocks."""
+"""benchmarks/same_cloak.py (comparison of two versions' cloaks), stage_profile.py's clocks and
+protection_calibration.py's tables."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.protection_calibration import SamePair, calibration_table
+from benchmarks.protection_calibration import SamePair, alignment_rows, calibration_table
 from benchmarks.same_cloak import compare
 from benchmarks.stage_profile import CLOCKS, StageClock, markdown
 from benchmarks.transfer_proxy import given_photos
@@ -123,9 +124,21 @@ def test_protection_calibration_finds_where_pairs_stop_matching() -> None:
             [(0.45, 0.40), (0.50, 0.45), (0.50, 0.55), (0.60, 0.62), (0.70, 0.75), (0.80, 0.85)]
         )
     ]
-    rows, supported = calibration_table(0.5, pairs, tp_bar=0.02)
+    rows, supported = calibration_table(0.5, pairs, tp_bar=0.02, extra={"`low`": 0.51})
     assert supported == pytest.approx(0.525)
     at_threshold = next(row for row in rows if row.startswith("| 1.00 "))
     assert "| 5 / 6 | 5 | 20.0% (1) |" in at_threshold
-    assert calibration_table(0.5, pairs, tp_bar=0.5)[1] == pytest.approx(0.40)
-    assert calibration_table(0.5, pairs[:2], tp_bar=0.02)[1] is None
+    assert any(row.startswith("| `low` | 0.510 | 3 / 6 | 3 | 0.0% (0) |") for row in rows)
+    # the threshold is the floor: a copy nearer than it matches its own original
+    assert calibration_table(0.5, pairs, tp_bar=0.5)[1] == pytest.approx(0.5)
+    assert calibration_table(0.5, pairs[:3], tp_bar=0.02)[1] is None
+
+
+def test_the_alignment_of_cloak_and_other_photo_sets_the_worst_case() -> None:
+    # Euclidean, threshold 0.6: the cloak moves orthogonally to the other photo (rho 0) or at 60
+    # degrees to it (rho 0.5), whose worst case lies at 0.6 / sqrt(0.75).
+    orthogonal = SamePair("low", "b0", 0.8, 0.4, float(np.hypot(0.8, 0.4)))
+    leaning = SamePair("low", "b1", 0.8, 0.4, float(np.sqrt(0.8**2 + 0.4**2 - 0.8 * 0.4)))
+    rows = alignment_rows(0.6, "euclidean", [orthogonal, leaning])
+    assert rows[-1] == f"| 100 | 0.500 | {0.6 / np.sqrt(0.75):.3f} |"
+    assert rows[2] == "| 5 | 0.025 | 0.600 |"

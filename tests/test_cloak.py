@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ulixes_onnx.cloaking import loop as loop_module
+from ulixes_onnx.cloaking import polish as polish_module
 from ulixes_onnx.cloaking.loop import (
     BOUNDS_CHECK_EVERY,
     FAST_STEP_FACTOR,
@@ -249,6 +250,24 @@ def test_polish_makes_the_change_less_visible_at_the_same_distance(dlib_model, l
     assert polished.distances[NAME] >= 0.6
     assert abs(_distance(dlib_model, large_face, polished.delta) - polished.distances[NAME]) < 1e-3
     assert _face_quality(large_face, polished.delta) > _face_quality(large_face, plain.delta) + 2
+
+
+def test_the_polish_views_of_a_realigned_face_cut_its_chips_at_both_alignments(
+    dlib_model, large_face, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shift = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, 0.0]])
+    moved = (compose(shift, large_face.to_chip[0]),)
+    realigned = replace(large_face, to_chip=moved, earlier_to_chip=(large_face.to_chip,))
+    drawn = []
+
+    def recording(canvas: FaceCanvas, rng: np.random.Generator) -> int:
+        drawn.append(random_alignment(canvas, rng))
+        return drawn[-1]
+
+    monkeypatch.setattr(polish_module, "random_alignment", recording)
+    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05, polish=6)
+    cloak_canvases([ModelView(dlib_model, settings)], [realigned])
+    assert len(drawn) == 6 and set(drawn) == {0, 1}
 
 
 def test_faces_the_photo_shows_at_chip_size_are_not_polished(dlib_model, canvases) -> None:

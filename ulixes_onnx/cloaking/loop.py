@@ -330,7 +330,7 @@ def random_alignment(canvas: FaceCanvas, rng: np.random.Generator) -> int:
     """Which of a face's alignments a random view cuts its chips at (`FaceCanvas.operator`): once the
     cloak has moved the landmarks a detector aligns by, a change made for one alignment alone lost
     most of its distance at the other (sface 0.69 -> 0.31 on a 509-pixel face), so random views
-    cover them all. No draw for a face with one alignment, whose views stay as they were."""
+    cover both. No draw for a face with one alignment, whose views stay as they were."""
     return int(rng.integers(canvas.alignment_count)) if canvas.alignment_count > 1 else 0
 
 
@@ -484,13 +484,14 @@ def ascend(
     """Cloak faces on their canvases; all faces advance together, one run per model and step.
 
     Each step cuts every model's chip from the cloaked canvas (through a random jitter and blur when
-    `diversity` is on), runs the models' cloak graphs, brings each gradient back onto the canvas
-    through the operator's adjoint, sums the models' gradients (each scaled to unit max-norm so that
-    no model dominates; a model stops contributing to a face once its objectives are done), smooths
-    it (`smoothing`), accumulates momentum, shapes it by the perceptual budget and moves the change in
-    the opponent basis by up to `step` (scaled to a high percentile of the movable elements; twice
-    that while an `away` face is far from its target), within its per-pixel bounds. Step size, bounds,
-    DSSIM bound, step limit and seed come from the first view.
+    `diversity` is on, at the current or the original alignment of a realigned face), runs the models'
+    cloak graphs, brings each gradient back onto the canvas through the operator's adjoint, sums the
+    models' gradients (each scaled to unit max-norm so that no model dominates; a model stops
+    contributing to a face once its objectives are done), smooths it (`smoothing`), accumulates
+    momentum, shapes it by the perceptual budget and moves the change in the opponent basis by up to
+    `step` (scaled to a high percentile of the movable elements; twice that while an `away` face is far
+    from its target), within its per-pixel bounds. Step size, bounds, DSSIM bound, step limit and seed
+    come from the first view.
     `start` continues from earlier states (`CanvasCloak.state`); `boosts` raise single faces' `away`
     targets and budgets; `face_keys` seed each face's random draws (default: its position), so that a
     face is cloaked the same whatever else is in the batch.

@@ -453,16 +453,18 @@ class Cloaker:
         matched = [self._redetect(seen8, report.face) for report in reports]
         faces = [found or report.face for found, report in zip(matched, reports, strict=True)]
         distances, matrices = {}, {}
-        moved = [row for row, found in enumerate(matched) if found is not None]
+        # Where the detector found a face again, it is also measured where the original had it.
+        again = [row for row, found in enumerate(matched) if found is not None]
+        at_original_placement = [reports[row].face for row in again]
         for model in self.models:
             aligned = extract_chips(seen8, faces, model.chip_spec)
             originals = np.stack([report.embeddings[model.name] for report in reports])
             references = self.references.get(model.name)
             distance = nearest_of(model, model.embed(aligned.chips), originals, references)[0]
-            if moved:
-                placed = extract_chips(seen8, [reports[row].face for row in moved], model.chip_spec)
-                at_original = nearest_of(model, model.embed(placed.chips), originals[moved], references)[0]
-                distance[moved] = np.minimum(distance[moved], at_original)
+            if again:
+                placed = extract_chips(seen8, at_original_placement, model.chip_spec).chips
+                nearer = nearest_of(model, model.embed(placed), originals[again], references)[0]
+                distance[again] = np.minimum(distance[again], nearer)
             distances[model.name] = distance
             matrices[model.name] = aligned.matrices
         return distances, [found is not None for found in matched], matrices

@@ -137,8 +137,8 @@ class FaceCanvas:
     the model's chips sample the photo), `judged` the canvas rows and columns where people look at the
     face (None: the whole canvas), `dlib_pyramids` which models' chips are cut as dlib cuts them, and
     `resampling_variance` the blur (canvas pixels squared) of resampling the photo to the canvas.
-    `earlier_to_chip` the matrices of the alignments the face had before `realigned` (the latest
-    first, the original's last): a recogniser whose detector the cloak does not move aligns it there.
+    `earlier_to_chip` the original alignment's matrices once the face is `realigned` (empty before): a
+    recogniser whose detector the cloak does not move aligns the face there.
     """
 
     x0: int
@@ -163,30 +163,34 @@ class FaceCanvas:
 
     @property
     def alignment_count(self) -> int:
-        """How many alignments the face has had: the current one and those before `realigned`."""
+        """1 for a face aligned as it was found, 2 once `realigned` (the current and the original)."""
         return 1 + len(self.earlier_to_chip)
 
     def operator(
         self, model_index: int, jitter: np.ndarray | None = None, alignment: int = 0
     ) -> ChipOperator:
         """The canvas -> chip operator of one model, optionally followed by a chip-space `jitter`;
-        `alignment` 0 cuts the chip where the face is aligned now, k > 0 where it was k alignments ago."""
-        matrix = (self.to_chip, *self.earlier_to_chip)[alignment][model_index]
+        `alignment` 0 cuts the chip where the face is aligned now, 1 where it was found in the original."""
+        matrix = self._to_chip(model_index, alignment)
         size = self.chip_sizes[model_index]
-        sigma = self.chip_blur(model_index)
+        sigma = self.chip_blur(model_index, alignment)
         if jitter is not None:
             matrix = compose(jitter, matrix)
         return ChipOperator(matrix, self.image.shape[:2], size, sigma=sigma)
 
-    def magnification(self, model_index: int) -> float:
-        """How many photo pixels one pixel of a model's chip spans: above 1, the photo shows the cloak
-        stretched."""
-        return photo_pixels_per_chip_pixel(self.to_chip[model_index]) / self.scale
+    def _to_chip(self, model_index: int, alignment: int = 0) -> np.ndarray:
+        return (self.to_chip, *self.earlier_to_chip)[alignment][model_index]
 
-    def chip_blur(self, model_index: int) -> float:
+    def magnification(self, model_index: int, alignment: int = 0) -> float:
+        """How many photo pixels one pixel of a model's chip spans (at one of the face's alignments,
+        `operator`): above 1, the photo shows the cloak stretched."""
+        return photo_pixels_per_chip_pixel(self._to_chip(model_index, alignment)) / self.scale
+
+    def chip_blur(self, model_index: int, alignment: int = 0) -> float:
         """The Gaussian blur (canvas pixels) that, after the canvas's own resampling and before the
-        operator's bilinear sampling, blurs the photo as much as cutting the model's chip from it does."""
-        shrink = self.magnification(model_index)
+        operator's bilinear sampling, blurs the photo as much as cutting the model's chip from it does
+        (at one of the face's alignments, `operator`)."""
+        shrink = self.magnification(model_index, alignment)
         variance = sampling_variance(shrink) * self.scale**2 - BILINEAR_VARIANCE - self.resampling_variance
         return math.sqrt(max(variance, 0.0))
 
@@ -203,12 +207,12 @@ class FaceCanvas:
     def realigned(self, matrices: Sequence[np.ndarray]) -> FaceCanvas:
         """The same canvas with the models' chips cut where new photo -> chip `matrices` put them (the
         alignment a recogniser finds in the cloaked photo); the image and mask stay the original's, and
-        the alignment so far joins the earlier ones."""
+        the original alignment is kept: the closed loop measures a face at both (`Cloaker.verify`)."""
         to_chip = tuple(
             _canvas_to_chip(matrix, self.x0, self.y0, self.scale, dlib_pyramid=pyramid)
             for matrix, pyramid in zip(matrices, self.dlib_pyramids, strict=True)
         )
-        return replace(self, to_chip=to_chip, earlier_to_chip=(self.to_chip, *self.earlier_to_chip))
+        return replace(self, to_chip=to_chip, earlier_to_chip=self.earlier_to_chip or (self.to_chip,))
 
     def to_photo(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A canvas-resolution change [H, W, 3] (already masked) and the mask, resampled to the photo
