@@ -186,7 +186,7 @@ def test_random_views_cover_every_alignment_a_face_has_had(canvases) -> None:
     # one alignment: no draw, so a face's random views are what they were before realignment existed
     assert random_alignment(canvas, rng) == 0
     assert rng.bit_generator.state == np.random.default_rng(5).bit_generator.state
-    realigned = replace(canvas, earlier_to_chip=(canvas.to_chip,))
+    realigned = replace(canvas, original_to_chip=canvas.to_chip)
     assert {random_alignment(realigned, rng) for _ in range(40)} == {0, 1}
 
 
@@ -197,7 +197,7 @@ def test_random_views_of_a_realigned_face_cut_its_chips_at_both_alignments(
     # the cloak moved the landmarks: the next round cuts chips 4 chip pixels to the left
     shift = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, 0.0]])
     moved = (compose(shift, canvas.to_chip[0]),)
-    realigned = replace(canvas, to_chip=moved, earlier_to_chip=(canvas.to_chip,))
+    realigned = replace(canvas, to_chip=moved, original_to_chip=canvas.to_chip)
     cut = []
     operator = FaceCanvas.operator
 
@@ -257,7 +257,7 @@ def test_the_polish_views_of_a_realigned_face_cut_its_chips_at_both_alignments(
 ) -> None:
     shift = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, 0.0]])
     moved = (compose(shift, large_face.to_chip[0]),)
-    realigned = replace(large_face, to_chip=moved, earlier_to_chip=(large_face.to_chip,))
+    realigned = replace(large_face, to_chip=moved, original_to_chip=large_face.to_chip)
     drawn = []
 
     def recording(canvas: FaceCanvas, rng: np.random.Generator) -> int:

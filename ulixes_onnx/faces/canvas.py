@@ -137,7 +137,7 @@ class FaceCanvas:
     the model's chips sample the photo), `judged` the canvas rows and columns where people look at the
     face (None: the whole canvas), `dlib_pyramids` which models' chips are cut as dlib cuts them, and
     `resampling_variance` the blur (canvas pixels squared) of resampling the photo to the canvas.
-    `earlier_to_chip` the original alignment's matrices once the face is `realigned` (empty before): a
+    `original_to_chip` the original alignment's matrices once the face is `realigned` (None before): a
     recogniser whose detector the cloak does not move aligns the face there.
     """
 
@@ -153,7 +153,7 @@ class FaceCanvas:
     dlib_pyramids: tuple[bool, ...]
     judged: tuple[slice, slice] | None = None
     resampling_variance: float = 0.0
-    earlier_to_chip: tuple[tuple[np.ndarray, ...], ...] = ()
+    original_to_chip: tuple[np.ndarray, ...] | None = None
 
     @property
     def photo_to_canvas(self) -> np.ndarray:
@@ -164,7 +164,7 @@ class FaceCanvas:
     @property
     def alignment_count(self) -> int:
         """1 for a face aligned as it was found, 2 once `realigned` (the current and the original)."""
-        return 1 + len(self.earlier_to_chip)
+        return 1 if self.original_to_chip is None else 2
 
     def operator(
         self, model_index: int, jitter: np.ndarray | None = None, alignment: int = 0
@@ -179,7 +179,7 @@ class FaceCanvas:
         return ChipOperator(matrix, self.image.shape[:2], size, sigma=sigma)
 
     def _to_chip(self, model_index: int, alignment: int = 0) -> np.ndarray:
-        return (self.to_chip, *self.earlier_to_chip)[alignment][model_index]
+        return (self.to_chip if alignment == 0 else self.original_to_chip)[model_index]
 
     def magnification(self, model_index: int, alignment: int = 0) -> float:
         """How many photo pixels one pixel of a model's chip spans (at one of the face's alignments,
@@ -212,7 +212,7 @@ class FaceCanvas:
             _canvas_to_chip(matrix, self.x0, self.y0, self.scale, dlib_pyramid=pyramid)
             for matrix, pyramid in zip(matrices, self.dlib_pyramids, strict=True)
         )
-        return replace(self, to_chip=to_chip, earlier_to_chip=self.earlier_to_chip or (self.to_chip,))
+        return replace(self, to_chip=to_chip, original_to_chip=self.original_to_chip or self.to_chip)
 
     def to_photo(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A canvas-resolution change [H, W, 3] (already masked) and the mask, resampled to the photo
