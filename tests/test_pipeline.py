@@ -14,6 +14,7 @@ from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, clo
 from ulixes_onnx.cloaking.loop import Boost
 from ulixes_onnx.cloaking.pipeline import (
     BUDGET_GROWTH,
+    MAX_TARGET_RAISE,
     TARGET_MARGIN,
     Cloaker,
     FaceReport,
@@ -147,6 +148,12 @@ def test_the_next_round_raises_what_the_face_lacked(
     # loss the re-alignment is meant to recover, by the margin only
     assert boost.target == pytest.approx(0.75 / distance * TARGET_MARGIN, rel=1e-6)
     assert _next_boost(Boost(), report, realigned=True).target == TARGET_MARGIN
+
+
+def test_a_round_raises_the_target_by_a_bounded_factor() -> None:
+    # the saved copy kept a third of the distance: no target three times as far, the bound
+    report = _report("target-reached", 0.81, 0.25)
+    assert _next_boost(Boost(target=1.1), report).target == pytest.approx(1.1 * MAX_TARGET_RAISE)
 
 
 def test_photo_without_faces_is_returned_unchanged(cloaker: Cloaker) -> None:

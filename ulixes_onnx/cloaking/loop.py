@@ -22,7 +22,8 @@ Strategies choose the negatives (one objective per negative, applied in sequence
 - `farthest`: the farthest pool embedding (4.1);  `random`: k random ones (4.2);
 - `random-farthest`: the farthest, then k random ones (4.3).
 
-An objective ends when its loss is 0 (on the plain view, when input diversity shows random ones) or
+An objective ends when its loss is 0 on the step's view and on the plain view at every alignment the
+face has had (the current and, once it is re-aligned, the original) or
 when d(f(x), p) grew by less than `min_progress` per step over a window of steps (the paper's t,
 scaled to the step; judged on the chord length for cosine models, see `_stalled`); a face stops early
 when its canvas's DSSIM passes `max_dssim` or its SSIMULACRA2 where people look at it falls below
@@ -450,27 +451,52 @@ def _dropped_views(
 
 def _confirmed_on_plain_views(
     view: ModelView,
-    operators: list[ChipOperator],
+    placements: list[list[ChipOperator]],
     faces: list[FaceState],
     rows: list[int],
     losses: np.ndarray,
     targets: list[Objective],
     positives: np.ndarray,
-) -> np.ndarray:
-    """Which faces' objectives are met: their loss is 0 on this step's view and, when that view was
-    a random one (input diversity), on the plain view too; one lucky view ends nothing."""
+    measured: list[int | None],
+) -> tuple[np.ndarray, dict[int, int]]:
+    """Which faces' objectives are met: their loss is 0 on this step's view and on the plain view at
+    every alignment the face has had (`placements`, per face: the current first), as a recogniser
+    aligning it at either measures it; one lucky view ends nothing. `measured` per row: the
+    alignment whose plain view the step's view was (None for a random view). Also, per row it does not
+    confirm, the first alignment whose plain view fell short."""
     met = np.asarray(losses) <= 0
-    if view.settings.diversity == 0 or not met.any():
-        return met
-    chosen = np.flatnonzero(met)
-    chips = np.stack([operators[rows[r]].forward(faces[rows[r]].cloaked) for r in chosen])
+    checks = [
+        (r, k) for r in np.flatnonzero(met) for k in range(len(placements[rows[r]])) if k != measured[r]
+    ]
+    if not checks:
+        return met, {}
+    chips = np.stack([placements[rows[r]][k].forward(faces[rows[r]].cloaked) for r, k in checks])
     embeddings = view.model.embed(chips)
-    nearest, _ = view.nearest(embeddings, positives[[rows[r] for r in chosen]])
-    for r, embedding, distance in zip(chosen, embeddings, nearest, strict=True):
+    nearest, _ = view.nearest(embeddings, positives[[rows[r] for r, _ in checks]])
+    short: dict[int, int] = {}
+    for (r, k), embedding, distance in zip(checks, embeddings, nearest, strict=True):
         target = targets[r]
         loss = target.neg_weight * float(view.model.distance(embedding[None], target.negative[None])[0])
-        met[r] = loss + target.margin - float(distance) <= 0
-    return met
+        if loss + target.margin - float(distance) > 0 and r not in short:
+            met[r] = False
+            short[r] = k
+    return met, short
+
+
+def _placed_distances(
+    view: ModelView, placements: list[list[ChipOperator]], images: Sequence[np.ndarray], positives: np.ndarray
+) -> np.ndarray:
+    """Each face's distance from its positive (or nearest reference) on the plain view, the nearest
+    over the alignments it has had (`placements`, per face), one model run for all: a recogniser may
+    align the face at any of them."""
+    owners = [i for i, operators in enumerate(placements) for _ in operators]
+    chips = np.stack(
+        [op.forward(image) for operators, image in zip(placements, images, strict=True) for op in operators]
+    )
+    distances = view.nearest(view.model.embed(chips), positives[owners])[0]
+    nearest = np.full(len(placements), np.inf)
+    np.minimum.at(nearest, owners, distances)
+    return nearest
 
 
 def ascend(
@@ -484,7 +510,8 @@ def ascend(
     """Cloak faces on their canvases; all faces advance together, one run per model and step.
 
     Each step cuts every model's chip from the cloaked canvas (through a random jitter and blur when
-    `diversity` is on, at the current or the original alignment of a realigned face), runs the models'
+    `diversity` is on, at the current or the original alignment of a realigned face, or at the one whose
+    plain view last fell short of a target the step before had reached), runs the models'
     cloak graphs, brings each gradient back onto the canvas through the operator's adjoint, sums the
     models' gradients (each scaled to unit max-norm so that no model dominates; a model stops
     contributing to a face once its objectives are done), smooths it (`smoothing`), accumulates
@@ -506,7 +533,8 @@ def ascend(
         FaceState(canvas, lead, None if start is None else start[i], key, boost)
         for i, (canvas, key, boost) in enumerate(zip(canvases, keys, boosts, strict=True))
     ]
-    plain = [[canvas.operator(view.index) for canvas in canvases] for view in views]
+    placements = [[canvas.plain_operators(view.index) for canvas in canvases] for view in views]
+    plain = [[operators[0] for operators in per_view] for per_view in placements]
     original_chips = [
         np.stack([op.forward(face.clean) for op, face in zip(ops, faces, strict=True)]) for ops in plain
     ]
@@ -540,6 +568,12 @@ def ascend(
     history: list[list[list[float]]] = [[[] for _ in range(count)] for _ in views]
     view_reasons: list[list[str | None]] = [[None] * count for _ in views]
     face_reasons: list[str | None] = [None] * count
+    # (view, face) -> the alignment whose plain view last fell short of a target the step's view had
+    # reached: the next step of that view cuts the face's chip there.
+    retry: dict[tuple[int, int], int] = {}
+    # (view, face) -> the alignment of the plain views whose distances the face's history holds (without
+    # random views).
+    judged_at: dict[tuple[int, int], int] = {}
     while True:
         active = [i for i in range(count) if face_reasons[i] is None]
         if not active:
@@ -554,17 +588,22 @@ def ascend(
             rows = [i for i in active if view_reasons[v][i] is None]
             if not rows:
                 continue
-            operators, chips, blurs = [], [], []
+            operators, chips, blurs, measured, retried = [], [], [], [], []
             for i in rows:
                 face = faces[i]
+                alignment = retry.pop((v, i), None)
+                retried.append(alignment is not None)
                 if lead.diversity > 0:
                     size = face.canvas.chip_sizes[view.index]
                     shaken = jitter(face.rng, size, lead.diversity)
-                    alignment = random_alignment(face.canvas, face.rng)
+                    if alignment is None:
+                        alignment = random_alignment(face.canvas, face.rng)
                     operator = face.canvas.operator(view.index, shaken, alignment)
                     blur = float(face.rng.uniform(0, 2 * lead.diversity * 5))
                 else:
-                    operator, blur = plain[v][i], 0.0
+                    alignment = alignment or 0
+                    operator, blur = placements[v][i][alignment], 0.0
+                measured.append(None if lead.diversity > 0 else alignment)
                 operators.append(operator)
                 blurs.append(blur)
                 chips.append(chip_blur(operator.forward(face.cloaked), blur))
@@ -585,7 +624,9 @@ def ascend(
                 # Past the target only if the nearest of the face's positive and references is.
                 nearest_distance, nearest = view.nearest(result.emb, positives[v][rows])
                 losses = np.maximum(neg_weights * result.d_neg - nearest_distance + margins, 0.0)
-            confirmed = _confirmed_on_plain_views(view, plain[v], faces, rows, losses, targets, positives[v])
+            confirmed, short = _confirmed_on_plain_views(
+                view, placements[v], faces, rows, losses, targets, positives[v], measured
+            )
             for row, index in enumerate(rows):
                 distance = float(nearest_distance[row])
                 away_from[v][index] = nearest[row]
@@ -596,14 +637,30 @@ def ascend(
                 ended = None
                 if confirmed[row]:
                     ended = "target-reached" if view.settings.strategy == "away" else "loss-zero"
-                elif _stalled_over(
-                    view.model,
-                    seen,
-                    distance,
-                    STALL_WINDOW,
-                    view.settings.min_progress * lead.step / PAPER_STEP,
-                ):
-                    ended = "slow-progress"
+                elif row in short and not retried[row]:
+                    # Past the target here, short at another alignment: the face does not move this
+                    # step, and the next one measures it there. Its progress is judged on that step
+                    # only, as distances taken at alternating alignments would read as a stall.
+                    retry[(v, index)] = short[row]
+                    advanced.add(index)
+                    continue
+                else:
+                    if (
+                        measured[row] is not None
+                        and judged_at.setdefault((v, index), measured[row]) != measured[row]
+                    ):
+                        # The plain view moved to the other alignment, where the face lies nearer or
+                        # farther all along: progress is judged afresh there.
+                        seen.clear()
+                        judged_at[(v, index)] = measured[row]
+                    if _stalled_over(
+                        view.model,
+                        seen,
+                        distance,
+                        STALL_WINDOW,
+                        view.settings.min_progress * lead.step / PAPER_STEP,
+                    ):
+                        ended = "slow-progress"
                 if ended is not None:
                     objective[v, index] += 1
                     history[v][index] = []
@@ -614,10 +671,14 @@ def ascend(
                     continue
                 seen.append(distance)
                 if losses[row] <= 0 or result.loss[row] <= 0:
-                    # A random view past the target that the plain view does not confirm: no gradient
-                    # from it, the next step draws another view. Or, with references, the graph's loss
-                    # (against the nearest of the previous step, which the face has now passed) is zero
-                    # and so is its gradient: the next step measures against the new nearest.
+                    # A view past the target that a plain view does not confirm (again, on the alignment
+                    # that fell short before): no gradient from it, the next step cuts the chip at the
+                    # alignment that falls short now. Or, with references,
+                    # the graph's loss (against the nearest of the previous step, which the face has now
+                    # passed) is zero and so is its gradient: the next step measures against the new
+                    # nearest.
+                    if row in short:
+                        retry[(v, index)] = short[row]
                     advanced.add(index)
                     continue
                 if v in dropped.get(index, ()):
@@ -693,10 +754,8 @@ def ascend(
             for reasons in view_reasons:
                 reasons[index] = None
 
-    distances = []
-    for v, view in enumerate(views):
-        chips = np.stack([op.forward(face.cloaked) for op, face in zip(plain[v], faces, strict=True)])
-        distances.append(view.nearest(view.model.embed(chips), positives[v])[0])
+    images = [face.cloaked for face in faces]
+    distances = [_placed_distances(view, placements[v], images, positives[v]) for v, view in enumerate(views)]
     return [
         CanvasCloak(
             face.delta,

@@ -11,10 +11,11 @@ over a few random views of each model's chip (as input diversity does in the loo
 that survives does not hang on one exact sampling of the chip; and every step is smoothed at the
 chip's scale, as a change finer than a chip pixel moves a model only through aliasing, which another
 resampling of the photo would not reproduce (such a change showed as a fine lattice at 1:1). The state
-with the best score among those at every model's distance, on the plain view and on average over the
-views, is kept. Steps are taken in the loop's opponent basis, the colour axes scaled by its chroma share
-and within the face's per-pixel bounds: SSIMULACRA2 weighs colour lightly, and with colour free the
-score rose further while the whites of the eyes turned cyan at 1:1.
+with the best score among those at every model's distance, on the plain view (at each alignment the
+face has had) and on average over the views, is kept. Steps are taken in the loop's opponent basis,
+the colour axes scaled by its chroma share and within the face's per-pixel bounds: SSIMULACRA2 weighs
+colour lightly, and with colour free the score rose further while the whites of the eyes turned cyan
+at 1:1.
 
 Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md.
 """
@@ -46,7 +47,8 @@ from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
 # change the photo shows finer than the chip, score higher without it (`bench`'s 88-px faces: 86.8).
 # From 2x down to 1x, faces of 176-204 px went from 65.2 to 78.5 (perceptual-polish-2026-12-06.md).
 POLISH_MIN_MAGNIFICATION = 1.0
-# Views of each model's chip per polish step: the plain one and random ones.
+# Views of each model's chip per polish step: the plain one and random ones (a re-aligned face adds the
+# plain one at its original alignment).
 POLISH_VIEWS = 2
 # The random views' jitter (as `diversity` in the loop).
 POLISH_JITTER = 0.05
@@ -128,12 +130,14 @@ def polish(
         for canvas, result, key, boost in zip(canvases, results, face_keys, boosts, strict=True)
     ]
     rngs = [np.random.default_rng([lead.seed, key, 1]) for key in face_keys]
-    plain = [[canvas.operator(view.index) for canvas in canvases] for view in views]
+    placements = [[canvas.plain_operators(view.index) for canvas in canvases] for view in views]
     originals = [
-        view.model.embed(np.stack([op.forward(face.clean) for op, face in zip(ops, faces, strict=True)]))
+        view.model.embed(
+            np.stack([ops[0].forward(face.clean) for ops, face in zip(per_view, faces, strict=True)])
+        )
         if given is None
         else given
-        for view, ops, given in zip(views, plain, positives, strict=True)
+        for view, per_view, given in zip(views, placements, positives, strict=True)
     ]
     away_from = [np.array(original, np.float32, copy=True) for original in originals]
     floors = np.array([[_floor(view, r, b) for r, b in zip(results, boosts, strict=True)] for view in views])
@@ -149,7 +153,7 @@ def polish(
     best = [(-np.inf, face.opponent, dict(r.distances)) for face, r in zip(faces, results, strict=True)]
     for _ in range(lead.polish):
         plain_distances, mean_distances, gradients = _views_of_models(
-            views, plain, faces, rngs, originals, away_from
+            views, placements, faces, rngs, originals, away_from
         )
         for i, face in enumerate(faces):
             below = [v for v in range(len(views)) if mean_distances[v, i] < floors[v, i]]
@@ -187,16 +191,17 @@ def polish(
 
 def _views_of_models(
     views: list[ModelView],
-    plain: list[list[ChipOperator]],
+    placements: list[list[list[ChipOperator]]],
     faces: list[FaceState],
     rngs: list[np.random.Generator],
     originals: list[np.ndarray],
     away_from: list[np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]]]:
     """Each model's distance from each face's original (or the nearest of its references) on the
-    plain view and averaged over POLISH_VIEWS views ([views, faces] each), and the gradient of that
-    average on the canvas, in the opponent basis ([views][faces] of [H, W, 3]); one model run per view
-    for all faces. The gradient is taken from `away_from` [views][faces, D] (as the loop does: the
+    plain view (the nearest over the face's alignments, `placements` per view and face) and averaged
+    over the plain views and POLISH_VIEWS - 1 random ones ([views, faces] each), and the gradient of
+    that average on the canvas, in the opponent basis ([views][faces] of [H, W, 3]); one model run per
+    view for all faces. The gradient is taken from `away_from` [views][faces, D] (as the loop does: the
     original, or the reference the face came nearest to on the last plain view), which is updated."""
     count = len(faces)
     plain_distances = np.zeros((len(views), count))
@@ -211,27 +216,33 @@ def _views_of_models(
                 shaken = jitter(rngs[i], size, POLISH_JITTER)
                 alignment = random_alignment(face.canvas, rngs[i])
                 randoms.append(face.canvas.operator(view.index, shaken, alignment))
-            operators.append([plain[v][i], *randoms])
+            operators.append([*placements[v][i], *randoms])
+        owners = np.array([i for i, ops in enumerate(operators) for _ in ops])
         chips = np.stack(
             [op.forward(face.cloaked) for ops, face in zip(operators, faces, strict=True) for op in ops]
         )
-        targets = np.repeat(away_from[v], POLISH_VIEWS, axis=0)
+        targets = away_from[v][owners]
         # A margin past any distance a face reaches: the loss stays positive and its gradient is minus
         # that of the distance.
         margins = np.full(len(chips), 4.0, np.float32)
         result = view.model.step(chips, targets, targets, margins, np.zeros(len(chips), np.float32))
+        starts = np.searchsorted(owners, np.arange(count))  # each face's first view: its current plain one
         distances = result.d_pos
         if view.references is not None:
-            distances, nearest = view.nearest(result.emb, np.repeat(originals[v], POLISH_VIEWS, axis=0))
-            away_from[v] = nearest[::POLISH_VIEWS]
-        distances = distances.reshape(count, POLISH_VIEWS)
-        plain_distances[v] = distances[:, 0]
-        mean_distances[v] = distances.mean(axis=1)
-        grads = result.grad.reshape(count, POLISH_VIEWS, *result.grad.shape[1:])
+            distances, nearest = view.nearest(result.emb, originals[v][owners])
+            away_from[v] = nearest[starts]
+        placed = [len(placements[v][i]) for i in range(count)]
+        plain_distances[v] = [distances[s : s + n].min() for s, n in zip(starts, placed, strict=True)]
+        mean_distances[v] = [
+            distances[s : s + len(ops)].mean() for s, ops in zip(starts, operators, strict=True)
+        ]
         gradients.append(
             [
-                to_opponent(-sum(op.adjoint(g) for op, g in zip(ops, face_grads, strict=True)) * face.mask)
-                for ops, face_grads, face in zip(operators, grads, faces, strict=True)
+                to_opponent(
+                    -sum(op.adjoint(g) for op, g in zip(ops, result.grad[s : s + len(ops)], strict=True))
+                    * face.mask
+                )
+                for ops, s, face in zip(operators, starts, faces, strict=True)
             ]
         )
     return plain_distances, mean_distances, gradients

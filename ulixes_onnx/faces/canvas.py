@@ -178,6 +178,10 @@ class FaceCanvas:
             matrix = compose(jitter, matrix)
         return ChipOperator(matrix, self.image.shape[:2], size, sigma=sigma)
 
+    def plain_operators(self, model_index: int) -> list[ChipOperator]:
+        """One model's operators without jitter at each of the face's alignments (the current first)."""
+        return [self.operator(model_index, alignment=k) for k in range(self.alignment_count)]
+
     def _to_chip(self, model_index: int, alignment: int = 0) -> np.ndarray:
         return (self.to_chip if alignment == 0 else self.original_to_chip)[model_index]
 
