@@ -150,10 +150,14 @@ def test_the_next_round_raises_what_the_face_lacked(
     assert _next_boost(Boost(), report, realigned=True).target == TARGET_MARGIN
 
 
-def test_a_round_raises_the_target_by_a_bounded_factor() -> None:
-    # the saved copy kept a third of the distance: no target three times as far, the bound
-    report = _report("target-reached", 0.81, 0.25)
+def test_a_round_raises_the_target_of_a_face_found_again_by_a_bounded_factor() -> None:
+    # the saved copy kept a third of the distance where the detector found the face again: no target
+    # three times as far, the bound
+    report = replace(_report("target-reached", 0.81, 0.25), redetected=True)
     assert _next_boost(Boost(target=1.1), report).target == pytest.approx(1.1 * MAX_TARGET_RAISE)
+    # measured where it was, the loss is rounding and re-encoding: raised by all of it
+    lost = replace(report, redetected=False)
+    assert _next_boost(Boost(target=1.1), lost).target == pytest.approx(1.1 * 0.75 / 0.25 * TARGET_MARGIN)
 
 
 def test_photo_without_faces_is_returned_unchanged(cloaker: Cloaker) -> None:

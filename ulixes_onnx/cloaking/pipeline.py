@@ -61,11 +61,13 @@ TARGET_MARGIN = 1.03
 # The saved copy keeps the loop's target if it lies at least this share of it from the original:
 # rounding, re-encoding and re-alignment take a little of what the loop reached on its own view.
 SAVED_TARGET_SHARE = 0.9
-# A round raises a face's target by at most this factor. The saved copy can lose far more than a
-# higher target wins back: a detector that finds a face, once cloaked, at landmarks moved by a sixth of
-# its width (George/img40's 601-pixel face at the photo's edge: dlib-resnet 0.73 on the loop's
-# placements, 0.28 at that one) asked for a target 2.4 times as far, which the loop could not reach
-# and which left the face more visible and less protected than a bounded one.
+# A round raises the target of a face the detector found again by at most this factor. What the saved
+# copy lost at a placement the loop has not seen, a higher target does not win back: a face found, once
+# cloaked, at landmarks moved by a sixth of its width (George/img40's 601-pixel face at the photo's
+# edge: dlib-resnet 0.73 on the loop's placements, 0.28 at that one) asked for a target 2.4 times as
+# far, which the loop could not reach and which left the face more visible and less protected than a
+# bounded one. A face measured where it was lost its distance to rounding and re-encoding, which a
+# higher target does win back (the astronaut's 29-pixel face in its JPEG needed 2.1x).
 MAX_TARGET_RAISE = 1.3
 # A re-detected face is the same face when its box overlaps the original's by at least this IoU.
 SAME_FACE_IOU = 0.5
@@ -534,7 +536,8 @@ def _next_boost(boost: Boost, report: FaceReport, *, realigned: bool = False) ->
     """How much to raise a face's target and budget for the next round, from why it fell short: a
     loop that stopped short of its target, or whose progress stalled, needs a larger budget; a loop
     that reached it but whose saved copy lost some of the distance (rounding, re-encoding,
-    re-alignment) needs a target raised by what was lost, up to MAX_TARGET_RAISE.
+    re-alignment) needs a target raised by what was lost (up to MAX_TARGET_RAISE for a face the
+    detector found again).
 
     A stalled loop whose plain view ended just past its target was held by its budget all the same: a
     higher target alone would stall again (a 29-pixel face of the astronaut's JPEG did, three rounds
@@ -550,8 +553,9 @@ def _next_boost(boost: Boost, report: FaceReport, *, realigned: bool = False) ->
     )
     if realigned:
         lost = 1.0
+    raise_ = max(1.0, lost * TARGET_MARGIN)
     return Boost(
-        target=boost.target * min(max(1.0, lost * TARGET_MARGIN), MAX_TARGET_RAISE),
+        target=boost.target * (min(raise_, MAX_TARGET_RAISE) if report.redetected else raise_),
         budget=boost.budget * (BUDGET_GROWTH if held_by_budget else 1.0),
     )
 
