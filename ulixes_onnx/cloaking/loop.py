@@ -673,10 +673,9 @@ def ascend(
                 if losses[row] <= 0 or result.loss[row] <= 0:
                     # A view past the target that a plain view does not confirm (again, on the alignment
                     # that fell short before): no gradient from it, the next step cuts the chip at the
-                    # alignment that falls short now. Or, with references,
-                    # the graph's loss (against the nearest of the previous step, which the face has now
-                    # passed) is zero and so is its gradient: the next step measures against the new
-                    # nearest.
+                    # alignment that falls short now. Or, with references, the graph's loss (against the
+                    # nearest of the previous step, which the face has now passed) is zero and so is its
+                    # gradient: the next step measures against the new nearest.
                     if row in short:
                         retry[(v, index)] = short[row]
                     advanced.add(index)
