@@ -348,10 +348,12 @@ def _polished(dlib_model, large_face, start) -> np.ndarray:
 
 
 def test_a_polished_face_keeps_its_distance_on_average_over_jittered_views(
-    dlib_model, large_face, far_start
+    dlib_model, large_face, far_start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # polished down to its floor on the plain view alone, this face ended at 0.58 on average over the
-    # check views: a detector that re-aligns it measures about that
+    # check views: a detector that re-aligns it measures about that (here the state held on them is
+    # kept whatever its score; which of the two is kept is `_prefer_held`'s)
+    monkeypatch.setattr(polish_module, "CHECK_TOLERANCE", np.inf)
     seed = LoopSettings().seed
     assert _mean_on_check_views(dlib_model, large_face, far_start.delta, seed) >= 0.65
     result = _polished(dlib_model, large_face, far_start)
