@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ulixes_onnx.cloaking.loop import Boost, CanvasCloak, LoopSettings
-from ulixes_onnx.cloaking.polish import CHECK_TOLERANCE, _floor, _keeping, _prefer_held, _unit
+from ulixes_onnx.cloaking.polish import _floor, _keeping, _unit
 
 PRECONDITIONER = np.array([1.0, 0.2, 0.2], np.float32)
 
@@ -58,17 +58,3 @@ def test_a_polished_face_keeps_the_lesser_of_its_distance_and_its_target(strateg
     settings = LoopSettings(strategy=strategy, target=0.8)
     view = SimpleNamespace(model=SimpleNamespace(name="m"), settings=settings)
     assert _floor(view, _result(reached), Boost(target=boost)) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(
-    ("held", "plain", "expected"),
-    [
-        (70.0, 70.0, True),  # the same score: the robust state
-        (70.0 - CHECK_TOLERANCE, 70.0, True),  # within the tolerance
-        (70.0 - CHECK_TOLERANCE - 0.01, 70.0, False),  # more visible than that: the next round's job
-        (-np.inf, 70.0, False),  # no state held on the check views
-        (-np.inf, -np.inf, False),  # nothing at the floors at all: the start
-    ],
-)
-def test_a_state_held_on_the_check_views_is_kept_if_it_scores_nearly_as_well(held, plain, expected) -> None:
-    assert _prefer_held(held, plain) is expected

@@ -12,15 +12,12 @@ that survives does not hang on one exact sampling of the chip; and every step is
 chip's scale, as a change finer than a chip pixel moves a model only through aliasing, which another
 resampling of the photo would not reproduce (such a change showed as a fine lattice at 1:1). The state
 with the best score among those at every model's distance, on the plain view (at each alignment the
-face has had) and on average over the views, is kept, unless one that also keeps every model's
-distance on average over a fixed set of jittered views (where a detector that re-aligns the saved copy
-measures the face) scores nearly as well (`CHECK_VIEWS`, `CHECK_TOLERANCE`). Steps are taken in the
-loop's opponent basis, the colour axes scaled by its chroma share and within the face's per-pixel
-bounds: SSIMULACRA2 weighs colour lightly, and with colour free the score rose further while the whites
-of the eyes turned cyan at 1:1.
+face has had) and on average over the views, is kept. Steps are taken in the loop's opponent basis,
+the colour axes scaled by its chroma share and within the face's per-pixel bounds: SSIMULACRA2 weighs
+colour lightly, and with colour free the score rose further while the whites of the eyes turned cyan
+at 1:1.
 
-Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md and
-realigned-polish-2026-12-07.md.
+Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md.
 """
 
 from __future__ import annotations
@@ -55,18 +52,6 @@ POLISH_MIN_MAGNIFICATION = 1.0
 POLISH_VIEWS = 2
 # The random views' jitter (as `diversity` in the loop).
 POLISH_JITTER = 0.05
-# A state the polish keeps must also hold every model's distance on average over this many fixed
-# jittered views of its chip. A recogniser that detects the face in the saved copy aligns it where the
-# cloaked landmarks put it, and there the face lay about as far as on average over such views, not as
-# on the plain one (sface, 5 large faces: 0.53-0.59 at the new alignment, 0.53-0.57 on average over
-# 16 views, 0.60-0.65 plain): polished down to the plain view's floor, faces fell short in the saved
-# copy and took another round (5 of 8 large faces took 2 or 3 rounds, 20 rounds for 11 faces; 12 with
-# the check).
-CHECK_VIEWS = 4
-# A state held on the check views is kept over the best one at the plain floors only if it scores at
-# most this many SSIMULACRA2 points less: robustness that costs more is left to the closed loop's next
-# round (held on the check views, a 725-px face kept a state 15 points below the plain floors' best).
-CHECK_TOLERANCE = 1.0
 # Polish steps are this many times the loop's step.
 POLISH_STEP_FACTOR = 2.0
 # Each step is smoothed by a Gaussian of this many of the lead model's chip pixels.
@@ -165,15 +150,6 @@ def polish(
     # In canvas pixels: the lead model's chip pixel spans `magnification` photo pixels.
     smoothing = [POLISH_SMOOTHING * c.magnification(views[0].index) * c.scale for c in canvases]
     preconditioner = np.array([1.0, lead.chroma, lead.chroma], np.float32)
-    checks = [
-        [
-            _check_operators(face.canvas, view.index, lead.seed, key)
-            for face, key in zip(faces, face_keys, strict=True)
-        ]
-        for view in views
-    ]
-    # The best states at every model's floor: on the plain views alone, and also on the check views.
-    best_plain = [(-np.inf, face.opponent, dict(r.distances)) for face, r in zip(faces, results, strict=True)]
     best = [(-np.inf, face.opponent, dict(r.distances)) for face, r in zip(faces, results, strict=True)]
     for _ in range(lead.polish):
         plain_distances, mean_distances, gradients = _views_of_models(
@@ -188,18 +164,9 @@ def polish(
                 score, score_gradient = references[i].score_and_gradient(
                     face.canvas.image[face.judged] + face.delta[face.judged] * np.float32(127.5)
                 )
-                if np.all(plain_distances[:, i] >= floors[:, i]):
+                if np.all(plain_distances[:, i] >= floors[:, i]) and score > best[i][0]:
                     reached = {view.model.name: float(plain_distances[v, i]) for v, view in enumerate(views)}
-                    if score > best_plain[i][0]:
-                        best_plain[i] = (score, face.opponent, reached)
-                    if score > best[i][0] and _holds_on_check_views(
-                        views,
-                        [per_view[i] for per_view in checks],
-                        face,
-                        [o[i] for o in originals],
-                        floors[:, i],
-                    ):
-                        best[i] = (score, face.opponent, reached)
+                    best[i] = (score, face.opponent, reached)
                 score_gradients[i][face.judged] = score_gradient * face.mask[face.judged]
                 direction = to_opponent(score_gradients[i]) * preconditioner
                 for per_face in gradients:
@@ -207,8 +174,7 @@ def polish(
             _step(face, direction, smoothing[i], lead.step * POLISH_STEP_FACTOR)
 
     polished = []
-    for face, result, held, plain in zip(faces, results, best, best_plain, strict=True):
-        _, state, distances = held if _prefer_held(held[0], plain[0]) else plain
+    for face, result, (_, state, distances) in zip(faces, results, best, strict=True):
         face.move_to(state)
         polished.append(
             CanvasCloak(
@@ -280,42 +246,6 @@ def _views_of_models(
             ]
         )
     return plain_distances, mean_distances, gradients
-
-
-def _prefer_held(held_score: float, plain_score: float) -> bool:
-    """Whether to keep the best state held on the check views (scoring `held_score`, -inf if there is
-    none) over the best at the plain floors (`plain_score`)."""
-    return held_score > -np.inf and held_score >= plain_score - CHECK_TOLERANCE
-
-
-def _check_operators(canvas: FaceCanvas, model_index: int, seed: int, key: int) -> list[ChipOperator]:
-    """The CHECK_VIEWS fixed jittered views of one model's chip of a face (drawn from the face's own
-    seed, alternating between the alignments it has had)."""
-    rng = np.random.default_rng([seed, key, 2, model_index])
-    size = canvas.chip_sizes[model_index]
-    return [
-        canvas.operator(model_index, jitter(rng, size, POLISH_JITTER), k % canvas.alignment_count)
-        for k in range(CHECK_VIEWS)
-    ]
-
-
-def _holds_on_check_views(
-    views: list[ModelView],
-    checks: list[list[ChipOperator]],
-    face: FaceState,
-    originals: list[np.ndarray],
-    floors: np.ndarray,
-) -> bool:
-    """Whether a face's current state keeps every model's distance from its original (or nearest
-    reference) at its floor on average over the model's check views (`checks` and `originals` per view)."""
-    for view, operators, original, floor in zip(views, checks, originals, floors, strict=True):
-        if not operators:
-            continue
-        embeddings = view.model.embed(np.stack([op.forward(face.cloaked) for op in operators]))
-        distances, _ = view.nearest(embeddings, np.repeat(original[None], len(operators), axis=0))
-        if float(distances.mean()) < floor:
-            return False
-    return True
 
 
 def _step(face: FaceState, direction: np.ndarray, smoothing: float, step: float) -> None:
