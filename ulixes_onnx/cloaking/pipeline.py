@@ -547,15 +547,19 @@ def _next_boost(boost: Boost, report: FaceReport, *, realigned: bool = False) ->
         outcome.chip_distance < outcome.target * boost.target or outcome.stop_reason == "slow-progress"
         for outcome in outcomes
     )
-    lost = max(
-        max(outcome.protect_distance, SAVED_TARGET_SHARE * outcome.target) / max(outcome.distance, 1e-6)
-        for outcome in outcomes
+    lost = (
+        1.0
+        if realigned
+        else max(
+            max(outcome.protect_distance, SAVED_TARGET_SHARE * outcome.target) / max(outcome.distance, 1e-6)
+            for outcome in outcomes
+        )
     )
-    if realigned:
-        lost = 1.0
-    raise_ = max(1.0, lost * TARGET_MARGIN)
+    factor = max(1.0, lost * TARGET_MARGIN)
+    if report.redetected:
+        factor = min(factor, MAX_TARGET_RAISE)
     return Boost(
-        target=boost.target * (min(raise_, MAX_TARGET_RAISE) if report.redetected else raise_),
+        target=boost.target * factor,
         budget=boost.budget * (BUDGET_GROWTH if held_by_budget else 1.0),
     )
 
