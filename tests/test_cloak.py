@@ -15,24 +15,16 @@ from ulixes_onnx.cloaking.loop import (
     FAST_STEP_FACTOR,
     FAST_UNTIL,
     STALL_WINDOW,
-    Boost,
     CloakSettingsError,
     LoopSettings,
     ModelView,
     _dropped_views,
     _movable_magnitudes,
-    ascend,
     ensemble_farness,
     plan_objectives,
     random_alignment,
 )
-from ulixes_onnx.cloaking.polish import (
-    CHECK_VIEWS,
-    POLISH_MIN_MAGNIFICATION,
-    _check_operators,
-    cloak_canvases,
-    polish,
-)
+from ulixes_onnx.cloaking.polish import POLISH_MIN_MAGNIFICATION, cloak_canvases
 from ulixes_onnx.cloaking.visibility import ssimulacra2
 from ulixes_onnx.face_model import FaceModel, distances
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
@@ -317,96 +309,6 @@ def test_the_polish_views_of_a_realigned_face_cut_its_chips_at_both_alignments(
     at_each = [_distance(dlib_model, realigned, result.delta, alignment) for alignment in (0, 1)]
     assert result.distances[NAME] == pytest.approx(min(at_each), abs=1e-4)
     assert min(at_each) >= 0.6
-
-
-def _mean_on_check_views(model: FaceModel, canvas: FaceCanvas, delta: np.ndarray, seed: int) -> float:
-    """A face's mean distance from its original over the polish's check views of its chip."""
-    clean = canvas.image / 127.5 - 1
-    chips = np.stack([op.forward(clean + delta) for op in _check_operators(canvas, 0, seed, 0)])
-    original = model.embed(canvas.operator(0).forward(clean)[None])
-    return float(model.distance(model.embed(chips), np.repeat(original, len(chips), axis=0)).mean())
-
-
-@pytest.fixture(scope="module")
-def far_start(dlib_model, large_face):
-    """The large face cloaked to 0.7, past a polish floor of 0.6 on every view of it."""
-    return ascend(
-        [ModelView(dlib_model, LoopSettings(target=0.7, budget=16.0, diversity=0.05))], [large_face]
-    )[0]
-
-
-def _polished(dlib_model, large_face, start):
-    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05, polish=12)
-    return polish(
-        [ModelView(dlib_model, settings)],
-        [large_face],
-        [start],
-        face_keys=[0],
-        boosts=[Boost()],
-        positives=[None],
-    )[0]
-
-
-def test_a_polished_face_comes_with_a_fallback_that_keeps_its_distance_on_jittered_views(
-    dlib_model, large_face, far_start, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seed = LoopSettings().seed
-    assert _mean_on_check_views(dlib_model, large_face, far_start.delta, seed) >= 0.65
-    monkeypatch.setattr(polish_module, "FALLBACK_TOLERANCE", np.inf)
-    result = _polished(dlib_model, large_face, far_start)
-    # polished down to its floor on the plain view alone, the face lies nearer than that on average
-    # over the check views, where a detector that re-aligns it measures it (0.58 for a floor of 0.6)
-    assert result.distances[NAME] >= 0.6
-    assert _mean_on_check_views(dlib_model, large_face, result.delta, seed) < 0.6
-    fallback = result.fallback
-    assert fallback is not None and fallback.fallback is None
-    assert fallback.distances[NAME] >= 0.6
-    assert _distance(dlib_model, large_face, fallback.delta) == pytest.approx(
-        fallback.distances[NAME], abs=1e-3
-    )
-    assert _mean_on_check_views(dlib_model, large_face, fallback.delta, seed) >= 0.6 - 1e-4
-    # less polished than the state kept, but still more than the ascent left it
-    kept_quality = _face_quality(large_face, result.delta)
-    fallback_quality = _face_quality(large_face, fallback.delta)
-    assert _face_quality(large_face, far_start.delta) + 1 < fallback_quality < kept_quality
-    assert fallback.steps == result.steps and fallback.stop_reasons == result.stop_reasons
-    # offered only within the tolerance of the state kept
-    monkeypatch.setattr(polish_module, "FALLBACK_TOLERANCE", (kept_quality - fallback_quality) / 2)
-    assert _polished(dlib_model, large_face, far_start).fallback is None
-
-
-def test_a_face_whose_best_state_holds_on_the_check_views_has_no_fallback(
-    dlib_model, large_face, far_start, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(polish_module, "_holds_on_check_views", lambda *arguments: True)
-    assert _polished(dlib_model, large_face, far_start).fallback is None
-    # and none when no state holds there
-    monkeypatch.setattr(polish_module, "_holds_on_check_views", lambda *arguments: False)
-    assert _polished(dlib_model, large_face, far_start).fallback is None
-
-
-def test_the_check_views_are_fixed_per_face_and_cover_every_alignment(
-    large_face, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    shift = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, 0.0]])
-    realigned = replace(
-        large_face, to_chip=(compose(shift, large_face.to_chip[0]),), original_to_chip=large_face.to_chip
-    )
-    first, again = (_check_operators(realigned, 0, 7, 3) for _ in range(2))
-    assert len(first) == CHECK_VIEWS
-    for one, other in zip(first, again, strict=True):
-        np.testing.assert_array_equal(one.neighbours, other.neighbours)
-    assert not np.array_equal(first[0].neighbours, _check_operators(realigned, 0, 7, 4)[0].neighbours)
-    alignments = []
-    operator = FaceCanvas.operator
-
-    def recording(canvas, model_index, jitter=None, alignment=0):
-        alignments.append(alignment)
-        return operator(canvas, model_index, jitter, alignment)
-
-    monkeypatch.setattr(FaceCanvas, "operator", recording)
-    _check_operators(realigned, 0, 7, 3)
-    assert set(alignments) == {0, 1}
 
 
 def test_faces_the_photo_shows_at_chip_size_are_not_polished(dlib_model, canvases) -> None:

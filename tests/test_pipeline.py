@@ -10,9 +10,8 @@ import pytest
 from PIL import ExifTags, Image
 
 from tests.test_photos import store_with_orientation
-from ulixes_onnx.cloaking import pipeline as pipeline_module
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, cloak_files
-from ulixes_onnx.cloaking.loop import Boost, CanvasCloak
+from ulixes_onnx.cloaking.loop import Boost
 from ulixes_onnx.cloaking.pipeline import (
     BUDGET_GROWTH,
     MAX_TARGET_RAISE,
@@ -114,98 +113,6 @@ def test_photos_cloaked_together_get_the_cloak_each_gets_alone(cloaker: Cloaker,
         assert all(face.protected for face in batched.faces if face.models)
         # Identical up to floating point: batch size can change how onnxruntime sums a convolution.
         assert np.abs(batched.image - single.image).max() <= 1.0
-
-
-def _two_astronauts() -> np.ndarray:
-    photo = samples.astronaut()
-    return np.ascontiguousarray(np.concatenate([photo, photo[:, ::-1]], axis=1))
-
-
-@pytest.fixture(scope="module")
-def one_round(store: ModelStore) -> tuple[Cloaker, dict[int, CanvasCloak], np.ndarray]:
-    """A one-round cloaker, and the change each face of two astronauts side by side got in one round
-    (by face index), and the photo they made."""
-    cloaker = Cloaker(CloakSettings(max_rounds=1), store=store, threads=2)
-    made = {}
-    real = pipeline_module.cloak_canvases
-
-    def recording(views, canvases, **options):
-        results = real(views, canvases, **options)
-        made.update(zip(options["face_keys"], results, strict=True))
-        return results
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline_module, "cloak_canvases", recording)
-        result = cloaker.cloak(_two_astronauts())
-    assert [face.protected for face in result.faces] == [True, True]
-    return cloaker, made, result.image
-
-
-def _scaled(change: CanvasCloak, factor: float, fallback: CanvasCloak | None = None) -> CanvasCloak:
-    return replace(change, delta=change.delta * factor, state=change.state * factor, fallback=fallback)
-
-
-def _cloaking_with(outcomes: dict[int, list[CanvasCloak]], starts: list):
-    """A stand-in for the loop that returns each face's next outcome (by face index) and records where
-    each round started from."""
-
-    def cloak_canvases(views, canvases, *, start, face_keys, boosts):
-        starts.append(dict(zip(face_keys, start or [None] * len(face_keys), strict=True)))
-        return [outcomes[key].pop(0) for key in face_keys]
-
-    return cloak_canvases
-
-
-def test_a_face_its_change_leaves_short_is_protected_by_its_fallback_in_the_same_round(
-    one_round, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cloaker, made, image = one_round
-    # the polish's state fails in the saved copy (no change at all), its fallback is the real cloak
-    outcomes = {key: [_scaled(change, 0.0, fallback=change)] for key, change in made.items()}
-    starts = []
-    monkeypatch.setattr(pipeline_module, "cloak_canvases", _cloaking_with(outcomes, starts))
-    result = cloaker.with_settings(replace(cloaker.settings, max_rounds=2)).cloak(_two_astronauts())
-    assert len(starts) == 1
-    assert [(face.protected, face.rounds) for face in result.faces] == [(True, 1), (True, 1)]
-    assert np.abs(result.image - image).max() <= 1e-3
-
-
-def test_a_fallback_that_does_not_protect_its_face_is_dropped_and_the_photo_looked_at_again(
-    one_round, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cloaker, made, image = one_round
-    # face 0's fallback protects it; face 1's is a third of its cloak, which does not
-    outcomes = {
-        0: [_scaled(made[0], 0.0, fallback=made[0])],
-        1: [_scaled(made[1], 0.0, fallback=_scaled(made[1], 0.3))],
-    }
-    monkeypatch.setattr(pipeline_module, "cloak_canvases", _cloaking_with(outcomes, []))
-    result = cloaker.cloak(_two_astronauts())
-    kept, dropped = result.faces
-    assert kept.protected and not dropped.protected
-    # face 1 is back to its own change (none) in the photo and in its report, face 0 keeps its fallback
-    original = _two_astronauts().astype(np.float32)
-    half = original.shape[1] // 2
-    assert np.abs(result.image[:, half:] - original[:, half:]).max() == 0
-    assert np.abs(result.image[:, :half] - image[:, :half]).max() <= 1e-3
-    assert all(outcome.distance < 0.02 for outcome in dropped.models.values())
-
-
-def test_the_round_after_a_dropped_fallback_continues_from_the_faces_own_change(
-    one_round, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cloaker, made, _ = one_round
-    outcomes = {
-        key: [_scaled(change, 0.1, fallback=_scaled(change, 0.3)), replace(change, fallback=None)]
-        for key, change in made.items()
-    }
-    starts = []
-    monkeypatch.setattr(pipeline_module, "cloak_canvases", _cloaking_with(outcomes, starts))
-    result = cloaker.with_settings(replace(cloaker.settings, max_rounds=2)).cloak(_two_astronauts())
-    assert [face.rounds for face in result.faces] == [2, 2]
-    assert all(face.protected for face in result.faces)
-    for key, change in made.items():
-        np.testing.assert_array_equal(starts[1][key], change.state * np.float32(0.1))
 
 
 def _report(stop_reason: str, chip_distance: float, distance: float) -> FaceReport:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ulixes_onnx.cloaking.loop import Boost, CanvasCloak, LoopSettings
-from ulixes_onnx.cloaking.polish import FALLBACK_TOLERANCE, _floor, _keeping, _offers_fallback, _unit
+from ulixes_onnx.cloaking.polish import _floor, _keeping, _unit
 
 PRECONDITIONER = np.array([1.0, 0.2, 0.2], np.float32)
 
@@ -58,18 +58,3 @@ def test_a_polished_face_keeps_the_lesser_of_its_distance_and_its_target(strateg
     settings = LoopSettings(strategy=strategy, target=0.8)
     view = SimpleNamespace(model=SimpleNamespace(name="m"), settings=settings)
     assert _floor(view, _result(reached), Boost(target=boost)) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(
-    ("held", "kept", "expected"),
-    [
-        (69.0, 70.0, True),
-        (70.0 - FALLBACK_TOLERANCE, 70.0, True),  # at the tolerance
-        (70.0 - FALLBACK_TOLERANCE - 0.01, 70.0, False),  # more visible than another round leaves it
-        (70.0, 70.0, False),  # the state kept is the one held on the check views
-        (-np.inf, 70.0, False),  # no state held on the check views
-        (-np.inf, -np.inf, False),  # nothing at the floors at all
-    ],
-)
-def test_a_fallback_is_offered_if_it_is_another_state_scoring_nearly_as_well(held, kept, expected) -> None:
-    assert _offers_fallback(held, kept) is expected

@@ -195,8 +195,6 @@ class CanvasCloak:
     `delta` float32 [H, W, 3] is the masked RGB change in canonical units (2.0 spans 0..255), `state`
     the loop's variable it was made from (opponent coordinates before the mask), from which a later
     round continues; `dssim` is measured on the canvas, i.e. at (close to) the photo's resolution.
-    `fallback` is a second outcome for the same face that the closed loop may check when this one
-    falls short in the saved copy (the polish's state that also keeps its distances on jittered views).
     """
 
     delta: np.ndarray
@@ -205,7 +203,6 @@ class CanvasCloak:
     dssim: float
     stop_reasons: dict[str, str]
     distances: dict[str, float]
-    fallback: CanvasCloak | None = None
 
 
 def _stalled(model: FaceModel, before: float, after: float, min_progress: float) -> bool:

@@ -214,76 +214,15 @@ class _PhotoJob:
     total: PhotoDelta | None = None
     seen: np.ndarray | None = None  # what a recogniser sees of the photo with `total` added
 
-    def finish_round(self, round_index: int, cloaker: Cloaker) -> None:
-        """Paste the faces' changes into the photo, look at it as a recogniser would, update the
-        reports. Faces that fall short and have a fallback (`CanvasCloak.fallback`) are looked at
-        once more with it, and keep it if it protects them."""
-        before = {index: self.reports[index] for index in self.pending}
-        matrices = self._look(self.pending, before, round_index, cloaker)
-        short = [index for index in self.pending if not self.reports[index].finished]
-        fallbacks = {
-            key: change.fallback
-            for key, change in self.changes.items()
-            if key[0] in short and change.fallback is not None
-        }
-        if fallbacks:
-            matrices = self._try_fallbacks(fallbacks, before, matrices, round_index, cloaker)
-        row_of = {index: row for row, index in enumerate(self.pending)}
-        self.pending = [i for i in self.pending if not self.reports[i].finished]
-        for index in self.pending:
-            # The next round cuts the chips where a recogniser aligns the cloaked face: the cloak moves
-            # the landmarks it is aligned by, and a change made for the old alignment loses distance.
-            row = row_of[index]
-            self.canvases[index] = self.canvases[index].realigned(
-                [matrices[model.name][row] for model in cloaker.models]
-            )
-            self.boosts[index] = _next_boost(
-                self.boosts.get(index, Boost()), self.reports[index], realigned=round_index == 0
-            )
-
-    def _try_fallbacks(
-        self,
-        fallbacks: dict[tuple[int, str], CanvasCloak],
-        before: dict[int, FaceReport],
-        matrices: dict[str, np.ndarray],
-        round_index: int,
-        cloaker: Cloaker,
-    ) -> dict[str, np.ndarray]:
-        """Look at the photo with the `fallbacks` (per face and pass) in place of the changes they go
-        with; faces they protect keep them, the others go back to their changes. Returns each model's
-        matrices of the pending faces in what the photo now is."""
-        primaries = {key: self.changes[key] for key in fallbacks}
-        looked = (self.total, self.seen, {index: self.reports[index] for index in self.pending})
-        tried = sorted({index for index, _ in fallbacks})
-        self.changes.update(fallbacks)
-        tried_matrices = self._look(tried, before, round_index, cloaker)
-        kept = [index for index in tried if self.reports[index].finished]
-        for key, change in primaries.items():
-            if key[0] not in kept:
-                self.changes[key] = change
-        if kept == self.pending:
-            return tried_matrices
-        if kept:
-            # The other faces are looked at again in the photo as it now is.
-            return self._look(self.pending, before, round_index, cloaker)
-        self.total, self.seen, reports = looked
-        for index, report in reports.items():
-            self.reports[index] = report
-        return matrices
-
-    def _look(
-        self, indices: list[int], before: dict[int, FaceReport], round_index: int, cloaker: Cloaker
-    ) -> dict[str, np.ndarray]:
-        """Paste the faces' current changes into the photo, see it as a recogniser would, and report
-        the faces `indices` (their steps added to those of `before` this round). Returns each model's
-        photo -> chip matrices of those faces in what it sees."""
+    def finish_round(self, loop_results: dict[int, CanvasCloak], round_index: int, cloaker: Cloaker) -> None:
+        """Paste the faces' changes into the photo, look at it as a recogniser would, update the reports."""
         self.total = cloaker.photo_delta(self)
         encode = self.photo.encode
         self.seen = encode(self.total) if encode else self.total.apply(self.original8)
-        distances, redetected, matrices = cloaker._measure(self.seen, [self.reports[i] for i in indices])
-        for row, index in enumerate(indices):
-            previous = before[index].models
-            result = cloaker._face_outcome(self, index)
+        distances, redetected, matrices = cloaker._measure(self.seen, [self.reports[i] for i in self.pending])
+        for row, index in enumerate(self.pending):
+            previous = self.reports[index].models
+            result = loop_results[index]
             outcomes = {
                 model.name: ModelOutcome(
                     steps=result.steps + (previous[model.name].steps if previous else 0),
@@ -298,9 +237,20 @@ class _PhotoJob:
                 for model in cloaker.models
             }
             self.reports[index] = replace(
-                before[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
+                self.reports[index], models=outcomes, rounds=round_index + 1, redetected=redetected[row]
             )
-        return matrices
+        row_of = {index: row for row, index in enumerate(self.pending)}
+        self.pending = [i for i in self.pending if not self.reports[i].finished]
+        for index in self.pending:
+            # The next round cuts the chips where a recogniser aligns the cloaked face: the cloak moves
+            # the landmarks it is aligned by, and a change made for the old alignment loses distance.
+            row = row_of[index]
+            self.canvases[index] = self.canvases[index].realigned(
+                [matrices[model.name][row] for model in cloaker.models]
+            )
+            self.boosts[index] = _next_boost(
+                self.boosts.get(index, Boost()), self.reports[index], realigned=round_index == 0
+            )
 
     def result(self) -> CloakResult:
         height, width = self.original8.shape[:2]
@@ -372,9 +322,8 @@ class Cloaker:
             active = [job for job in jobs if job.pending]
             if not active:
                 break
-            self._cloak_round(active, round_index)
-            for job in active:
-                job.finish_round(round_index, self)
+            for job, loop_results in zip(active, self._cloak_round(active, round_index), strict=True):
+                job.finish_round(loop_results, round_index, self)
         return [job.result() for job in jobs]
 
     def _prepare(self, photo: PhotoPixels) -> _PhotoJob:
@@ -428,10 +377,11 @@ class Cloaker:
     def _pass_key(members: list[int]) -> str:
         return "+".join(map(str, members))
 
-    def _cloak_round(self, jobs: list[_PhotoJob], round_index: int) -> None:
-        """One pass of the loop per model (or one joint pass) over the pending faces of every photo,
-        each face's outcome per pass kept in its job's `changes`. Each pass continues from the change
+    def _cloak_round(self, jobs: list[_PhotoJob], round_index: int) -> list[dict[int, CanvasCloak]]:
+        """One pass of the loop per model (or one joint pass) over the pending faces of every photo;
+        returns, per photo and face, every model's loop outcome. Each pass continues from the change
         it made in earlier rounds, with its targets raised."""
+        outcomes: list[dict[int, CanvasCloak]] = [{} for _ in jobs]
         for members in self._passes():
             key = self._pass_key(members)
             faces = [(job, index) for job in jobs for index in job.pending]
@@ -459,17 +409,9 @@ class Cloaker:
             )
             for (job, index), result in zip(faces, results, strict=True):
                 job.changes[(index, key)] = result
-
-    def _face_outcome(self, job: _PhotoJob, index: int) -> CanvasCloak:
-        """A face's loop outcome in a job: every model's stop reason and distance from the passes'
-        current changes (the largest DSSIM and step count of the separate passes, which is what the
-        combined change can reach at most)."""
-        outcome = None
-        for key in map(self._pass_key, self._passes()):
-            change = job.changes[(index, key)]
-            outcome = change if outcome is None else _merge_outcomes(outcome, change)
-        assert outcome is not None
-        return outcome
+                position = jobs.index(job)
+                outcomes[position][index] = _merge_outcomes(outcomes[position].get(index), result)
+        return outcomes
 
     def photo_delta(self, job: _PhotoJob) -> PhotoDelta:
         """The photo-resolution change of every cloaked face of a job, its passes combined by the
@@ -622,7 +564,11 @@ def _next_boost(boost: Boost, report: FaceReport, *, realigned: bool = False) ->
     )
 
 
-def _merge_outcomes(merged: CanvasCloak, result: CanvasCloak) -> CanvasCloak:
+def _merge_outcomes(merged: CanvasCloak | None, result: CanvasCloak) -> CanvasCloak:
+    """One outcome per face with every model's stop reason and distance (the largest DSSIM and step
+    count of the separate passes, which is what the combined change can reach at most)."""
+    if merged is None:
+        return result
     return CanvasCloak(
         delta=merged.delta,
         state=merged.state,

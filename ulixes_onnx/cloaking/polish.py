@@ -12,21 +12,17 @@ that survives does not hang on one exact sampling of the chip; and every step is
 chip's scale, as a change finer than a chip pixel moves a model only through aliasing, which another
 resampling of the photo would not reproduce (such a change showed as a fine lattice at 1:1). The state
 with the best score among those at every model's distance, on the plain view (at each alignment the
-face has had) and on average over the views, is kept. The best state that also keeps every distance
-on average over a fixed set of jittered views goes with it as a fallback, which the closed loop checks
-in the saved copy before it spends another round on the face. Steps are taken in the loop's opponent basis,
+face has had) and on average over the views, is kept. Steps are taken in the loop's opponent basis,
 the colour axes scaled by its chroma share and within the face's per-pixel bounds: SSIMULACRA2 weighs
 colour lightly, and with colour free the score rose further while the whites of the eyes turned cyan
 at 1:1.
 
-Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md,
-realigned-polish-2026-12-07.md and fallback-2026-12-07.md.
+Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -56,19 +52,6 @@ POLISH_MIN_MAGNIFICATION = 1.0
 POLISH_VIEWS = 2
 # The random views' jitter (as `diversity` in the loop).
 POLISH_JITTER = 0.05
-# The fallback state keeps every model's distance on average over this many fixed jittered views of
-# its chip. A recogniser that detects the face in the saved copy aligns it where the cloaked landmarks
-# put it, and there the face lay about as far as on average over such views, not as on the plain one
-# (sface, 5 large faces: 0.53-0.59 re-aligned, 0.53-0.57 on average over 16 views, 0.60-0.65 plain).
-CHECK_VIEWS = 4
-# The fallback goes with a face only if it scores at most this many SSIMULACRA2 points below the state
-# kept: kept in every case, it cut the rounds of the 20 largest faces by a third but left two faces
-# 11 and 17 points lower, where another round costs less (realigned-polish-2026-12-07.md).
-FALLBACK_TOLERANCE = 3.0
-# A state is checked on the check views only if it scores this many points above the last one checked
-# (and within FALLBACK_TOLERANCE of the best so far): checking every state at the floors made a large
-# face's round 16 % longer.
-CHECK_SPACING = 0.5
 # Polish steps are this many times the loop's step.
 POLISH_STEP_FACTOR = 2.0
 # Each step is smoothed by a Gaussian of this many of the lead model's chip pixels.
@@ -139,9 +122,8 @@ def polish(
 ) -> list[CanvasCloak]:
     """Polish cloaked faces (`results` of the loop on `canvases`) for the first view's `polish` steps:
     the change with the best SSIMULACRA2 that keeps every model's distance (`_floor`) on the plain
-    view and on average over the views, with a fallback that also keeps them on average over the
-    check views (if it scores nearly as well, `_offers_fallback`). `positives` per view: the original
-    faces' embeddings (None: embedded from the canvases)."""
+    view and on average over the views. `positives` per view: the original faces' embeddings (None:
+    embedded from the canvases)."""
     lead = views[0].settings
     faces = [
         FaceState(canvas, lead, result.state, key, boost)
@@ -168,16 +150,7 @@ def polish(
     # In canvas pixels: the lead model's chip pixel spans `magnification` photo pixels.
     smoothing = [POLISH_SMOOTHING * c.magnification(views[0].index) * c.scale for c in canvases]
     preconditioner = np.array([1.0, lead.chroma, lead.chroma], np.float32)
-    checks = [
-        [
-            _check_operators(face.canvas, view.index, lead.seed, key)
-            for face, key in zip(faces, face_keys, strict=True)
-        ]
-        for view in views
-    ]
     best = [(-np.inf, face.opponent, dict(r.distances)) for face, r in zip(faces, results, strict=True)]
-    held = list(best)
-    checked = [-np.inf] * len(faces)
     for _ in range(lead.polish):
         plain_distances, mean_distances, gradients = _views_of_models(
             views, placements, faces, rngs, originals, away_from
@@ -191,20 +164,9 @@ def polish(
                 score, score_gradient = references[i].score_and_gradient(
                     face.canvas.image[face.judged] + face.delta[face.judged] * np.float32(127.5)
                 )
-                if np.all(plain_distances[:, i] >= floors[:, i]):
+                if np.all(plain_distances[:, i] >= floors[:, i]) and score > best[i][0]:
                     reached = {view.model.name: float(plain_distances[v, i]) for v, view in enumerate(views)}
-                    if score > best[i][0]:
-                        best[i] = (score, face.opponent, reached)
-                    if score >= max(checked[i] + CHECK_SPACING, best[i][0] - FALLBACK_TOLERANCE):
-                        checked[i] = score
-                        if _holds_on_check_views(
-                            views,
-                            [per_view[i] for per_view in checks],
-                            face,
-                            [o[i] for o in originals],
-                            floors[:, i],
-                        ):
-                            held[i] = (score, face.opponent, reached)
+                    best[i] = (score, face.opponent, reached)
                 score_gradients[i][face.judged] = score_gradient * face.mask[face.judged]
                 direction = to_opponent(score_gradients[i]) * preconditioner
                 for per_face in gradients:
@@ -212,29 +174,19 @@ def polish(
             _step(face, direction, smoothing[i], lead.step * POLISH_STEP_FACTOR)
 
     polished = []
-    for face, result, kept, robust in zip(faces, results, best, held, strict=True):
-        fallback = None
-        if _offers_fallback(robust[0], kept[0]):
-            fallback = _outcome(face, result, robust[1], robust[2], lead.polish)
-        polished.append(replace(_outcome(face, result, kept[1], kept[2], lead.polish), fallback=fallback))
+    for face, result, (_, state, distances) in zip(faces, results, best, strict=True):
+        face.move_to(state)
+        polished.append(
+            CanvasCloak(
+                face.delta,
+                face.opponent,
+                result.steps + lead.polish,
+                face.dssim(),
+                dict(result.stop_reasons),
+                distances,
+            )
+        )
     return polished
-
-
-def _outcome(
-    face: FaceState, result: CanvasCloak, state: np.ndarray, distances: dict[str, float], steps: int
-) -> CanvasCloak:
-    """A polished face's outcome at one of its states (which becomes its current one)."""
-    face.move_to(state)
-    return CanvasCloak(
-        face.delta, face.opponent, result.steps + steps, face.dssim(), dict(result.stop_reasons), distances
-    )
-
-
-def _offers_fallback(held_score: float, kept_score: float) -> bool:
-    """Whether the best state held on the check views is a fallback worth checking: one the polish
-    reached, not the state kept (which would then hold there itself), and scoring at most
-    FALLBACK_TOLERANCE points below it."""
-    return bool(np.isfinite(held_score)) and kept_score - FALLBACK_TOLERANCE <= held_score < kept_score
 
 
 def _views_of_models(
@@ -294,35 +246,6 @@ def _views_of_models(
             ]
         )
     return plain_distances, mean_distances, gradients
-
-
-def _check_operators(canvas: FaceCanvas, model_index: int, seed: int, key: int) -> list[ChipOperator]:
-    """The CHECK_VIEWS fixed jittered views of one model's chip of a face (drawn from the face's own
-    seed, alternating between the alignments it has had)."""
-    rng = np.random.default_rng([seed, key, 2, model_index])
-    size = canvas.chip_sizes[model_index]
-    return [
-        canvas.operator(model_index, jitter(rng, size, POLISH_JITTER), k % canvas.alignment_count)
-        for k in range(CHECK_VIEWS)
-    ]
-
-
-def _holds_on_check_views(
-    views: list[ModelView],
-    checks: list[list[ChipOperator]],
-    face: FaceState,
-    originals: list[np.ndarray],
-    floors: np.ndarray,
-) -> bool:
-    """Whether a face's current state keeps every model's distance from its original (or nearest
-    reference) at its floor on average over the model's check views (`checks`, `originals` and
-    `floors` per view)."""
-    for view, operators, original, floor in zip(views, checks, originals, floors, strict=True):
-        embeddings = view.model.embed(np.stack([op.forward(face.cloaked) for op in operators]))
-        distances, _ = view.nearest(embeddings, np.repeat(original[None], len(operators), axis=0))
-        if float(distances.mean()) < floor:
-            return False
-    return True
 
 
 def _step(face: FaceState, direction: np.ndarray, smoothing: float, step: float) -> None:
