@@ -311,13 +311,42 @@ def test_the_polish_views_of_a_realigned_face_cut_its_chips_at_both_alignments(
     assert min(at_each) >= 0.6
 
 
+def test_faces_are_polished_on_the_canvases_realign_gives_them_after_the_ascent(
+    dlib_model, large_face
+) -> None:
+    shift = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, 0.0]])
+    realigned = replace(
+        large_face, to_chip=(compose(shift, large_face.to_chip[0]),), original_to_chip=large_face.to_chip
+    )
+    calls = []
+
+    def realign(positions, changes):
+        calls.append((positions, changes))
+        return [realigned]
+
+    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05, polish=6)
+    result = cloak_canvases([ModelView(dlib_model, settings)], [large_face], realign=realign)[0]
+    ((positions, changes),) = calls
+    assert positions == [0] and changes[0].steps == result.steps - 6
+    # the state kept holds its distance where the face was and where it was found after the ascent
+    at_each = [_distance(dlib_model, realigned, result.delta, alignment) for alignment in (0, 1)]
+    assert result.distances[NAME] == pytest.approx(min(at_each), abs=1e-4)
+    assert min(at_each) >= 0.6
+
+
 def test_faces_the_photo_shows_at_chip_size_are_not_polished(dlib_model, canvases) -> None:
     assert canvases[0].magnification(0) < POLISH_MIN_MAGNIFICATION
     settings = LoopSettings(target=0.6, budget=16.0)
     plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
-    polished = cloak_canvases([ModelView(dlib_model, replace(settings, polish=3))], canvases[:1])[0]
+    polished = cloak_canvases(
+        [ModelView(dlib_model, replace(settings, polish=3))], canvases[:1], realign=_not_called
+    )[0]
     assert polished.steps == plain.steps
     np.testing.assert_array_equal(polished.delta, plain.delta)
+
+
+def _not_called(positions, changes):
+    raise AssertionError("faces that are not polished are not realigned")
 
 
 def test_faces_short_of_their_target_are_not_polished(dlib_model, large_face) -> None:

@@ -11,7 +11,7 @@ from PIL import ExifTags, Image
 
 from tests.test_photos import store_with_orientation
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, cloak_files
-from ulixes_onnx.cloaking.loop import Boost
+from ulixes_onnx.cloaking.loop import Boost, CanvasCloak
 from ulixes_onnx.cloaking.pipeline import (
     BUDGET_GROWTH,
     MAX_TARGET_RAISE,
@@ -84,6 +84,48 @@ def test_a_redetected_face_is_measured_where_it_was_too(
         chip = extract_chips(seen, [moved], model.chip_spec).chips
         at_moved = model.distance(model.embed(chip), report.embeddings[model.name][None])[0]
         assert distances[model.name][0] == pytest.approx(0.0, abs=1e-5) and at_moved > 0.005
+
+
+def test_faces_are_realigned_for_the_polish_where_the_detector_finds_them_with_their_change(
+    cloaker: Cloaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = cloaker._prepare(PhotoPixels(samples.astronaut()))
+    (index,) = job.pending
+    canvas = job.canvases[index]
+    # ten grey levels brighter over the face's canvas
+    change = CanvasCloak(
+        np.full_like(canvas.image, 10 / 127.5) * canvas.mask[..., None], None, 30, 0.0, {}, {}
+    )
+    seen = []
+
+    def moved(self, photo, face):
+        seen.append(photo)
+        box = tuple(v + 6.0 * (i % 2 == 0) for i, v in enumerate(face.box))
+        return replace(face, box=box, landmarks=face.landmarks + np.array([6.0, 0.0]))
+
+    monkeypatch.setattr(Cloaker, "_redetect", moved)
+    (realigned,) = cloaker._realigned([(job, index)], "0+1", [0], [change])
+    assert job.canvases[index] is realigned and realigned.alignment_count == 2
+    (photo,) = seen
+    x0, y0, x1, y1 = map(int, job.reports[index].face.box)
+    brighter = photo[y0:y1, x0:x1].astype(int) - samples.astronaut()[y0:y1, x0:x1]
+    assert np.median(brighter) == 10
+    expected = canvas.realigned(
+        [
+            model.chip_spec.photo_to_chip(photo, moved(None, photo, job.reports[index].face))
+            for model in cloaker.models
+        ]
+    )
+    for got, want in zip(realigned.to_chip, expected.to_chip, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-9)
+    # sface's chip is placed on the detector's landmarks (dlib-resnet's on its own shape predictor's)
+    assert (
+        max(np.abs(got - was).max() for got, was in zip(realigned.to_chip, canvas.to_chip, strict=True)) > 3
+    )
+    np.testing.assert_array_equal(np.array(realigned.original_to_chip), np.array(canvas.to_chip))
+    # a face the detector does not find keeps its canvas
+    monkeypatch.setattr(Cloaker, "_redetect", lambda self, photo, face: None)
+    assert cloaker._realigned([(job, index)], "0+1", [0], [change]) == [realigned]
 
 
 def test_pixels_outside_the_face_are_unchanged(astronaut_result) -> None:

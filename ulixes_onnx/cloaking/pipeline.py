@@ -22,6 +22,7 @@ whose every step follows all models' gradients on the shared canvas.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -406,12 +407,37 @@ class Cloaker:
                 # Seeded by each face's index in its own photo: batching photos together changes no cloak.
                 face_keys=[index for _, index in faces],
                 boosts=[job.boosts.get(index, Boost()) for job, index in faces],
+                realign=functools.partial(self._realigned, faces, key),
             )
             for (job, index), result in zip(faces, results, strict=True):
                 job.changes[(index, key)] = result
                 position = jobs.index(job)
                 outcomes[position][index] = _merge_outcomes(outcomes[position].get(index), result)
         return outcomes
+
+    def _realigned(
+        self,
+        faces: list[tuple[_PhotoJob, int]],
+        key: str,
+        positions: list[int],
+        changes: list[CanvasCloak],
+    ) -> list[FaceCanvas]:
+        """The canvases of the faces at `positions` of `faces`, realigned where the detector finds
+        them in their photos with this pass's `changes` pasted in (8-bit, not encoded), which become
+        their jobs' canvases; a face the detector does not find keeps its canvas."""
+        members: dict[_PhotoJob, list[int]] = {}
+        for position, change in zip(positions, changes, strict=True):
+            job, index = faces[position]
+            job.changes[(index, key)] = change
+            members.setdefault(job, []).append(index)
+        for job, indices in members.items():
+            seen8 = self.photo_delta(job).apply(job.original8)
+            for index in indices:
+                found = self._redetect(seen8, job.reports[index].face)
+                if found is not None:
+                    matrices = [model.chip_spec.photo_to_chip(seen8, found) for model in self.models]
+                    job.canvases[index] = job.canvases[index].realigned(matrices)
+        return [faces[position][0].canvases[faces[position][1]] for position in positions]
 
     def photo_delta(self, job: _PhotoJob) -> PhotoDelta:
         """The photo-resolution change of every cloaked face of a job, its passes combined by the

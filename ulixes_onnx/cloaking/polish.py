@@ -12,17 +12,21 @@ that survives does not hang on one exact sampling of the chip; and every step is
 chip's scale, as a change finer than a chip pixel moves a model only through aliasing, which another
 resampling of the photo would not reproduce (such a change showed as a fine lattice at 1:1). The state
 with the best score among those at every model's distance, on the plain view (at each alignment the
-face has had) and on average over the views, is kept. Steps are taken in the loop's opponent basis,
-the colour axes scaled by its chroma share and within the face's per-pixel bounds: SSIMULACRA2 weighs
-colour lightly, and with colour free the score rose further while the whites of the eyes turned cyan
-at 1:1.
+face has had) and on average over the views, is kept. The pipeline gives the polish each face's canvas
+realigned where the detector finds the face with the ascent's change (`realign`): the change moves the
+landmarks a recogniser aligns the face by, and a polish that kept the distance only where the face was
+found before lost it there (sface: 0.02-0.10) and cost the face another round. Steps are taken in the
+loop's opponent basis, the colour axes scaled by its chroma share and within the face's per-pixel
+bounds: SSIMULACRA2 weighs colour lightly, and with colour free the score rose further while the
+whites of the eyes turned cyan at 1:1.
 
-Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md.
+Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md and
+in-round-realignment-2026-12-07.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -41,6 +45,10 @@ from ulixes_onnx.cloaking.loop import (
 from ulixes_onnx.cloaking.perceptual import to_opponent
 from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
 from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
+
+# Given the positions of faces among those being cloaked and their changes after the ascent, the canvases
+# to polish them on (aligned where a detector finds them in the photo with those changes).
+Realign = Callable[[list[int], list[CanvasCloak]], list[FaceCanvas]]
 
 # Only faces the photo shows at least at the chip's scale are polished (about 110-px faces for
 # dlib-resnet): polishing takes three to four times as long as a face's ascent, and smaller faces, whose
@@ -65,11 +73,13 @@ def cloak_canvases(
     start: Sequence[np.ndarray] | None = None,
     face_keys: Sequence[int] | None = None,
     boosts: Sequence[Boost] | None = None,
+    realign: Realign | None = None,
 ) -> list[CanvasCloak]:
     """Cloak faces on their canvases (`ascend`, see there for the arguments), then polish those that
     reached their targets (or stopped making progress near them) and that the photo shows at least
     POLISH_MIN_MAGNIFICATION times larger than the lead model's chip, for `polish` steps (the first
-    view's settings)."""
+    view's settings), on the canvases `realign` gives them if given (the ascent's change moves the
+    landmarks a recogniser aligns the face by, and the polish should keep the distance there too)."""
     results = ascend(views, canvases, start=start, face_keys=face_keys, boosts=boosts)
     steps = views[0].settings.polish
     chosen = [
@@ -81,9 +91,12 @@ def cloak_canvases(
         return results
     keys = list(range(len(canvases))) if face_keys is None else list(face_keys)
     boosts = [Boost()] * len(canvases) if boosts is None else list(boosts)
+    polished_canvases = [canvases[i] for i in chosen]
+    if realign is not None:
+        polished_canvases = realign(chosen, [results[i] for i in chosen])
     polished = polish(
         views,
-        [canvases[i] for i in chosen],
+        polished_canvases,
         [results[i] for i in chosen],
         face_keys=[keys[i] for i in chosen],
         boosts=[boosts[i] for i in chosen],
