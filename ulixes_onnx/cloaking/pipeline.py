@@ -424,7 +424,8 @@ class Cloaker:
     ) -> list[FaceCanvas]:
         """The canvases of the faces at `positions` of `faces`, realigned where the detector finds
         them in their photos with this pass's `changes` pasted in (8-bit, not encoded), which become
-        their jobs' canvases; a face the detector does not find keeps its canvas."""
+        their jobs' canvases; a face the detector does not find keeps its canvas. The changes are
+        recorded as the faces' changes so far (the pass's results replace them)."""
         members: dict[_PhotoJob, list[int]] = {}
         for position, change in zip(positions, changes, strict=True):
             job, index = faces[position]
@@ -437,7 +438,7 @@ class Cloaker:
                 if found is not None:
                     matrices = [model.chip_spec.photo_to_chip(seen8, found) for model in self.models]
                     job.canvases[index] = job.canvases[index].realigned(matrices)
-        return [faces[position][0].canvases[faces[position][1]] for position in positions]
+        return [job.canvases[index] for job, index in (faces[position] for position in positions)]
 
     def photo_delta(self, job: _PhotoJob) -> PhotoDelta:
         """The photo-resolution change of every cloaked face of a job, its passes combined by the
