@@ -15,16 +15,19 @@ from ulixes_onnx.cloaking.loop import (
     FAST_STEP_FACTOR,
     FAST_UNTIL,
     STALL_WINDOW,
+    Boost,
     CloakSettingsError,
+    FaceState,
     LoopSettings,
     ModelView,
     _dropped_views,
     _movable_magnitudes,
     ensemble_farness,
+    jitter,
     plan_objectives,
     random_alignment,
 )
-from ulixes_onnx.cloaking.polish import POLISH_MIN_MAGNIFICATION, cloak_canvases
+from ulixes_onnx.cloaking.polish import POLISH_JITTER, POLISH_MIN_MAGNIFICATION, cloak_canvases
 from ulixes_onnx.cloaking.visibility import ssimulacra2
 from ulixes_onnx.face_model import FaceModel, distances
 from ulixes_onnx.faces import chip_spec, detector_from_store, extract_chips
@@ -309,6 +312,45 @@ def test_the_polish_views_of_a_realigned_face_cut_its_chips_at_both_alignments(
     at_each = [_distance(dlib_model, realigned, result.delta, alignment) for alignment in (0, 1)]
     assert result.distances[NAME] == pytest.approx(min(at_each), abs=1e-4)
     assert min(at_each) >= 0.6
+
+
+def test_the_polish_averages_its_distance_over_the_random_views_alone(dlib_model, large_face) -> None:
+    # Counted in that average, the plain view the change is fitted to carried the random ones, and a
+    # kept change lost much of its distance where a detector aligned the face a pixel away.
+    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
+    cloaked = cloak_canvases([ModelView(dlib_model, settings)], [large_face])[0]
+    face = FaceState(large_face, settings, cloaked.state, 0, Boost())
+    original = dlib_model.embed(large_face.operator(0).forward(face.clean)[None])
+    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    plain, mean, gradients, plain_gradients = polish_module._views_of_models(
+        [ModelView(dlib_model, settings)],
+        [[large_face.plain_operators(0)]],
+        [face],
+        [rng],
+        [original],
+        [original],
+    )
+    random_view = large_face.operator(0, jitter(twin, 150, POLISH_JITTER), random_alignment(large_face, twin))
+
+    def random_distance(state: np.ndarray) -> float:
+        face.move_to(state)
+        return float(
+            dlib_model.distance(dlib_model.embed(random_view.forward(face.cloaked)[None]), original)[0]
+        )
+
+    start = face.opponent
+    assert mean[0, 0] == pytest.approx(random_distance(start), abs=1e-4)
+    assert plain[0, 0] == pytest.approx(_distance(dlib_model, large_face, cloaked.delta), abs=1e-4)
+    assert abs(mean[0, 0] - plain[0, 0]) > 1e-3
+    # each gradient is that of its own views' distance
+    for gradient, distance in ((gradients[0][0], random_distance), (plain_gradients[0][0], None)):
+        step = gradient * np.float32(2e-3 / np.abs(gradient).max())
+        if distance is None:
+            face.move_to(start + step)
+            moved = _distance(dlib_model, large_face, face.delta) - plain[0, 0]
+        else:
+            moved = distance(start + step) - mean[0, 0]
+        assert moved == pytest.approx(float(np.vdot(gradient, step)), rel=0.2)
 
 
 def test_faces_are_polished_on_the_canvases_realign_gives_them_after_the_ascent(

@@ -6,13 +6,15 @@ the face is shaped by the models, and on large faces it shows as smooth blotches
 The polish then climbs SSIMULACRA2 itself (its exact gradient on the face region where people look at
 it, visibility.py) while keeping every model's distance: each step moves the change along the score's
 gradient with the part that would bring a model nearer to the original projected out, or, when a
-model has fallen below its distance, along that model's gradient back up. Distances are averaged
-over a few random views of each model's chip (as input diversity does in the loop), so the change
-that survives does not hang on one exact sampling of the chip; and every step is smoothed at the
+model has fallen below its distance, along that model's gradient back up. Each distance is kept on
+the plain view and, separately, on average over random views of the model's chip (as input diversity
+does in the loop), so the change that survives does not hang on one exact sampling of the chip: with
+the plain view counted in that average, the change fitted to it carried the random views, and sface
+lost a third of a 133-px face's distance one pixel of alignment away. Every step is smoothed at the
 chip's scale, as a change finer than a chip pixel moves a model only through aliasing, which another
 resampling of the photo would not reproduce (such a change showed as a fine lattice at 1:1). The state
 with the best score among those at every model's distance, on the plain view (at each alignment the
-face has had) and on average over the views, is kept. The pipeline gives the polish each face's canvas
+face has had) and on average over the random views, is kept. The pipeline gives the polish each face's canvas
 realigned where the detector finds the face with the ascent's change (`realign`): the change moves the
 landmarks a recogniser aligns the face by, and a polish that kept the distance only where the face was
 found before lost it there (sface: 0.02-0.10) and cost the face another round. Steps are taken in the
@@ -55,9 +57,8 @@ Realign = Callable[[list[int], list[CanvasCloak]], list[FaceCanvas]]
 # change the photo shows finer than the chip, score higher without it (`bench`'s 88-px faces: 86.8).
 # From 2x down to 1x, faces of 176-204 px went from 65.2 to 78.5 (perceptual-polish-2026-12-06.md).
 POLISH_MIN_MAGNIFICATION = 1.0
-# Views of each model's chip per polish step: the plain one and random ones (a re-aligned face adds the
-# plain one at its original alignment).
-POLISH_VIEWS = 2
+# Random views of each model's chip per polish step, beside its plain views (one per alignment).
+POLISH_RANDOM_VIEWS = 1
 # The random views' jitter (as `diversity` in the loop).
 POLISH_JITTER = 0.05
 # Polish steps are this many times the loop's step.
@@ -135,7 +136,7 @@ def polish(
 ) -> list[CanvasCloak]:
     """Polish cloaked faces (`results` of the loop on `canvases`) for the first view's `polish` steps:
     the change with the best SSIMULACRA2 that keeps every model's distance (`_floor`) on the plain
-    view and on average over the views. `positives` per view: the original faces' embeddings (None:
+    view and on average over the random views. `positives` per view: the original faces' embeddings (None:
     embedded from the canvases)."""
     lead = views[0].settings
     faces = [
@@ -165,14 +166,18 @@ def polish(
     preconditioner = np.array([1.0, lead.chroma, lead.chroma], np.float32)
     best = [(-np.inf, face.opponent, dict(r.distances)) for face, r in zip(faces, results, strict=True)]
     for _ in range(lead.polish):
-        plain_distances, mean_distances, gradients = _views_of_models(
+        plain_distances, mean_distances, gradients, plain_gradients = _views_of_models(
             views, placements, faces, rngs, originals, away_from
         )
         for i, face in enumerate(faces):
             below = [v for v in range(len(views)) if mean_distances[v, i] < floors[v, i]]
-            if below:
+            below_plain = [v for v in range(len(views)) if plain_distances[v, i] < floors[v, i]]
+            if below or below_plain:
                 # Not a state to keep (a model is nearer than its floor): no need for its score.
-                direction = sum(_unit(gradients[v][i]) for v in below) * preconditioner
+                direction = (
+                    sum(_unit(gradients[v][i]) for v in below)
+                    + sum(_unit(plain_gradients[v][i]) for v in below_plain)
+                ) * preconditioner
             else:
                 score, score_gradient = references[i].score_and_gradient(
                     face.canvas.image[face.judged] + face.delta[face.judged] * np.float32(127.5)
@@ -182,7 +187,7 @@ def polish(
                     best[i] = (score, face.opponent, reached)
                 score_gradients[i][face.judged] = score_gradient * face.mask[face.judged]
                 direction = to_opponent(score_gradients[i]) * preconditioner
-                for per_face in gradients:
+                for per_face in [*gradients, *plain_gradients]:
                     direction = _keeping(direction, per_face[i], preconditioner)
             _step(face, direction, smoothing[i], lead.step * POLISH_STEP_FACTOR)
 
@@ -209,23 +214,25 @@ def _views_of_models(
     rngs: list[np.random.Generator],
     originals: list[np.ndarray],
     away_from: list[np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]]]:
+) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]], list[list[np.ndarray]]]:
     """Each model's distance from each face's original (or the nearest of its references) on the
     plain view (the nearest over the face's alignments, `placements` per view and face) and averaged
-    over the plain views and POLISH_VIEWS - 1 random ones ([views, faces] each), and the gradient of
-    that average on the canvas, in the opponent basis ([views][faces] of [H, W, 3]); one model run per
-    view for all faces. The gradient is taken from `away_from` [views][faces, D] (as the loop does: the
-    original, or the reference the face came nearest to on the last plain view), which is updated."""
+    over POLISH_RANDOM_VIEWS random views ([views, faces] each), and the gradients on the canvas of
+    that average and of the plain views' sum, in the opponent basis ([views][faces] of [H, W, 3] each);
+    one model run per view for all faces. The gradients are taken from `away_from` [views][faces, D]
+    (as the loop does: the original, or the reference the face came nearest to on the last plain
+    view), which is updated."""
     count = len(faces)
     plain_distances = np.zeros((len(views), count))
     mean_distances = np.zeros((len(views), count))
     gradients: list[list[np.ndarray]] = []
+    plain_gradients: list[list[np.ndarray]] = []
     for v, view in enumerate(views):
         operators = []
         for i, face in enumerate(faces):
             size = face.canvas.chip_sizes[view.index]
             randoms = []
-            for _ in range(POLISH_VIEWS - 1):
+            for _ in range(POLISH_RANDOM_VIEWS):
                 shaken = jitter(rngs[i], size, POLISH_JITTER)
                 alignment = random_alignment(face.canvas, rngs[i])
                 randoms.append(face.canvas.operator(view.index, shaken, alignment))
@@ -247,18 +254,31 @@ def _views_of_models(
         placed = [len(placements[v][i]) for i in range(count)]
         plain_distances[v] = [distances[s : s + n].min() for s, n in zip(starts, placed, strict=True)]
         mean_distances[v] = [
-            distances[s : s + len(ops)].mean() for s, ops in zip(starts, operators, strict=True)
+            distances[s + n : s + len(ops)].mean()
+            for s, n, ops in zip(starts, placed, operators, strict=True)
         ]
         gradients.append(
             [
                 to_opponent(
-                    -sum(op.adjoint(g) for op, g in zip(ops, result.grad[s : s + len(ops)], strict=True))
+                    -sum(
+                        op.adjoint(g)
+                        for op, g in zip(ops[n:], result.grad[s + n : s + len(ops)], strict=True)
+                    )
                     * face.mask
                 )
-                for ops, s, face in zip(operators, starts, faces, strict=True)
+                for ops, s, n, face in zip(operators, starts, placed, faces, strict=True)
             ]
         )
-    return plain_distances, mean_distances, gradients
+        plain_gradients.append(
+            [
+                to_opponent(
+                    -sum(op.adjoint(g) for op, g in zip(ops[:n], result.grad[s : s + n], strict=True))
+                    * face.mask
+                )
+                for ops, s, n, face in zip(operators, starts, placed, faces, strict=True)
+            ]
+        )
+    return plain_distances, mean_distances, gradients, plain_gradients
 
 
 def _step(face: FaceState, direction: np.ndarray, smoothing: float, step: float) -> None:
