@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ulixes_onnx.cloaking import loop as loop_module
 from ulixes_onnx.cloaking import polish as polish_module
@@ -78,6 +80,26 @@ def test_away_reaches_its_target_within_the_per_pixel_budget(dlib_model, canvase
         change = result.state * 127.5  # opponent coordinates
         assert np.abs(change[..., 0]).max() <= 16.0 * 4.0 + 1e-3
         assert np.abs(change[..., 1:]).max() <= 16.0 * 0.2 * 4.0 + 1e-3
+
+
+def _jpeg_round_trip(pixels: np.ndarray, quality: int = 30) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(
+        buffer, format="JPEG", quality=quality
+    )
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded, np.float32)
+
+
+def test_the_ascent_reaches_its_target_in_the_face_as_saved(dlib_model, canvases) -> None:
+    # Random views and the plain views that confirm a target see the canvas as the saved file will
+    # show it: a face confirmed on the canvas alone lost its distance in a JPEG.
+    saved = replace(canvases[0], as_saved=_jpeg_round_trip)
+    settings = LoopSettings(target=0.7, budget=16.0, diversity=0.05)
+    result = cloak_canvases([ModelView(dlib_model, settings)], [saved])[0]
+    assert result.stop_reasons[NAME] == "target-reached"
+    as_saved = _jpeg_round_trip(saved.image + result.delta * np.float32(127.5)) / np.float32(127.5) - 1
+    assert _distance(dlib_model, saved, as_saved - (saved.image / 127.5 - 1)) >= 0.69
 
 
 def test_results_are_deterministic_for_a_seed(dlib_model, canvases) -> None:
@@ -351,6 +373,28 @@ def test_the_polish_averages_its_distance_over_the_random_views_alone(dlib_model
         else:
             moved = distance(start + step) - mean[0, 0]
         assert moved == pytest.approx(float(np.vdot(gradient, step)), rel=0.2)
+
+
+def test_the_polish_cuts_its_random_views_from_the_face_as_saved(dlib_model, large_face) -> None:
+    saved = replace(large_face, as_saved=_jpeg_round_trip)
+    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
+    face = FaceState(
+        saved, settings, cloak_canvases([ModelView(dlib_model, settings)], [saved])[0].state, 0, Boost()
+    )
+    original = dlib_model.embed(saved.operator(0).forward(face.clean)[None])
+    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    plain, mean, _, _ = polish_module._views_of_models(
+        [ModelView(dlib_model, settings)], [[saved.plain_operators(0)]], [face], [rng], [original], [original]
+    )
+    random_view = saved.operator(0, jitter(twin, 150, POLISH_JITTER), random_alignment(saved, twin))
+    at_random = [
+        float(dlib_model.distance(dlib_model.embed(random_view.forward(image)[None]), original)[0])
+        for image in (face.saved(), face.cloaked)
+    ]
+    assert mean[0, 0] == pytest.approx(at_random[0], abs=1e-4)
+    assert abs(at_random[0] - at_random[1]) > 1e-3
+    # the plain view is the canvas itself
+    assert plain[0, 0] == pytest.approx(_distance(dlib_model, saved, face.delta), abs=1e-4)
 
 
 def test_faces_are_polished_on_the_canvases_realign_gives_them_after_the_ascent(

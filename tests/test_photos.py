@@ -20,7 +20,7 @@ from ulixes_onnx.errors import ImageError
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta
 from ulixes_onnx.photos import encoding
 from ulixes_onnx.photos.decoding import estimate_jpeg_quality, read_photo
-from ulixes_onnx.photos.encoding import encode_photo, output_path, write_photo
+from ulixes_onnx.photos.encoding import encode_photo, jpeg_region_round_trip, output_path, write_photo
 from ulixes_onnx.photos.photo import DEFAULT_JPEG_QUALITY, Photo, PhotoMetadata
 
 GPS_IFD = ExifTags.IFD.GPSInfo
@@ -129,6 +129,50 @@ def _delta_for_block(photo: Photo, delta: float) -> PhotoDelta:
     change[::3] = 0  # some rows unchanged inside the patch as well
     mask = np.ones(change.shape[:2], np.float32)
     return PhotoDelta(photo.height, photo.width, (DeltaPatch(30, 20, change, mask),))
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize(
+    ("x0", "y0", "width", "height"), [(0, 0, 40, 30), (37, 21, 83, 77), (101, 55, 59, 65)]
+)
+def test_a_region_round_trip_decodes_as_the_whole_saved_file(
+    tmp_path, astronaut, subsampling, x0, y0, width, height
+):
+    source = save(astronaut, tmp_path / "in.jpg", quality=85, subsampling=subsampling)
+    photo = read_photo(source)
+    round_trip = jpeg_region_round_trip(photo)
+    region = photo.rgb[y0 : y0 + height, x0 : x0 + width]
+    region += np.random.default_rng(x0).normal(0, 4, region.shape).astype(np.float32)
+    change = np.clip(np.rint(region), 0, 255) - photo.rgb[y0 : y0 + height, x0 : x0 + width]
+    delta = PhotoDelta(photo.height, photo.width, (DeltaPatch(x0, y0, change, np.ones((height, width))),))
+    with Image.open(io.BytesIO(encode_photo(photo, delta))) as saved:
+        expected = np.asarray(saved, np.float32)[y0 : y0 + height, x0 : x0 + width]
+    decoded = round_trip(region, x0, y0)
+    assert decoded.dtype == np.float32 and decoded.shape == region.shape
+    # JPEG changed the region, and the round trip changed it as the whole file does
+    assert np.abs(expected - np.rint(region)).mean() > 0.5
+    assert np.array_equal(decoded, expected)
+
+
+def test_a_region_round_trip_keeps_an_explicit_quality(tmp_path, astronaut):
+    photo = read_photo(save(astronaut, tmp_path / "in.jpg", quality=95))
+    region = photo.rgb[10:70, 20:90]
+    with Image.open(
+        io.BytesIO(encode_photo(photo, PhotoDelta(photo.height, photo.width, ()), quality=40))
+    ) as saved:
+        expected = np.asarray(saved, np.float32)[10:70, 20:90]
+    assert np.array_equal(jpeg_region_round_trip(photo, 40)(region, 20, 10), expected)
+
+
+@pytest.mark.parametrize("kind", ["png", "gray", "oriented", "webp"])
+def test_no_region_round_trip_where_the_saved_file_is_not_an_upright_colour_jpeg(tmp_path, astronaut, kind):
+    if kind == "oriented":
+        source = save(store_with_orientation(astronaut, 6), tmp_path / "in.jpg", exif=oriented_exif(6))
+    elif kind == "gray":
+        source = save(astronaut.convert("L"), tmp_path / "in.jpg")
+    else:
+        source = save(astronaut, tmp_path / f"in.{kind}")
+    assert jpeg_region_round_trip(read_photo(source)) is None
 
 
 @pytest.mark.parametrize("name", ["in.png", "in.jpg", "gray.png", "deep.png"])

@@ -86,6 +86,26 @@ def test_a_redetected_face_is_measured_where_it_was_too(
         assert distances[model.name][0] == pytest.approx(0.0, abs=1e-5) and at_moved > 0.005
 
 
+def test_canvases_at_the_photos_resolution_see_the_face_as_the_saved_file_will(cloaker: Cloaker) -> None:
+    calls = []
+
+    def round_trip(region: np.ndarray, x0: int, y0: int) -> np.ndarray:
+        calls.append((region.shape, x0, y0))
+        return region + 1
+
+    small, large = samples.astronaut(), samples.rescaled(samples.astronaut(), 6.0)
+    jobs = [cloaker._prepare(PhotoPixels(photo, round_trip=round_trip)) for photo in (small, large)]
+    (canvas,) = jobs[0].canvases.values()
+    assert canvas.scale == 1.0
+    pixels = np.zeros_like(canvas.image)
+    np.testing.assert_array_equal(canvas.as_saved(pixels), pixels + 1)
+    assert calls == [(canvas.image.shape, canvas.x0, canvas.y0)]
+    # a canvas below the photo's resolution is not where the saved file's blocks are: none
+    (shrunk,) = jobs[1].canvases.values()
+    assert shrunk.scale < 1.0 and shrunk.as_saved is None
+    assert cloaker._prepare(PhotoPixels(small)).canvases[0].as_saved is None
+
+
 def test_faces_are_realigned_for_the_polish_where_the_detector_finds_them_with_their_change(
     cloaker: Cloaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,13 @@ from ulixes_onnx.cloaking.pipeline import Cloaker, CloakResult, FaceReport, Phot
 from ulixes_onnx.errors import ImageError, UlixesError, UsageError
 from ulixes_onnx.faces.pasteback import PhotoDelta
 from ulixes_onnx.photos.decoding import DEFAULT_MAX_PIXELS, decode_photo, file_kind, read_photo
-from ulixes_onnx.photos.encoding import encode_photo, output_path, write_encoded, write_photo
+from ulixes_onnx.photos.encoding import (
+    encode_photo,
+    jpeg_region_round_trip,
+    output_path,
+    write_encoded,
+    write_photo,
+)
 from ulixes_onnx.photos.photo import Photo
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -308,7 +314,12 @@ def _cloak_batch(cloaker: Cloaker, batch: list[_Pending], options: OutputOptions
         if ready:
             results = cloaker.cloak_many(
                 [
-                    PhotoPixels(pending.photo.rgb8, pending.photo.is_gray, _saved_as(pending, options))
+                    PhotoPixels(
+                        pending.photo.rgb8,
+                        pending.photo.is_gray,
+                        _saved_as(pending, options),
+                        jpeg_region_round_trip(pending.photo, options.quality),
+                    )
                     for pending in ready
                 ]
             )

@@ -52,6 +52,7 @@ from ulixes_onnx.faces import (
 )
 from ulixes_onnx.faces.canvas import FaceCanvas, make_canvas
 from ulixes_onnx.faces.pasteback import DeltaPatch, PhotoDelta, too_small_reason
+from ulixes_onnx.photos.encoding import RegionRoundTrip
 from ulixes_onnx.store import ModelStore
 
 # A face the closed loop finds unprotected gets, in the next round, this much more per-pixel budget
@@ -191,11 +192,13 @@ def _quantised(image: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PhotoPixels:
-    """One photo for `Cloaker.cloak_many`: its pixels, whether to keep it gray, and its encoder."""
+    """One photo for `Cloaker.cloak_many`: its pixels, whether to keep it gray, its encoder, and what
+    the saved file decodes a region of it to (`jpeg_region_round_trip`; None: the pixels rounded)."""
 
     image: np.ndarray
     gray: bool = False
     encode: Encoder | None = None
+    round_trip: RegionRoundTrip | None = None
 
 
 @dataclass(eq=False)
@@ -348,8 +351,12 @@ class Cloaker:
             )
             if canvas is None:
                 skipped[index] = "the face lies outside the photo"
-            else:
-                canvases[index] = canvas.judging(*face_region(faces[index].box, original8.shape))
+                continue
+            if photo.round_trip is not None and canvas.scale == 1.0:
+                canvas = replace(
+                    canvas, as_saved=functools.partial(photo.round_trip, x0=canvas.x0, y0=canvas.y0)
+                )
+            canvases[index] = canvas.judging(*face_region(faces[index].box, original8.shape))
         pending = [i for i in range(len(faces)) if i not in skipped]
         embeddings = {
             model.name: model.embed(aligned[model.name].chips[pending]) if pending else None

@@ -3,24 +3,24 @@ where people see it least, at the photo's resolution, without bringing the face 
 
 The loop's ascent (loop.py) follows the models' gradients: it reaches the targets, but what it leaves on
 the face is shaped by the models, and on large faces it shows as smooth blotches and ridges on skin.
-The polish then climbs SSIMULACRA2 itself (its exact gradient on the face region where people look at
-it, visibility.py) while keeping every model's distance: each step moves the change along the score's
-gradient with the part that would bring a model nearer to the original projected out, or, when a
-model has fallen below its distance, along that model's gradient back up. Each distance is kept on
-the plain view and, separately, on average over random views of the model's chip (as input diversity
-does in the loop), so the change that survives does not hang on one exact sampling of the chip: with
-the plain view counted in that average, the change fitted to it carried the random views, and sface
-lost a third of a 133-px face's distance one pixel of alignment away. Every step is smoothed at the
-chip's scale, as a change finer than a chip pixel moves a model only through aliasing, which another
-resampling of the photo would not reproduce (such a change showed as a fine lattice at 1:1). The state
-with the best score among those at every model's distance, on the plain view (at each alignment the
-face has had) and on average over the random views, is kept. The pipeline gives the polish each face's canvas
-realigned where the detector finds the face with the ascent's change (`realign`): the change moves the
-landmarks a recogniser aligns the face by, and a polish that kept the distance only where the face was
-found before lost it there (sface: 0.02-0.10) and cost the face another round. Steps are taken in the
-loop's opponent basis, the colour axes scaled by its chroma share and within the face's per-pixel
-bounds: SSIMULACRA2 weighs colour lightly, and with colour free the score rose further while the
-whites of the eyes turned cyan at 1:1.
+The polish then climbs SSIMULACRA2 itself (its exact gradient on the face region where people look at it,
+visibility.py) while keeping every model's distance: each step moves the change along the score's
+gradient with the part that would bring a model nearer to the original projected out, or, when a model
+has fallen below its distance, along that model's gradient back up. Each distance is kept on the plain
+view and, separately, on average over random views of the model's chip, cut from the face as the saved
+file will show it (as input diversity does in the loop), so the change that survives does not hang on one
+exact sampling of the chip: with the plain view counted in that average, the change fitted to it carried
+the random views, and sface lost a third of a 133-px face's distance one pixel of alignment away. Every
+step is smoothed at the chip's scale, as a change finer than a chip pixel moves a model only through
+aliasing, which another resampling of the photo would not reproduce (such a change showed as a fine
+lattice at 1:1). The state with the best score among those at every model's distance, on the plain view
+(at each alignment the face has had) and on average over the random views, is kept. The pipeline gives
+the polish each face's canvas realigned where the detector finds the face with the ascent's change
+(`realign`): the change moves the landmarks a recogniser aligns the face by, and a polish that kept the
+distance only where the face was found before lost it there (sface: 0.02-0.10) and cost the face another
+round. Steps are taken in the loop's opponent basis, the colour axes scaled by its chroma share and
+within the face's per-pixel bounds: SSIMULACRA2 weighs colour lightly, and with colour free the score
+rose further while the whites of the eyes turned cyan at 1:1.
 
 Measured on the development photos: benchmarks/results/perceptual-polish-2026-12-06.md and
 in-round-realignment-2026-12-07.md.
@@ -217,11 +217,11 @@ def _views_of_models(
 ) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]], list[list[np.ndarray]]]:
     """Each model's distance from each face's original (or the nearest of its references) on the
     plain view (the nearest over the face's alignments, `placements` per view and face) and averaged
-    over POLISH_RANDOM_VIEWS random views ([views, faces] each), and the gradients on the canvas of
-    that average and of the plain views' sum, in the opponent basis ([views][faces] of [H, W, 3] each);
-    one model run per view for all faces. The gradients are taken from `away_from` [views][faces, D]
-    (as the loop does: the original, or the reference the face came nearest to on the last plain
-    view), which is updated."""
+    over POLISH_RANDOM_VIEWS random views of the face as saved ([views, faces] each), and the
+    gradients on the canvas of that average and of the plain views' sum, in the opponent basis
+    ([views][faces] of [H, W, 3] each); one model run per view for all faces. The gradients are taken
+    from `away_from` [views][faces, D] (as the loop does: the original, or the reference the face came
+    nearest to on the last plain view), which is updated."""
     count = len(faces)
     plain_distances = np.zeros((len(views), count))
     mean_distances = np.zeros((len(views), count))
@@ -239,7 +239,11 @@ def _views_of_models(
             operators.append([*placements[v][i], *randoms])
         owners = np.array([i for i, ops in enumerate(operators) for _ in ops])
         chips = np.stack(
-            [op.forward(face.cloaked) for ops, face in zip(operators, faces, strict=True) for op in ops]
+            [
+                op.forward(face.cloaked if k < len(placements[v][i]) else face.saved())
+                for i, (ops, face) in enumerate(zip(operators, faces, strict=True))
+                for k, op in enumerate(ops)
+            ]
         )
         targets = away_from[v][owners]
         # A margin past any distance a face reaches: the loss stays positive and its gradient is minus

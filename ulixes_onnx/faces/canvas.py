@@ -16,7 +16,7 @@ distance on that difference: the saved copy of a face the loop left at 0.79 lay 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import cv2
@@ -138,7 +138,9 @@ class FaceCanvas:
     face (None: the whole canvas), `dlib_pyramids` which models' chips are cut as dlib cuts them, and
     `resampling_variance` the blur (canvas pixels squared) of resampling the photo to the canvas.
     `original_to_chip` the original alignment's matrices once the face is `realigned` (None before): a
-    recogniser whose detector the cloak does not move aligns the face there.
+    recogniser whose detector the cloak does not move aligns the face there. `as_saved`, for a canvas
+    at the photo's resolution, maps its pixels (0..255 units) to what the saved file decodes them to
+    (None: unknown, or only rounded).
     """
 
     x0: int
@@ -154,6 +156,7 @@ class FaceCanvas:
     judged: tuple[slice, slice] | None = None
     resampling_variance: float = 0.0
     original_to_chip: tuple[np.ndarray, ...] | None = None
+    as_saved: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def photo_to_canvas(self) -> np.ndarray:
