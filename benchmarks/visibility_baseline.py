@@ -33,7 +33,7 @@ from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings, CloakSettingsEr
 from ulixes_onnx.cloaking.visibility import face_region, face_visibility, loss_shares, ssimulacra2
 from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.photos.decoding import decode_photo, read_photo
-from ulixes_onnx.photos.encoding import encode_photo
+from ulixes_onnx.photos.encoding import encode_photo, jpeg_region_round_trip
 from ulixes_onnx.store import ModelStore
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "faces-dev"
@@ -63,7 +63,9 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
         return decode_photo(encode_photo(photo, delta), path).rgb8
 
     started = time.perf_counter()
-    (result,) = cloaker.cloak_many([PhotoPixels(photo.rgb8, photo.is_gray, saved)])
+    (result,) = cloaker.cloak_many(
+        [PhotoPixels(photo.rgb8, photo.is_gray, saved, jpeg_region_round_trip(photo))]
+    )
     cloak_seconds = time.perf_counter() - started
     original = photo.rgb8
     saved_copy = saved(result.delta)
