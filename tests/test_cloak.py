@@ -336,23 +336,27 @@ def test_the_polish_views_of_a_realigned_face_cut_its_chips_at_both_alignments(
     assert min(at_each) >= 0.6
 
 
+def _polish_views(model: FaceModel, canvas: FaceCanvas):
+    """A face cloaked on `canvas`, its original embedding, what one polish step's `_views_of_models`
+    returns for it, and the random view that step drew (drawn again from the same seed)."""
+    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
+    cloaked = cloak_canvases([ModelView(model, settings)], [canvas])[0]
+    face = FaceState(canvas, settings, cloaked.state, 0, Boost())
+    original = model.embed(canvas.operator(0).forward(face.clean)[None])
+    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    views = polish_module._views_of_models(
+        [ModelView(model, settings)], [[canvas.plain_operators(0)]], [face], [rng], [original], [original]
+    )
+    random_view = canvas.operator(0, jitter(twin, 150, POLISH_JITTER), random_alignment(canvas, twin))
+    return face, original, views, random_view
+
+
 def test_the_polish_averages_its_distance_over_the_random_views_alone(dlib_model, large_face) -> None:
     # Counted in that average, the plain view the change is fitted to carried the random ones, and a
     # kept change lost much of its distance where a detector aligned the face a pixel away.
-    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
-    cloaked = cloak_canvases([ModelView(dlib_model, settings)], [large_face])[0]
-    face = FaceState(large_face, settings, cloaked.state, 0, Boost())
-    original = dlib_model.embed(large_face.operator(0).forward(face.clean)[None])
-    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
-    plain, mean, gradients, plain_gradients = polish_module._views_of_models(
-        [ModelView(dlib_model, settings)],
-        [[large_face.plain_operators(0)]],
-        [face],
-        [rng],
-        [original],
-        [original],
+    face, original, (plain, mean, gradients, plain_gradients), random_view = _polish_views(
+        dlib_model, large_face
     )
-    random_view = large_face.operator(0, jitter(twin, 150, POLISH_JITTER), random_alignment(large_face, twin))
 
     def random_distance(state: np.ndarray) -> float:
         face.move_to(state)
@@ -362,7 +366,7 @@ def test_the_polish_averages_its_distance_over_the_random_views_alone(dlib_model
 
     start = face.opponent
     assert mean[0, 0] == pytest.approx(random_distance(start), abs=1e-4)
-    assert plain[0, 0] == pytest.approx(_distance(dlib_model, large_face, cloaked.delta), abs=1e-4)
+    assert plain[0, 0] == pytest.approx(_distance(dlib_model, large_face, face.delta), abs=1e-4)
     assert abs(mean[0, 0] - plain[0, 0]) > 1e-3
     # each gradient is that of its own views' distance
     for gradient, distance in ((gradients[0][0], random_distance), (plain_gradients[0][0], None)):
@@ -377,16 +381,7 @@ def test_the_polish_averages_its_distance_over_the_random_views_alone(dlib_model
 
 def test_the_polish_cuts_its_random_views_from_the_face_as_saved(dlib_model, large_face) -> None:
     saved = replace(large_face, as_saved=_jpeg_round_trip)
-    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
-    face = FaceState(
-        saved, settings, cloak_canvases([ModelView(dlib_model, settings)], [saved])[0].state, 0, Boost()
-    )
-    original = dlib_model.embed(saved.operator(0).forward(face.clean)[None])
-    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
-    plain, mean, _, _ = polish_module._views_of_models(
-        [ModelView(dlib_model, settings)], [[saved.plain_operators(0)]], [face], [rng], [original], [original]
-    )
-    random_view = saved.operator(0, jitter(twin, 150, POLISH_JITTER), random_alignment(saved, twin))
+    face, original, (plain, mean, _, _), random_view = _polish_views(dlib_model, saved)
     at_random = [
         float(dlib_model.distance(dlib_model.embed(random_view.forward(image)[None]), original)[0])
         for image in (face.saved(), face.cloaked)

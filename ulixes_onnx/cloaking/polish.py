@@ -238,10 +238,11 @@ def _views_of_models(
                 randoms.append(face.canvas.operator(view.index, shaken, alignment))
             operators.append([*placements[v][i], *randoms])
         owners = np.array([i for i, ops in enumerate(operators) for _ in ops])
+        placed = [len(placements[v][i]) for i in range(count)]
         chips = np.stack(
             [
-                op.forward(face.cloaked if k < len(placements[v][i]) else face.saved())
-                for i, (ops, face) in enumerate(zip(operators, faces, strict=True))
+                op.forward(face.cloaked if k < n else face.saved())
+                for ops, face, n in zip(operators, faces, placed, strict=True)
                 for k, op in enumerate(ops)
             ]
         )
@@ -255,7 +256,6 @@ def _views_of_models(
         if view.references is not None:
             distances, nearest = view.nearest(result.emb, originals[v][owners])
             away_from[v] = nearest[starts]
-        placed = [len(placements[v][i]) for i in range(count)]
         plain_distances[v] = [distances[s : s + n].min() for s, n in zip(starts, placed, strict=True)]
         mean_distances[v] = [
             distances[s + n : s + len(ops)].mean()
@@ -263,26 +263,25 @@ def _views_of_models(
         ]
         gradients.append(
             [
-                to_opponent(
-                    -sum(
-                        op.adjoint(g)
-                        for op, g in zip(ops[n:], result.grad[s + n : s + len(ops)], strict=True)
-                    )
-                    * face.mask
-                )
+                _on_canvas(ops[n:], result.grad[s + n : s + len(ops)], face)
                 for ops, s, n, face in zip(operators, starts, placed, faces, strict=True)
             ]
         )
         plain_gradients.append(
             [
-                to_opponent(
-                    -sum(op.adjoint(g) for op, g in zip(ops[:n], result.grad[s : s + n], strict=True))
-                    * face.mask
-                )
+                _on_canvas(ops[:n], result.grad[s : s + n], face)
                 for ops, s, n, face in zip(operators, starts, placed, faces, strict=True)
             ]
         )
     return plain_distances, mean_distances, gradients, plain_gradients
+
+
+def _on_canvas(operators: list[ChipOperator], chip_gradients: np.ndarray, face: FaceState) -> np.ndarray:
+    """The gradient of a distance on a face's canvas, in the opponent basis, from the loss gradients
+    [N, 3, S, S] of the chips `operators` cut (the loss falls as the distance grows)."""
+    return to_opponent(
+        -sum(op.adjoint(g) for op, g in zip(operators, chip_gradients, strict=True)) * face.mask
+    )
 
 
 def _step(face: FaceState, direction: np.ndarray, smoothing: float, step: float) -> None:
