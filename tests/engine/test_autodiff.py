@@ -157,3 +157,26 @@ def test_batch_dimension_stays_dynamic(batch):
 def test_input_gradient_keeps_the_model_valid():
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": ["N", 2]}, ["y"])
     onnx.checker.check_model(add_input_gradient(model, "x", "y"), full_check=True)
+
+
+def test_gradients_are_declared_with_their_forward_tensors_shapes():
+    # Back through Flatten, shape inference loses the batch dimension's name; the declaration keeps it.
+    model = make_model(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Flatten", ["r"], ["f"]),
+            helper.make_node("ReduceSum", ["f"], ["y"], keepdims=0),
+        ],
+        {"x": ["N", 2, 3, 3]},
+        ["y"],
+    )
+    grad_model = add_input_gradient(model, "x", "y")
+    onnx.checker.check_model(grad_model, full_check=True)
+    declared = {value.name: value for value in grad_model.graph.value_info}
+    relu = next(node for node in grad_model.graph.node if node.op_type == "Mul")  # Relu's backward
+    gradient_of_r = relu.input[0]
+    dims = declared[gradient_of_r].type.tensor_type.shape.dim
+    assert [dim.dim_param or dim.dim_value for dim in dims] == ["N", 2, 3, 3]
+    # Only tensors still in the graph are declared.
+    produced = {name for node in grad_model.graph.node for name in node.output}
+    assert set(declared) <= produced | {value.name for value in grad_model.graph.input}

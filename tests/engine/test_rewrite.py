@@ -1,5 +1,5 @@
-"""Clamps spelled with Min and Max fold into Clip, and PRelus split into plain operators, with exactly
-the same values."""
+"""Clamps spelled with Min and Max fold into Clip, PRelus of images become x times their local slope and
+other PRelus split into plain operators, with the same values."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from onnx import helper
 
 from tests.engine.conftest import make_model, run
 from ulixes_onnx.engine import add_input_gradient
-from ulixes_onnx.engine.rewrite import fold_clamps, split_prelus
+from ulixes_onnx.engine.rewrite import fold_clamps, prelus_as_local_slopes, split_prelus
 from ulixes_onnx.engine.session import optimised_for_this_machine
 
 
@@ -119,13 +119,55 @@ def test_split_prelus_take_names_no_other_tensor_or_node_has() -> None:
     np.testing.assert_array_equal(_run(split, _inputs()), _run(model, _inputs()))
 
 
-def test_a_prelu_whose_slope_is_computed_is_left_alone() -> None:
-    assert [node.op_type for node in split_prelus(_prelu_model(slope_as_input=True)).graph.node] == ["PRelu"]
+@pytest.mark.parametrize("rewrite", [split_prelus, prelus_as_local_slopes])
+def test_a_prelu_whose_slope_is_computed_is_left_alone(rewrite) -> None:
+    assert [node.op_type for node in rewrite(_prelu_model(slope_as_input=True)).graph.node] == ["PRelu"]
 
 
-def test_sessions_run_the_split_prelus(tmp_path: Path) -> None:
+def test_a_prelu_of_images_becomes_x_times_its_local_slope() -> None:
+    model = _prelu_model()
+    rewritten = prelus_as_local_slopes(model)
+    assert [node.op_type for node in rewritten.graph.node] == ["Conv", "Clip", "Conv", "Mul"]
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = _inputs()
+    x.flat[4:7] = [1e-30, -1e-30, 3e38]  # the step holds from 2^-100 up, and where x * 2^100 overflows
+    np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=2e-7, atol=0)
+
+
+def test_the_gradient_of_a_rewritten_prelu_is_one_product_with_the_forward_local_slope() -> None:
+    model = _prelu_model()
+    gradient_model = add_input_gradient(model, "x", "y")
+    rewritten = prelus_as_local_slopes(gradient_model)
+    operators = [node.op_type for node in rewritten.graph.node]
+    # The backward's Greater, Cast, Mul by 1 - slope and Add slope became the forward's local slope.
+    assert "Greater" not in operators and "Cast" not in operators
+    assert operators.count("Conv") == 2
+    x = _inputs()
+    expected = run(gradient_model, {"x": x}, ["x_grad"])[0]
+    np.testing.assert_allclose(run(rewritten, {"x": x}, ["x_grad"])[0], expected, rtol=2e-7, atol=0)
+    # At 0 both take the slope, as PRelu's own rule does.
+    np.testing.assert_array_equal(expected.flat[0], np.float32(-0.8))
+
+
+@pytest.mark.parametrize(
+    ("slope", "shape"),
+    [(np.float32(0.25), [2, 3, 4, 4]), (np.full((3, 1, 1), 0.25, np.float32), [3, 4, 4])],
+    ids=["scalar slope", "unbatched image"],
+)
+def test_other_prelus_are_left_to_the_split(slope: np.ndarray, shape: list[int]) -> None:
+    model = make_model(
+        [helper.make_node("PRelu", ["x", "slope"], ["y"])],
+        {"x": shape},
+        ["y"],
+        initializers={"slope": slope},
+        dtype=np.float32,
+    )
+    assert [node.op_type for node in prelus_as_local_slopes(model).graph.node] == ["PRelu"]
+
+
+def test_sessions_run_the_rewritten_prelus(tmp_path: Path) -> None:
     path = tmp_path / "prelu.onnx"
     onnx.save(_prelu_model(), path)
     optimised = onnx.load_from_string(optimised_for_this_machine(path))
     assert "PRelu" not in {node.op_type for node in optimised.graph.node}
-    np.testing.assert_array_equal(_run(optimised, _inputs()), _run(_prelu_model(), _inputs()))
+    np.testing.assert_allclose(_run(optimised, _inputs()), _run(_prelu_model(), _inputs()), rtol=2e-7, atol=0)

@@ -129,6 +129,9 @@ def _prune(graph: onnx.GraphProto) -> None:
     initializers = [tensor for tensor in graph.initializer if tensor.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(initializers)
+    value_infos = [value for value in graph.value_info if value.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(value_infos)
 
 
 def add_input_gradient(
@@ -171,11 +174,14 @@ def add_input_gradient(
     backward = BackwardGraph(inferred, requires_grad)
     pending: dict[str, list[str]] = defaultdict(list)
     pending[of].append(_seed(backward, of, cotangent_name, graph))
+    shapes = _GradientShapes(inferred, graph)
 
     def total_gradient(name: str) -> str | None:
         parts = pending.pop(name, [])
         if len(parts) > 1:
-            return backward.op("Sum", parts)
+            total = backward.op("Sum", parts)
+            shapes.record(total, name)
+            return total
         return parts[0] if parts else None
 
     for node in reversed(inferred.node):
@@ -192,6 +198,7 @@ def add_input_gradient(
             if grad is None:
                 raise backward.error(node, f"its rule gives no gradient for input {index} ('{name}')")
             pending[name].append(grad)
+            shapes.record(grad, name)
 
     wrt_grad = total_gradient(wrt)
     backward.nodes.append(helper.make_node("Identity", [wrt_grad], [grad_name], name=grad_name))
@@ -201,8 +208,41 @@ def add_input_gradient(
     grad_info.CopyFrom(graph_inputs[wrt])
     grad_info.name = grad_name
     graph.output.append(grad_info)
+    graph.value_info.extend(shapes.value_infos())
     _prune(graph)
     return prepared
+
+
+class _GradientShapes:
+    """The type and shape of each gradient tensor, which are its forward tensor's.
+
+    ONNX shape inference cannot tell that a gradient has its forward tensor's batch dimension (on the
+    way back through a Reshape or a Gemm it becomes a new unknown one), so onnxruntime cannot prove that
+    a gradient and a forward tensor it is multiplied with have one shape, and takes both out of its
+    blocked NCHWc layout and back for the product. Declared as value_info, the shapes let it keep
+    them in that layout.
+    """
+
+    def __init__(self, inferred: onnx.GraphProto, graph: onnx.GraphProto) -> None:
+        self._forward = {value.name: value for value in [*inferred.input, *inferred.value_info]}
+        self._graph_tensors = {value.name for value in [*graph.input, *graph.output]}
+        self._declared: dict[str, onnx.ValueInfoProto] = {}
+        self._conflicting: set[str] = set()
+
+    def record(self, gradient: str, forward: str) -> None:
+        """Declare that tensor `gradient` is the gradient of forward tensor `forward`."""
+        if gradient in self._graph_tensors or gradient in self._forward or forward not in self._forward:
+            return
+        declared = onnx.ValueInfoProto()
+        declared.CopyFrom(self._forward[forward])
+        declared.name = gradient
+        if self._declared.setdefault(gradient, declared) != declared:
+            # One tensor standing for the gradients of two forward tensors of different shapes (never
+            # seen, but then neither shape is declared).
+            self._conflicting.add(gradient)
+
+    def value_infos(self) -> list[onnx.ValueInfoProto]:
+        return [value for name, value in self._declared.items() if name not in self._conflicting]
 
 
 def _seed(backward: BackwardGraph, of: str, cotangent_name: str | None, graph: onnx.GraphProto) -> str:

@@ -248,8 +248,11 @@ def _leaky_relu(g: BackwardGraph, node: onnx.NodeProto, dys: Gradients) -> Gradi
 def _prelu(g: BackwardGraph, node: onnx.NodeProto, dys: Gradients) -> Gradients:
     x, slope = node.input
     positive = _mask_as_float(g, g.op("Greater", [x, g.scalar(0.0, x)]), x)
-    # local slope = slope + (1 - slope) * [x > 0]
-    rise = g.op("Mul", [positive, g.op("Sub", [g.scalar(1.0, x), slope])])
+    # local slope = slope + (1 - slope) * [x > 0]; with a constant slope, 1 - slope is a constant
+    # (which `rewrite.prelus_as_local_slopes` recognises).
+    value = g.value(slope)
+    one_less = g.op("Sub", [g.scalar(1.0, x), slope]) if value is None else g.constant(1 - value, "rise")
+    rise = g.op("Mul", [positive, one_less])
     return [g.op("Mul", [dys[0], g.op("Add", [rise, slope])]), None]
 
 

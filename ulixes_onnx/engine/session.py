@@ -50,18 +50,19 @@ def machine_key() -> str:
 
 
 def optimised_for_this_machine(model_path: Path) -> bytes:
-    """The model as onnxruntime's full optimisation leaves it, after `rewrite.split_prelus`: load it
-    with optimisation disabled, on machines with this `machine_key` only."""
+    """The model as onnxruntime's full optimisation leaves it, after `rewrite.prelus_as_local_slopes`
+    and `rewrite.split_prelus`: load it with optimisation disabled, on machines with this
+    `machine_key` only."""
     import onnx
 
-    from ulixes_onnx.engine.rewrite import split_prelus
+    from ulixes_onnx.engine.rewrite import prelus_as_local_slopes, split_prelus
 
     with tempfile.TemporaryDirectory(prefix="ulixes-onnx-") as scratch:
         target = Path(scratch) / "optimised.onnx"
         model = onnx.load(model_path)
         if any(node.op_type == "PRelu" for node in model.graph.node):
             model_path = Path(scratch) / "split.onnx"
-            onnx.save(split_prelus(model), model_path)
+            onnx.save(split_prelus(prelus_as_local_slopes(model)), model_path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.optimized_model_filepath = str(target)
