@@ -392,6 +392,22 @@ def test_the_polish_cuts_its_random_views_from_the_face_as_saved(dlib_model, lar
     assert plain[0, 0] == pytest.approx(_distance(dlib_model, saved, face.delta), abs=1e-4)
 
 
+def test_a_face_whose_kept_state_is_good_enough_stops_being_polished(
+    dlib_model, large_face, monkeypatch
+) -> None:
+    settings = LoopSettings(target=0.6, budget=16.0, diversity=0.05)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], [large_face])[0]
+    # Any state the polish keeps is good enough: each face stops after its first.
+    monkeypatch.setattr(polish_module, "POLISH_GOOD_ENOUGH", 0.0)
+    faces = cloak_canvases(
+        [ModelView(dlib_model, replace(settings, polish=12))], [large_face, large_face], face_keys=[0, 1]
+    )
+    for face in faces:
+        assert plain.steps < face.steps < plain.steps + 12
+        assert face.distances[NAME] >= 0.6
+        assert abs(_distance(dlib_model, large_face, face.delta) - face.distances[NAME]) < 1e-3
+
+
 def test_faces_are_polished_on_the_canvases_realign_gives_them_after_the_ascent(
     dlib_model, large_face
 ) -> None:
