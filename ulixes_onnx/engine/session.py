@@ -106,6 +106,11 @@ def create_session(
     options.intra_op_num_threads = threads or available_cores()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = optimization
+    # onnxruntime's memory patterns plan one block per input shape; the loop's batches change size,
+    # and with every gradient's shape declared (`autodiff`) the planned blocks grew: SFace's cloak
+    # step at batch 8 peaked at 774 MB with them and 458 MB without, dlib-resnet's at 213 and 167 MB,
+    # in the same time (benchmarks/results/sface-prelu-layout-2026-12-07.md).
+    options.enable_mem_pattern = False
     source = _serialised(model)
     if isinstance(source, Path):
         source = str(source)
