@@ -13,10 +13,10 @@ weighted 2^100 and clipped to [0, 1], is the step [x > 0] for every x outside (0
 operator then stays in onnxruntime's blocked NCHWc layout, which Greater, Cast, Min and broadcast
 multiplications leave (each costing a conversion out of it and back). In a cloak graph the PRelu's
 backward rule computes the same L (`rules._prelu`); the forward's L replaces that chain, and the
-gradient is a single product. On SFace a cloak step takes 0.76-0.83x the time of the split form below
-and a forward pass 0.75-0.85x (benchmarks/results/sface-prelu-layout-2026-12-07.md).
+gradient is a single product. On SFace a cloak step takes 0.75-0.83x the time of the split form below
+and a forward pass 0.78-0.84x (benchmarks/results/sface-prelu-layout-2026-12-07.md).
 
-`split_prelus` writes the remaining PRelus (a scalar slope) as Relu(x) + slope * Min(x, 0): onnxruntime's
+`split_prelus` writes the other PRelus with a constant slope as Relu(x) + slope * Min(x, 0): onnxruntime's
 CPU PRelu broadcasts the slope element by element (on SFace its 27 PRelus took 61 % of a forward
 pass), and the three plain operators that replace each are several times faster.
 
@@ -116,8 +116,8 @@ class _Names:
         return name
 
 
-# Times a positive input, this overflows 1 (so that the clip to [0, 1] gives exactly 1) for every
-# float above 2^-100; times a negative one it is negative (0 after the clip), times 0 it is 0.
+# x times this is at least 1 for every float x from 2^-100 up (the clip to [0, 1] then gives exactly 1),
+# negative for every negative x (0 after the clip) and 0 for x = 0.
 _STEP_GAIN = 2.0**100
 
 
