@@ -222,7 +222,7 @@ def _local_slope_chain(
         if zero is None or greater.input[0] != x or zero.size != 1 or zero.reshape(()) != 0:
             continue
         cast = only_reader(greater, "Cast")
-        if cast is None or cast.attribute[0].i != onnx.TensorProto.FLOAT:
+        if cast is None or onnx.helper.get_node_attr_value(cast, "to") != onnx.TensorProto.FLOAT:
             continue
         mul = only_reader(cast, "Mul")
         if mul is None:
