@@ -10,7 +10,7 @@ interrupted run resumes, and the table is rewritten after every setting, so it k
 that finished.
 
     python benchmarks/transfer_ablation.py ../shared/faces-dev --out benchmarks/results/transfer.md
-    python benchmarks/transfer_ablation.py SUBSET --allow-single --only "joint, defaults" "momentum 0.5"
+    python benchmarks/transfer_ablation.py SUBSET --allow-single --only "joint, defaults" "no momentum"
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ SETTINGS = {
     "+ level high": ["--level", "high"],
     "no input diversity": ["--diversity", "0"],
     "input diversity 0.15": ["--diversity", "0.15"],
-    "momentum 0.5": ["--momentum", "0.5"],
+    "no momentum": ["--momentum", "0"],
     "gradient smoothing 2 px": ["--smoothing", "2"],
     "max ensemble": ["--ensemble", "max"],
     "model dropout 0.3": ["--model-dropout", "0.3"],
     "quality floor 70": ["--min-quality", "70"],
-    "momentum 0.5, quality floor 70": ["--momentum", "0.5", "--min-quality", "70"],
     "feature weight 3": ["--feature-weight", "3"],
     "no polish": ["--polish", "0"],
     # Towards another person (the paper's strategies; need --pool, photos of people not evaluated).

@@ -58,16 +58,16 @@ def test_settings_that_cannot_work_are_refused(changes: dict, message: str) -> N
 
 
 def test_set_assignments_take_each_fields_type() -> None:
-    assignments = ["momentum=0.5", "models=dlib-resnet,facenet-vggface2", "budget=3", "max_steps=7"]
+    assignments = ["momentum=0.8", "models=dlib-resnet,facenet-vggface2", "budget=3", "max_steps=7"]
     fields = overrides_from(assignments)
     assert fields == {
-        "momentum": 0.5,
+        "momentum": 0.8,
         "models": ("dlib-resnet", "facenet-vggface2"),
         "budget": 3.0,
         "max_steps": 7,
     }
     assert isinstance(fields["max_steps"], int)
-    assert CloakSettings(**fields).momentum == 0.5
+    assert CloakSettings(**fields).momentum == 0.8
 
 
 @pytest.mark.parametrize(

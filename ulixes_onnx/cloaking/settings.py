@@ -23,9 +23,10 @@ ENSEMBLES = ("max", "sum", "joint")
 DEFAULT_MODELS = ("dlib-resnet", "sface")
 # How far each level moves a face, relative to the cards' targets and protection distances.
 LEVELS = {"low": 0.85, "mid": 1.0, "high": 1.15}
-# The loop's own defaults: the settings share them, but for input diversity and the perceptual polish
-# (off in the loop alone, so that a bare loop is plain gradient ascent; on in the settings for the
-# transfer and the visibility they measurably give: benchmarks/results/perceptual-polish-2026-12-06.md).
+# The loop's own defaults: the settings share them, but for input diversity, momentum and the perceptual
+# polish (off in the loop alone, so that a bare loop is plain gradient ascent; on in the settings for
+# the transfer, protection and visibility they measurably give: benchmarks/results/
+# perceptual-polish-2026-12-06.md, momentum-with-polish-2026-12-07.md).
 _LOOP = LoopSettings()
 # The per-pixel budget (grey levels of lightness at the face's median contrast) a face starts with;
 # the closed loop doubles it for a face whose loop stops short of its target.
@@ -47,7 +48,7 @@ class CloakSettings:
     step: float = _LOOP.step
     chroma: float = _LOOP.chroma
     diversity: float = 0.05
-    momentum: float = _LOOP.momentum
+    momentum: float = 0.5
     smoothing: float = _LOOP.smoothing
     feature_weight: float = _LOOP.feature_weight
     model_dropout: float = _LOOP.model_dropout
