@@ -285,6 +285,18 @@ def test_feature_objective_reaches_the_target_and_changes_the_cloak(dlib_model, 
     assert np.abs(featured.delta - plain.delta).max() > 1e-3
 
 
+def test_activation_noise_reaches_the_target_on_the_plain_network_and_changes_the_cloak(
+    dlib_model, canvases
+) -> None:
+    settings = LoopSettings(target=0.6, budget=16.0)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    noisy = cloak_canvases([ModelView(dlib_model, replace(settings, activation_noise=0.05))], canvases[:1])[0]
+    # the target is confirmed on the plain network, whatever the perturbed copies measured
+    assert noisy.stop_reasons[NAME] == "target-reached" and noisy.distances[NAME] >= 0.59
+    assert _distance(dlib_model, canvases[0], noisy.delta, 0) >= 0.59
+    assert np.abs(noisy.delta - plain.delta).max() > 1e-3
+
+
 @pytest.fixture(scope="module")
 def large_face(store: ModelStore) -> FaceCanvas:
     """The astronaut three times larger (a 260-pixel face): the photo shows the chip stretched."""
@@ -621,6 +633,9 @@ def test_pool_strategies_need_a_pool() -> None:
         ({"polish": -1}, "feature weight and the polish steps must be at least 0"),
         ({"model_dropout": 1.0}, "model dropout must be in"),
         ({"model_dropout": -0.1}, "model dropout must be in"),
+        ({"activation_noise": 1.0}, "activation noise must be in"),
+        ({"activation_noise": -0.1}, "activation noise must be in"),
+        ({"activation_noise": 0.05, "feature_weight": 1.0}, "cannot be combined"),
     ],
 )
 def test_bad_settings(settings: dict, message: str) -> None:

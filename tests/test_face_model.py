@@ -121,3 +121,38 @@ def test_a_model_without_a_feature_layer_refuses_the_feature_objective(
     model = FaceModel(card, store, threads=1)
     with pytest.raises(ModelError, match="has no feature layer"):
         model.features(np.zeros((1, 3, 150, 150), np.float32))
+
+
+def test_noise_step_runs_a_perturbed_copy_of_the_network(dlib_model: FaceModel) -> None:
+    rng = np.random.default_rng(6)
+    chips = rng.uniform(-1, 1, (2, 3, 150, 150)).astype(np.float32)
+    embeddings = dlib_model.embed(chips)
+    far = embeddings + 0.3
+    # dlib's ResNet: 29 Relus, the widest 256 channels
+    assert len(dlib_model.noise_channels) == 29 and max(dlib_model.noise_channels) == 256
+    ones = [np.ones((2, channels), np.float32) for channels in dlib_model.noise_channels]
+    plain = dlib_model.step(chips, far, far, margin=2.0, neg_weight=0.0)
+    unit = dlib_model.step(chips, far, far, margin=2.0, neg_weight=0.0, noise=ones)
+    np.testing.assert_allclose(unit.d_pos, plain.d_pos, atol=1e-5)
+    np.testing.assert_allclose(unit.grad, plain.grad, atol=1e-4 * float(np.abs(plain.grad).max()))
+    noisy = [rng.uniform(0.9, 1.1, (2, count)).astype(np.float32) for count in dlib_model.noise_channels]
+    ghost = dlib_model.step(chips, far, far, margin=2.0, neg_weight=0.0, noise=noisy)
+    assert np.all(np.abs(ghost.emb - plain.emb).max(axis=1) > 1e-3)
+
+
+def test_noise_needs_one_array_per_activation_layer_and_no_feature_weight(dlib_model: FaceModel) -> None:
+    chips = np.zeros((1, 3, 150, 150), np.float32)
+    embeddings = dlib_model.embed(chips)
+    with pytest.raises(ValueError, match="has 29 activation layers, not 2"):
+        dlib_model.step(chips, embeddings, embeddings, 1.0, noise=[np.ones((1, 32), np.float32)] * 2)
+    ones = [np.ones((1, channels), np.float32) for channels in dlib_model.noise_channels]
+    with pytest.raises(ValueError, match="cannot be combined"):
+        dlib_model.step(
+            chips,
+            embeddings,
+            embeddings,
+            1.0,
+            f_pos=np.ones((1, 128, 8, 8), np.float32),
+            feature_weight=1.0,
+            noise=ones,
+        )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ulixes_onnx.cloaking.loop import Boost, CanvasCloak, LoopSettings
-from ulixes_onnx.cloaking.polish import _floor, _keeping, _unit
+from ulixes_onnx.cloaking.polish import _floor, _keeping, _random_view_noise, _unit
 
 PRECONDITIONER = np.array([1.0, 0.2, 0.2], np.float32)
 
@@ -58,3 +58,18 @@ def test_a_polished_face_keeps_the_lesser_of_its_distance_and_its_target(strateg
     settings = LoopSettings(strategy=strategy, target=0.8)
     view = SimpleNamespace(model=SimpleNamespace(name="m"), settings=settings)
     assert _floor(view, _result(reached), Boost(target=boost)) == pytest.approx(expected)
+
+
+def test_random_views_run_perturbed_copies_and_plain_views_the_plain_network() -> None:
+    model = SimpleNamespace(name="m", noise_channels=(4, 2))
+    noisy = SimpleNamespace(model=model, settings=LoopSettings(activation_noise=0.1))
+    rngs = [np.random.default_rng(1), np.random.default_rng(2)]
+    # two faces: the first with one plain view and one random, the second with two plain and one random
+    factors = _random_view_noise(noisy, rngs, placed=[1, 2], counts=[2, 3])
+    assert [layer.shape for layer in factors] == [(5, 4), (5, 2)]
+    for layer in factors:
+        assert np.all(layer[[0, 2, 3]] == 1)
+        random_rows = layer[[1, 4]]
+        assert np.all(np.abs(random_rows - 1) <= 0.1) and np.all(random_rows != 1)
+    plain = SimpleNamespace(model=model, settings=LoopSettings())
+    assert _random_view_noise(plain, rngs, placed=[1, 2], counts=[2, 3]) is None

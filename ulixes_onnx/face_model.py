@@ -11,7 +11,7 @@ kept in the model store, and so are both graphs as onnxruntime optimises them fo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import metadata, resources
@@ -132,12 +132,14 @@ class FaceModel:
             self.built, f"cloak-{self.metric}", engine_fingerprint(), self._build_cloak_graph
         )
 
-    def _build_cloak_graph(self, feature: str | None = None) -> bytes:
+    def _build_cloak_graph(self, feature: str | None = None, activation_noise: bool = False) -> bytes:
         import onnx
 
         from ulixes_onnx.engine.cloak_graph import build_cloak_graph
 
-        graph = build_cloak_graph(onnx.load(self.forward_graph_path), self.metric, feature)
+        graph = build_cloak_graph(
+            onnx.load(self.forward_graph_path), self.metric, feature, activation_noise=activation_noise
+        )
         return graph.SerializeToString()
 
     @property
@@ -159,6 +161,23 @@ class FaceModel:
             self.built, name, engine_fingerprint() + layer, lambda: self._build_cloak_graph(layer)
         )
         return self._optimised_session(name, lambda: graph, self._threads)
+
+    @cached_property
+    def _noisy_cloak(self) -> ort.InferenceSession:
+        """The cloak graph with activation noise, made on first use."""
+        name = f"cloak-{self.metric}-noisy"
+        graph = self.store.derived(
+            self.built, name, engine_fingerprint(), lambda: self._build_cloak_graph(activation_noise=True)
+        )
+        return self._optimised_session(name, lambda: graph, self._threads)
+
+    @cached_property
+    def noise_channels(self) -> tuple[int, ...]:
+        """The channel count of each activation layer that activation noise multiplies, in order."""
+        prefix = names.ACTIVATION_NOISE
+        noise_inputs = [value for value in self._noisy_cloak.get_inputs() if value.name.startswith(prefix)]
+        noise_inputs.sort(key=lambda value: int(value.name.removeprefix(prefix)))
+        return tuple(int(value.shape[1]) for value in noise_inputs)
 
     def _optimised_session(
         self, name: str, graph: Callable[[], Path], threads: int | None
@@ -212,10 +231,13 @@ class FaceModel:
         *,
         f_pos: np.ndarray | None = None,
         feature_weight: float = 0.0,
+        noise: Sequence[np.ndarray] | None = None,
     ) -> CloakStep:
         """One run of the cloak graph: loss, d loss / d chip, embeddings and both distances. With the
         original faces' `features` (`f_pos`) and a positive `feature_weight`, the gradient is that of
-        loss - feature_weight * d_feat (and `d_feat` is returned)."""
+        loss - feature_weight * d_feat (and `d_feat` is returned). With `noise`, one array [N, C] per
+        activation layer (`noise_channels`), each layer's output channels are multiplied by those
+        factors: everything returned is the perturbed network's."""
         feeds = {
             names.CANONICAL_INPUT: self._chips(chips),
             names.POSITIVE: np.asarray(e_pos, np.float32),
@@ -230,6 +252,16 @@ class FaceModel:
             names.POSITIVE_DISTANCE,
             names.NEGATIVE_DISTANCE,
         ]
+        if noise is not None:
+            if feature_weight > 0:
+                raise ValueError("activation noise and a feature weight cannot be combined")
+            if len(noise) != len(self.noise_channels):
+                raise ValueError(
+                    f"{self.name} has {len(self.noise_channels)} activation layers, not {len(noise)}"
+                )
+            for index, factors in enumerate(noise):
+                feeds[f"{names.ACTIVATION_NOISE}{index}"] = np.asarray(factors, np.float32)[:, :, None, None]
+            return CloakStep(*self._noisy_cloak.run(outputs, feeds))
         if feature_weight <= 0:
             return CloakStep(*self._cloak.run(outputs, feeds))
         if f_pos is None:

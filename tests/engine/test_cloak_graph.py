@@ -230,3 +230,50 @@ def test_feature_graph_has_its_extra_inputs_and_outputs(feature_cloak):
 def test_unknown_feature_layer_is_a_graph_error(network):
     with pytest.raises(GraphError, match="no tensor 'nowhere'"):
         build_cloak_graph(network, feature="nowhere")
+
+
+@pytest.fixture(scope="module")
+def noisy_cloak(network):
+    graph = build_cloak_graph(network, activation_noise=True)
+    return graph, create_session(graph, threads=1), create_session(build_cloak_graph(network), threads=1)
+
+
+def noise_feeds(session, count: int, spread: float, seed: int = 5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        value.name: rng.uniform(1 - spread, 1 + spread, (count, value.shape[1], 1, 1)).astype(np.float32)
+        for value in session.get_inputs()
+        if value.name.startswith("noise_")
+    }
+
+
+def test_noisy_graph_has_one_channel_noise_input_per_activation(noisy_cloak, network):
+    graph, session, _ = noisy_cloak
+    onnx.checker.check_model(graph)
+    assert default_domain_only(graph)
+    relus = [node for node in network.graph.node if node.op_type == "Relu"]
+    noise = [value for value in session.get_inputs() if value.name.startswith("noise_")]
+    assert [value.name for value in noise] == [f"noise_{i}" for i in range(len(relus))]
+    # The tiny ResNet's Relus have 8, 8, 8, 16, 16 channels.
+    assert [value.shape[1:] for value in noise] == [[8, 1, 1]] * 3 + [[16, 1, 1]] * 2
+
+
+def test_unit_noise_gives_the_plain_network(noisy_cloak, network):
+    _, session, plain = noisy_cloak
+    feeds = feeds_for(network, chips())
+    ones = {name: np.ones_like(value) for name, value in noise_feeds(session, BATCH, 0.1).items()}
+    for noisy_value, plain_value in zip(
+        session.run(OUTPUTS, {**feeds, **ones}), plain.run(OUTPUTS, feeds), strict=True
+    ):
+        np.testing.assert_allclose(noisy_value, plain_value, atol=1e-6)
+
+
+def test_noise_changes_the_network_and_its_gradient_matches_finite_differences(noisy_cloak, network):
+    _, session, plain = noisy_cloak
+    feeds = feeds_for(network, chips())
+    noisy = {**feeds, **noise_feeds(session, BATCH, 0.3)}
+    noisy_emb, noisy_grad = session.run(["emb", "grad"], noisy)
+    plain_emb, plain_grad = plain.run(["emb", "grad"], feeds)
+    assert np.min(np.abs(noisy_emb - plain_emb).max(axis=1)) > 1e-3
+    assert np.min(np.abs(noisy_grad - plain_grad).reshape(BATCH, -1).max(axis=1)) > 1e-4
+    assert max(directional_errors(session, noisy, step=1e-3)) < 5e-3

@@ -117,6 +117,14 @@ FeatureWeight = Annotated[
         rich_help_panel=ADVANCED,
     ),
 ]
+ActivationNoise = Annotated[
+    float,
+    typer.Option(
+        metavar="SPREAD",
+        help="Each step scales every activation channel of the models by a factor in 1 +- SPREAD (0: none).",
+        rich_help_panel=ADVANCED,
+    ),
+]
 ModelDropout = Annotated[
     float,
     typer.Option(
@@ -214,6 +222,7 @@ SETTING_OPTIONS = {
     "smoothing": Smoothing,
     "feature_weight": FeatureWeight,
     "model_dropout": ModelDropout,
+    "activation_noise": ActivationNoise,
     "canvas_cap": CanvasCap,
     "step": Step,
     "max_dssim": MaxDssim,

@@ -104,6 +104,9 @@ class LoopSettings:
     feature_weight: float = 0.0
     # The chance that a step leaves out one model's gradient (ensembles; each step keeps at least one).
     model_dropout: float = 0.0
+    # Each ascent step multiplies every activation layer's channels by factors drawn uniformly from
+    # [1 - this, 1 + this]: every step follows another perturbed copy of each model.
+    activation_noise: float = 0.0
     polish: int = 0
 
     def __post_init__(self) -> None:
@@ -131,6 +134,10 @@ class LoopSettings:
             raise CloakSettingsError("the feature weight and the polish steps must be at least 0")
         if not 0 <= self.model_dropout < 1:
             raise CloakSettingsError(f"the model dropout must be in [0, 1), not {self.model_dropout}")
+        if not 0 <= self.activation_noise < 1:
+            raise CloakSettingsError(f"the activation noise must be in [0, 1), not {self.activation_noise}")
+        if self.activation_noise > 0 and self.feature_weight > 0:
+            raise CloakSettingsError("activation noise and a feature weight cannot be combined")
 
 
 @dataclass(frozen=True)
@@ -460,6 +467,17 @@ def _dropped_views(
     return dropped
 
 
+def _activation_noise(view: ModelView, faces: list[FaceState]) -> list[np.ndarray] | None:
+    """Per activation layer, each face's channel factors for this step (None: the plain network)."""
+    spread = view.settings.activation_noise
+    if spread == 0:
+        return None
+    return [
+        np.stack([face.rng.uniform(1 - spread, 1 + spread, channels) for face in faces]).astype(np.float32)
+        for channels in view.model.noise_channels
+    ]
+
+
 def _confirmed_on_plain_views(
     view: ModelView,
     placements: list[list[ChipOperator]],
@@ -633,6 +651,7 @@ def ascend(
                 neg_weights,
                 f_pos=None if feature_positives[v] is None else feature_positives[v][rows],
                 feature_weight=view.settings.feature_weight,
+                noise=_activation_noise(view, [faces[i] for i in rows]),
             )
             losses, nearest_distance, nearest = result.loss, result.d_pos, away_from[v][rows]
             if view.references is not None:

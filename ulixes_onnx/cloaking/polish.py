@@ -269,7 +269,10 @@ def _views_of_models(
         # A margin past any distance a face reaches: the loss stays positive and its gradient is minus
         # that of the distance.
         margins = np.full(len(chips), 4.0, np.float32)
-        result = view.model.step(chips, targets, targets, margins, np.zeros(len(chips), np.float32))
+        noise = _random_view_noise(view, rngs, placed, [len(ops) for ops in operators])
+        result = view.model.step(
+            chips, targets, targets, margins, np.zeros(len(chips), np.float32), noise=noise
+        )
         starts = np.searchsorted(owners, np.arange(count))  # each face's first view: its current plain one
         distances = result.d_pos
         if view.references is not None:
@@ -293,6 +296,24 @@ def _views_of_models(
             ]
         )
     return plain_distances, mean_distances, gradients, plain_gradients
+
+
+def _random_view_noise(
+    view: ModelView, rngs: list[np.random.Generator], placed: list[int], counts: list[int]
+) -> list[np.ndarray] | None:
+    """Per activation layer, the channel factors of each chip: 1 on the plain views, drawn as the loop
+    draws them on the random views (None without activation noise)."""
+    spread = view.settings.activation_noise
+    if spread == 0:
+        return None
+    factors = []
+    for channels in view.model.noise_channels:
+        rows = []
+        for rng, plain, count in zip(rngs, placed, counts, strict=True):
+            rows += [np.ones(channels)] * plain
+            rows += [rng.uniform(1 - spread, 1 + spread, channels) for _ in range(count - plain)]
+        factors.append(np.stack(rows).astype(np.float32))
+    return factors
 
 
 def _on_canvas(operators: list[ChipOperator], chip_gradients: np.ndarray, face: FaceState) -> np.ndarray:

@@ -52,6 +52,7 @@ class CloakSettings:
     smoothing: float = _LOOP.smoothing
     feature_weight: float = _LOOP.feature_weight
     model_dropout: float = _LOOP.model_dropout
+    activation_noise: float = _LOOP.activation_noise
     polish: int = 40
     canvas_cap: float = 4.0
     max_dssim: float = _LOOP.max_dssim
@@ -114,6 +115,7 @@ class CloakSettings:
             smoothing=self.smoothing,
             feature_weight=self.feature_weight,
             model_dropout=self.model_dropout,
+            activation_noise=self.activation_noise,
             polish=self.polish,
         )
 

@@ -18,6 +18,12 @@ features h_pos and a weight u, returns h and the relative feature distance
 and its gradient output is that of loss - u * d_feat: the step also disrupts mid-level features, which
 other networks share more than they share embeddings (the feature-level attacks of the transfer
 literature). `loss` itself stays the triplet loss, which decides when an objective is met.
+
+Built with activation noise, every activation layer's output (a Relu, PRelu, LeakyRelu or Clip on
+images) is multiplied by an input of per-sample, per-channel factors: each step can run another
+perturbed copy of the network, a cheap ensemble of "ghost" networks whose common direction other
+networks share more than they share the one network's (the ghost-network and feature-dropout attacks
+of the transfer literature). Factors of 1 give the plain network.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from onnx import compose, helper, numpy_helper, shape_inference
 
 from ulixes_onnx.engine.autodiff import add_input_gradient, prepare_model
 from ulixes_onnx.engine.names import (
+    ACTIVATION_NOISE,
     CANONICAL_INPUT,
     EMBEDDING,
     FEATURE,
@@ -54,6 +61,7 @@ Distance = Literal["euclidean", "cosine"]
 DISTANCE_EPSILON = 1e-12
 _NETWORK_PREFIX = "net/"
 _LOSS_PREFIX = "loss/"
+ACTIVATIONS = ("Relu", "PRelu", "LeakyRelu", "Clip")
 
 
 class _LossWriter:
@@ -143,7 +151,11 @@ def _single(values: list[onnx.ValueInfoProto], what: str) -> onnx.ValueInfoProto
 
 
 def build_cloak_graph(
-    embedding_model: onnx.ModelProto, distance: Distance = "euclidean", feature: str | None = None
+    embedding_model: onnx.ModelProto,
+    distance: Distance = "euclidean",
+    feature: str | None = None,
+    *,
+    activation_noise: bool = False,
 ) -> onnx.ModelProto:
     """The cloak graph of a face-embedding model that takes the canonical chip.
 
@@ -152,6 +164,8 @@ def build_cloak_graph(
     `distance` is "euclidean" (||a - b||) or "cosine" (1 - cos(a, b)). With a `feature` (the name of an
     intermediate tensor of the model): inputs f_pos (that tensor's shape) and feature_weight [N] or [1]
     too, outputs feat and d_feat [N] too, and grad is d (loss_i - feature_weight_i * d_feat_i) / d x_i.
+    With `activation_noise`: inputs noise_0, noise_1, ... [N, C, 1, 1] too, the factors of each
+    activation layer's output channels, in the order of the network's nodes.
     """
     if distance not in ("euclidean", "cosine"):
         raise GraphError(f"unknown distance '{distance}'; use 'euclidean' or 'cosine'")
@@ -176,6 +190,7 @@ def build_cloak_graph(
 
     network = compose.add_prefix(network, _NETWORK_PREFIX)
     graph = network.graph
+    noise_inputs = _multiply_activations_by_noise(network) if activation_noise else []
     loss = _LossWriter(elem_type)
     loss.nodes.append(helper.make_node("Identity", [CANONICAL_INPUT], [graph.input[0].name], name="chip"))
     emb = loss.node("Identity", [graph.output[0].name], EMBEDDING)
@@ -218,6 +233,10 @@ def build_cloak_graph(
             helper.make_tensor_value_info(NEGATIVE_WEIGHT, elem_type, ["neg_weight_count"]),
         ]
     )
+    graph.input.extend(
+        helper.make_tensor_value_info(name, elem_type, [batch_dim, channels, 1, 1])
+        for name, channels in noise_inputs
+    )
     if feature_shape is not None:
         feature_dims = [batch_dim, *feature_shape[1:]]
         graph.input.extend(
@@ -247,6 +266,32 @@ def build_cloak_graph(
     graph.node.extend([loss.nodes[0], *forward_nodes, *loss.nodes[1:]])
     graph.initializer.extend(loss.initializers.values())
     return add_input_gradient(network, CANONICAL_INPUT, objective, grad_name=GRADIENT)
+
+
+def _multiply_activations_by_noise(network: onnx.ModelProto) -> list[tuple[str, int]]:
+    """Multiply the output of every activation layer on images by a new input of per-channel factors;
+    the inputs' names and channel counts."""
+    inferred = shape_inference.infer_shapes(network).graph
+    channels = {
+        value.name: value.type.tensor_type.shape.dim[1].dim_value
+        for value in inferred.value_info
+        if len(value.type.tensor_type.shape.dim) == 4 and value.type.tensor_type.shape.dim[1].dim_value
+    }
+    graph = network.graph
+    nodes: list[onnx.NodeProto] = []
+    inputs: list[tuple[str, int]] = []
+    for node in graph.node:
+        nodes.append(node)
+        output = node.output[0]
+        if node.op_type not in ACTIVATIONS or output not in channels:
+            continue
+        noise = f"{ACTIVATION_NOISE}{len(inputs)}"
+        node.output[0] = output + "/noiseless"
+        nodes.append(helper.make_node("Mul", [node.output[0], noise], [output], name=output + "/noise"))
+        inputs.append((noise, channels[output]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return inputs
 
 
 def _tensor_shape(network: onnx.ModelProto, name: str, shown: str) -> list[int | str]:

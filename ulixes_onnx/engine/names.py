@@ -19,3 +19,6 @@ FEATURE_POSITIVE = "f_pos"
 FEATURE_WEIGHT = "feature_weight"
 FEATURE = "feat"
 FEATURE_DISTANCE = "d_feat"
+# Graphs built with activation noise take one more input per activation layer, numbered from 0: its
+# per-sample, per-channel factors [N, C, 1, 1].
+ACTIVATION_NOISE = "noise_"
