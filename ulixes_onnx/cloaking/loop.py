@@ -104,8 +104,8 @@ class LoopSettings:
     feature_weight: float = 0.0
     # The chance that a step leaves out one model's gradient (ensembles; each step keeps at least one).
     model_dropout: float = 0.0
-    # Each ascent step multiplies every activation layer's channels by factors drawn uniformly from
-    # [1 - this, 1 + this]: every step follows another perturbed copy of each model.
+    # Each ascent step, and each random view of the polish, multiplies every activation layer's channels
+    # by factors drawn uniformly from [1 - this, 1 + this]: it runs another perturbed copy of each model.
     activation_noise: float = 0.0
     polish: int = 0
 
