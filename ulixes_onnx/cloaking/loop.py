@@ -467,15 +467,26 @@ def _dropped_views(
     return dropped
 
 
+def activation_factors(rng: np.random.Generator, channels: Sequence[int], spread: float) -> list[np.ndarray]:
+    """One chip's channel factors for each activation layer (`FaceModel.noise_channels`): uniform in
+    [1 - spread, 1 + spread], all 1 at a spread of 0."""
+    if spread == 0:
+        return [np.ones(count, np.float32) for count in channels]
+    return [rng.uniform(1 - spread, 1 + spread, count).astype(np.float32) for count in channels]
+
+
+def stacked_by_layer(per_chip: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Chips' factors (per chip, per layer) as `FaceModel.step` takes them: per layer, [chips, C]."""
+    return [np.stack(layer) for layer in zip(*per_chip, strict=True)]
+
+
 def _activation_noise(view: ModelView, faces: list[FaceState]) -> list[np.ndarray] | None:
     """Per activation layer, each face's channel factors for this step (None: the plain network)."""
     spread = view.settings.activation_noise
     if spread == 0:
         return None
-    return [
-        np.stack([face.rng.uniform(1 - spread, 1 + spread, channels) for face in faces]).astype(np.float32)
-        for channels in view.model.noise_channels
-    ]
+    channels = view.model.noise_channels
+    return stacked_by_layer([activation_factors(face.rng, channels, spread) for face in faces])
 
 
 def _confirmed_on_plain_views(

@@ -40,9 +40,11 @@ from ulixes_onnx.cloaking.loop import (
     CanvasCloak,
     FaceState,
     ModelView,
+    activation_factors,
     ascend,
     jitter,
     random_alignment,
+    stacked_by_layer,
 )
 from ulixes_onnx.cloaking.perceptual import to_opponent
 from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
@@ -306,14 +308,14 @@ def _random_view_noise(
     spread = view.settings.activation_noise
     if spread == 0:
         return None
-    factors = []
-    for channels in view.model.noise_channels:
-        rows = []
-        for rng, plain, count in zip(rngs, placed, counts, strict=True):
-            rows += [np.ones(channels)] * plain
-            rows += [rng.uniform(1 - spread, 1 + spread, channels) for _ in range(count - plain)]
-        factors.append(np.stack(rows).astype(np.float32))
-    return factors
+    channels = view.model.noise_channels
+    return stacked_by_layer(
+        [
+            activation_factors(rng, channels, spread if k >= plain else 0.0)
+            for rng, plain, count in zip(rngs, placed, counts, strict=True)
+            for k in range(count)
+        ]
+    )
 
 
 def _on_canvas(operators: list[ChipOperator], chip_gradients: np.ndarray, face: FaceState) -> np.ndarray:
