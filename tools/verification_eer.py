@@ -3,8 +3,8 @@
 The folder holds `identity/*.jpg` and `pairs.csv` (columns a, b, same). Each photo's largest MTCNN face
 is aligned to the model card's chip layout and embedded; the printed threshold is the one where the
 false-accept and false-reject rates are closest (the midpoint between the two neighbouring distances),
-with the verification accuracy, true-accept (TP) and false-accept (FP) rates there, and the accuracy at
-the card's current threshold.
+with the verification accuracy, true-accept (TP) and false-accept (FP) rates there, the accuracy at
+the card's current threshold, and the spread of same-person and different-people distances.
 
 usage: python tools/verification_eer.py MODEL [PAIRS_FOLDER]   (default ../shared/faces-dev)
 """
@@ -71,6 +71,12 @@ def main(model_name: str, folder: Path) -> None:
         "fp_rate_at_eer_threshold": round(float(np.mean(accepted[~same])), 4),
         "card_threshold": model.threshold,
         "accuracy_at_card_threshold": round(card_accuracy, 4),
+        # The spread a card's protect_distance has to clear: how far a person's own photos lie apart.
+        "same_person_median": round(float(np.median(distances[same])), 4),
+        "same_person_95th_percentile": round(float(np.percentile(distances[same], 95)), 4),
+        "same_person_max": round(float(distances[same].max()), 4),
+        "different_people_5th_percentile": round(float(np.percentile(distances[~same], 5)), 4),
+        "different_people_min": round(float(distances[~same].min()), 4),
     }
     print(json.dumps(report, indent=2))
 

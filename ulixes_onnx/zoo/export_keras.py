@@ -1,13 +1,16 @@
-"""Keras 2 .h5 weights of known architectures to ONNX (format "keras"; see export_tensorflow.py).
+"""Keras 2 .h5 files of known architectures to ONNX (format "keras"; see export_tensorflow.py).
 
 The weights load into tf-keras, the Keras 2 implementation that still has LocallyConnected2D; the
-reference is the tf-keras model itself. tf2onnx converts the VGGFace networks. DeepFace is written as
+reference is the tf-keras model itself. tf2onnx converts the VGGFace networks and keras-facenet's
+FaceNet (a whole saved model, see `_ScalingLambda`). DeepFace is written as
 ONNX nodes directly from the loaded layers (`keras_to_onnx`), its locally connected layers as strided
 slices and a batched matrix product: tf2onnx would convert them as tf-keras runs them, slicing once
 per output position.
 """
 
 from __future__ import annotations
+
+import base64
 
 import export_setup
 import numpy as np
@@ -96,6 +99,29 @@ def deepface_taigman() -> keras.Model:
     )
 
 
+class _ScalingLambda(layers.Layer):
+    """Stands in for the Lambda layers of keras-facenet's Inception-ResNet-v1 (`x * scale`, the residual
+    scaling) when a whole model is loaded from its file.
+
+    tf-keras rebuilds a Lambda by running Python bytecode stored in the file, which executes whatever the
+    file says and only under the Python version that wrote it. This layer reads the `scale` argument
+    instead and refuses any Lambda that is not that function (its stored code names neither "scaling" nor
+    takes exactly a `scale` argument).
+    """
+
+    def __init__(self, function: object = None, arguments: dict | None = None, **config: object) -> None:
+        for key in ("function_type", "module", "output_shape", "output_shape_type", "output_shape_module"):
+            config.pop(key, None)
+        super().__init__(**config)
+        code = base64.b64decode(function[0]) if isinstance(function, list) and function else b""
+        if b"scaling" not in code or set(arguments or {}) != {"scale"}:
+            raise ValueError(f"layer {self.name} is a Lambda other than keras-facenet's residual scaling")
+        self.scale = float(arguments["scale"])
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return x * self.scale
+
+
 def _embedding_model(architecture: str, weights: str) -> keras.Model:
     """The tf-keras model of `architecture` with the user's weights, ending at the embedding."""
     if architecture == "vggface-vgg16":
@@ -110,6 +136,9 @@ def _embedding_model(architecture: str, weights: str) -> keras.Model:
         full = deepface_taigman()
         full.load_weights(weights)
         return keras.Model(full.inputs, full.get_layer("F7").output)
+    if architecture == "facenet-keras":
+        # The file holds the whole model (keras-facenet's Inception-ResNet-v1), not only weights.
+        return keras.models.load_model(weights, compile=False, custom_objects={"Lambda": _ScalingLambda})
     raise ValueError(f"unknown Keras architecture {architecture!r}")
 
 

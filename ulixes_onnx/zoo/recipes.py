@@ -27,6 +27,7 @@ RECIPES: dict[str, Recipe] = {
     "vggface-vgg16-h5": Recipe("export_tensorflow.py", "keras", architecture="vggface-vgg16"),
     "vggface-resnet50-h5": Recipe("export_tensorflow.py", "keras", architecture="vggface-resnet50"),
     "deepface-h5": Recipe("export_tensorflow.py", "keras", architecture="deepface"),
+    "facenet-keras-h5": Recipe("export_tensorflow.py", "keras", architecture="facenet-keras"),
     "facenet-pytorch": Recipe("export_torch.py", "state-dict", architecture="inception-resnet-v1"),
     "memento-face-torch": Recipe("export_torch.py", "state-dict", architecture="memento-face"),
 }
