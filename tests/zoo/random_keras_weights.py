@@ -3,6 +3,9 @@
 Runs in the export toolchain's interpreter, like the exporters whose architectures it imports:
 
     python random_keras_weights.py JOB.json   (job: architecture, output path, seed)
+
+The architecture "foreign-lambda" is a whole saved model whose Lambda layer is not keras-facenet's
+residual scaling, which the facenet-keras builder must refuse.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ def _he_initialise(model: keras.Model, seed: int) -> None:
         layer.set_weights([kernel, *(rng.normal(0, 0.1, b.shape).astype(np.float32) for b in bias)])
 
 
+def save_model_with_foreign_lambda(path: str) -> None:
+    """A whole model (architecture and weights) whose Lambda adds 1 instead of scaling."""
+    image = layers.Input((160, 160, 3))
+    x = layers.Conv2D(4, 3, name="Conv2d_1a_3x3")(image)
+    x = layers.Lambda(lambda t: t + 1.0, name="lambda")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    keras.Model(image, layers.Dense(128)(x)).save(path)
+
+
 def save_random_keras_weights(architecture: str, path: str, seed: int) -> None:
     """Save randomly initialised weights of an architecture as Keras 2 .h5 (used by the tests)."""
     keras.utils.set_random_seed(seed)
@@ -63,4 +75,7 @@ def save_random_keras_weights(architecture: str, path: str, seed: int) -> None:
 
 if __name__ == "__main__":
     job = json.loads(Path(sys.argv[1]).read_text())
-    save_random_keras_weights(job["architecture"], job["output"], job["seed"])
+    if job["architecture"] == "foreign-lambda":
+        save_model_with_foreign_lambda(job["output"])
+    else:
+        save_random_keras_weights(job["architecture"], job["output"], job["seed"])

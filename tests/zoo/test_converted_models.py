@@ -1,5 +1,5 @@
-"""The real converted models: FaceNet VGGFace2 (TF GraphDef), FaceRes and FaceRes-deep (TFJS) and
-memento-face (PyTorch state dict).
+"""The real converted models: FaceNet VGGFace2 (TF GraphDef), FaceRes and FaceRes-deep (TFJS),
+memento-face (PyTorch state dict) and facenet-keras (a whole Keras model).
 
 Each is converted once per session in the export toolchain; the conversion itself checks the ONNX model
 against the source framework (TensorFlow or PyTorch) on real face chips and fails above 1e-4. Here: that
@@ -24,7 +24,7 @@ from ulixes_onnx.zoo.npm import npm_available
 pytestmark = pytest.mark.slow
 
 # The models whose real weights are converted here (tests/zoo/test_recipe_coverage.py counts them).
-REAL_WEIGHTS = ("facenet-vggface2", "faceres", "faceres-deep", "memento-face")
+REAL_WEIGHTS = ("facenet-vggface2", "faceres", "faceres-deep", "memento-face", "facenet-keras")
 
 
 @pytest.fixture(scope="session", params=REAL_WEIGHTS)

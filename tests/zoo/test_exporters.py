@@ -14,6 +14,7 @@ import pytest
 
 from tests.zoo.conftest import gradient_check_errors
 from ulixes_onnx.cards import get_card
+from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo.conversion import FIDELITY_TOLERANCE, convert
 from ulixes_onnx.zoo.toolchain import run_export_script
 
@@ -57,3 +58,15 @@ def test_cloak_graph_gradient_matches_finite_differences(exported):
     card, result = exported
     errors = gradient_check_errors(result.model, card)
     assert max(errors) < 1e-2, errors
+
+
+def test_a_whole_keras_model_with_another_lambda_is_refused(export_python, tmp_path):
+    # facenet-keras loads a whole saved model; its Lambda layers are rebuilt as the residual scaling,
+    # never by running the file's stored code, so any other Lambda must stop the build.
+    card = get_card("facenet-keras")
+    (role,) = card.source.files
+    model_file = tmp_path / "foreign.h5"
+    job = {"architecture": "foreign-lambda", "output": str(model_file), "seed": 7}
+    run_export_script(KERAS_WEIGHTS, job, python=export_python)
+    with pytest.raises(ModelError, match="Lambda other than keras-facenet's residual scaling"):
+        convert(card, {role: model_file}, python=export_python)

@@ -11,8 +11,10 @@ per output position.
 from __future__ import annotations
 
 import base64
+import json
 
 import export_setup
+import h5py
 import numpy as np
 import onnx
 import tensorflow as tf
@@ -101,25 +103,33 @@ def deepface_taigman() -> keras.Model:
 
 class _ScalingLambda(layers.Layer):
     """Stands in for the Lambda layers of keras-facenet's Inception-ResNet-v1 (`x * scale`, the residual
-    scaling) when a whole model is loaded from its file.
+    scaling) when a whole model is loaded from its file: tf-keras would rebuild a Lambda by running the
+    Python bytecode stored in the file, which executes whatever the file says and only under the Python
+    version that wrote it. `_check_lambdas_scale` has made sure each one is that scaling."""
 
-    tf-keras rebuilds a Lambda by running Python bytecode stored in the file, which executes whatever the
-    file says and only under the Python version that wrote it. This layer reads the `scale` argument
-    instead and refuses any Lambda that is not that function (its stored code names neither "scaling" nor
-    takes exactly a `scale` argument).
-    """
-
-    def __init__(self, function: object = None, arguments: dict | None = None, **config: object) -> None:
-        for key in ("function_type", "module", "output_shape", "output_shape_type", "output_shape_module"):
+    def __init__(self, arguments: dict, **config: object) -> None:
+        for key in ("function", "function_type", "module", "output_shape", "output_shape_type"):
             config.pop(key, None)
+        config.pop("output_shape_module", None)
         super().__init__(**config)
-        code = base64.b64decode(function[0]) if isinstance(function, list) and function else b""
-        if b"scaling" not in code or set(arguments or {}) != {"scale"}:
-            raise ValueError(f"layer {self.name} is a Lambda other than keras-facenet's residual scaling")
         self.scale = float(arguments["scale"])
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return x * self.scale
+
+
+def _check_lambdas_scale(path: str) -> None:
+    """Refuse a saved model with a Lambda other than the residual scaling (its stored code is not named
+    "scaling", or it takes other arguments than `scale`), before anything is loaded."""
+    with h5py.File(path, "r") as saved:
+        config = json.loads(saved.attrs["model_config"])
+    for layer in config["config"]["layers"]:
+        if layer["class_name"] != "Lambda":
+            continue
+        function, arguments = layer["config"].get("function"), layer["config"].get("arguments") or {}
+        code = base64.b64decode(function[0]) if isinstance(function, list) and function else b""
+        if b"scaling" not in code or set(arguments) != {"scale"}:
+            raise ValueError(f"layer {layer['name']} is a Lambda other than keras-facenet's residual scaling")
 
 
 def _embedding_model(architecture: str, weights: str) -> keras.Model:
@@ -138,6 +148,7 @@ def _embedding_model(architecture: str, weights: str) -> keras.Model:
         return keras.Model(full.inputs, full.get_layer("F7").output)
     if architecture == "facenet-keras":
         # The file holds the whole model (keras-facenet's Inception-ResNet-v1), not only weights.
+        _check_lambdas_scale(weights)
         return keras.models.load_model(weights, compile=False, custom_objects={"Lambda": _ScalingLambda})
     raise ValueError(f"unknown Keras architecture {architecture!r}")
 
