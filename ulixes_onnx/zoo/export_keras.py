@@ -101,6 +101,12 @@ def deepface_taigman() -> keras.Model:
     )
 
 
+# What a Lambda's config holds beyond a plain layer's (name, dtype, trainable).
+_LAMBDA_ONLY_KEYS = frozenset(
+    {"function", "function_type", "module", "output_shape", "output_shape_type", "output_shape_module"}
+)
+
+
 class _ScalingLambda(layers.Layer):
     """Stands in for the Lambda layers of keras-facenet's Inception-ResNet-v1 (`x * scale`, the residual
     scaling) when a whole model is loaded from its file: tf-keras would rebuild a Lambda by running the
@@ -108,10 +114,7 @@ class _ScalingLambda(layers.Layer):
     version that wrote it. `_check_lambdas_scale` has made sure each one is that scaling."""
 
     def __init__(self, arguments: dict, **config: object) -> None:
-        for key in ("function", "function_type", "module", "output_shape", "output_shape_type"):
-            config.pop(key, None)
-        config.pop("output_shape_module", None)
-        super().__init__(**config)
+        super().__init__(**{key: value for key, value in config.items() if key not in _LAMBDA_ONLY_KEYS})
         self.scale = float(arguments["scale"])
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
