@@ -45,10 +45,11 @@ def _he_initialise(model: keras.Model, seed: int) -> None:
 
 
 def save_model_with_foreign_lambda(path: str) -> None:
-    """A whole model (architecture and weights) whose Lambda adds 1 instead of scaling."""
+    """A whole model (architecture and weights) whose Lambda takes a `scale` argument, as keras-facenet's
+    do, but adds it instead of multiplying: only its stored code tells it apart."""
     image = layers.Input((160, 160, 3))
-    x = layers.Conv2D(4, 3, name="Conv2d_1a_3x3")(image)
-    x = layers.Lambda(lambda t: t + 1.0, name="lambda")(x)
+    x = layers.Conv2D(4, 3)(image)
+    x = layers.Lambda(lambda t, scale: t + scale, arguments={"scale": 1.0})(x)
     x = layers.GlobalAveragePooling2D()(x)
     keras.Model(image, layers.Dense(128)(x)).save(path)
 

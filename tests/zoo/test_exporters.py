@@ -66,7 +66,8 @@ def test_a_whole_keras_model_with_another_lambda_is_refused(export_python, tmp_p
     card = get_card("facenet-keras")
     (role,) = card.source.files
     model_file = tmp_path / "foreign.h5"
-    job = {"architecture": "foreign-lambda", "output": str(model_file), "seed": 7}
-    run_export_script(KERAS_WEIGHTS, job, python=export_python)
+    run_export_script(
+        KERAS_WEIGHTS, {"architecture": "foreign-lambda", "output": str(model_file)}, python=export_python
+    )
     with pytest.raises(ModelError, match="Lambda other than keras-facenet's residual scaling"):
         convert(card, {role: model_file}, python=export_python)

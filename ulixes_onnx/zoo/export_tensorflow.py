@@ -9,8 +9,8 @@ The job names the source format and files, the output ONNX path, a probe batch (
 the network's native convention) and where to write the source framework's own outputs on that probe;
 the caller compares them with onnxruntime's. One module per format: "graphdef" (export_graphdef.py:
 FaceNet's frozen graphs and TensorFlow 1 checkpoints), "tfjs" (export_tfjs.py: TFJS graph models) and
-"keras" (export_keras.py: Keras 2 .h5 weights of known architectures). Each sets up TensorFlow's
-environment through export_setup.py before TensorFlow loads.
+"keras" (export_keras.py: Keras 2 .h5 weights of known architectures, or a whole saved FaceNet). Each
+sets up TensorFlow's environment through export_setup.py before TensorFlow loads.
 """
 
 from __future__ import annotations
