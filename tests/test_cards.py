@@ -32,6 +32,14 @@ def test_unknown_model_lists_known_ones() -> None:
         get_card("facenet-x")
 
 
+def test_an_artifact_may_have_several_known_builds_or_none() -> None:
+    head = 'name="x"\nkind="detector"\ndescription="d"\nlicence="l"\nbuilder="copy"\n[source]\nfiles={}\n'
+    card = parse_card(head + '[artifacts]\na="1"\nb=["2", "3"]\nc=""', "x.toml")
+    assert card.artifacts == {"a": ("1",), "b": ("2", "3"), "c": ()}
+    with pytest.raises(ModelError, match="a list of strings"):
+        parse_card(head + "[artifacts]\nb=[2]", "x.toml")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -2,7 +2,8 @@
 
 One TOML file per model lives in the repository's `models/` folder (installed as `ulixes_onnx.model_cards`).
 A card names the source (a file inside an installed data package, or a file the user supplies), the
-builder that turns it into ONNX, the expected sha256 of every built artifact, and for embedding models the
+builder that turns it into ONNX, the sha256 of every built artifact (one, or the few builds known to be
+right), and for embedding models the
 input convention, the alignment template, the embedding size, the distance metric and the threshold.
 """
 
@@ -98,7 +99,10 @@ class ModelCard:
     licence: str
     builder: str
     source: SourceSpec
-    artifacts: dict[str, str]
+    # Per artifact, the sha256 of every build known to be right: one, or one per export toolchain that
+    # has been seen to write other bytes (each of them checked against the source model); empty for a
+    # model built from the user's own file, where the store's manifest pins what it built.
+    artifacts: dict[str, tuple[str, ...]]
     default: bool = False
     input: ModelInput | None = None
     embedding: EmbeddingSpec | None = None
@@ -107,6 +111,16 @@ class ModelCard:
 
 
 _KINDS = ("embedding", "detector", "landmarks")
+
+
+def _known_builds(value: str | list[str]) -> tuple[str, ...]:
+    """An artifact's known sha256 digests: a card gives one ("" for none) or a list."""
+    digests = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(digest, str) for digest in digests):
+        raise TypeError(f"an artifact's sha256 must be a string or a list of strings, not {value!r}")
+    return tuple(digest for digest in digests if digest)
+
+
 _METRICS = ("euclidean", "cosine")
 
 
@@ -129,7 +143,7 @@ def parse_card(text: str, origin: str) -> ModelCard:
                 npm=source.get("npm"),
                 sdist=source.get("sdist"),
             ),
-            artifacts=dict(raw["artifacts"]),
+            artifacts={name: _known_builds(value) for name, value in raw["artifacts"].items()},
             input=_parse_input(raw["input"]) if "input" in raw else None,
             embedding=EmbeddingSpec(**raw["embedding"]) if "embedding" in raw else None,
             cloak=CloakDefaults(**raw["cloak"]) if "cloak" in raw else None,

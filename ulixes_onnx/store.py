@@ -191,11 +191,12 @@ class ModelStore:
         seconds = time.perf_counter() - started
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in artifacts.items()}
         for name, digest in digests.items():
-            expected = card.artifacts.get(name)
-            if expected and digest != expected:
+            known = card.artifacts.get(name)
+            if known and digest not in known:
+                expected = " or ".join(f"{digest[:12]}…" for digest in known)
                 raise ModelError(
                     f"building {card.name!r} produced {name} with sha256 {digest[:12]}…, the model "
-                    f"card expects {expected[:12]}…: the installed onnx or source package differs "
+                    f"card expects {expected}: the installed onnx or source package differs "
                     "from the tested ones; reinstall ulixes-onnx with its pinned dependencies"
                 )
         directory = self.model_dir(card)
@@ -278,7 +279,7 @@ class ModelStore:
         if set(recorded) != set(card.artifacts) or manifest.get("builder_version") != BUILDER_VERSION:
             return None
         for name, path in paths.items():
-            expected = card.artifacts[name] or recorded[name]
-            if recorded[name] != expected or not path.is_file() or sha256_of(path) != expected:
+            known = card.artifacts[name] or (recorded[name],)
+            if recorded[name] not in known or not path.is_file() or sha256_of(path) != recorded[name]:
                 return None
         return BuiltModel(card, paths, recorded)

@@ -43,7 +43,7 @@ def test_conversion_matches_the_source_framework_and_the_pinned_sha256(converted
     card = get_card(name)
     print(f"{name}: max |ONNX - source| = {result.max_abs_difference:.2e}")
     assert result.max_abs_difference <= 1e-4
-    assert sha256_hex(result.model) == card.artifacts["model"]
+    assert sha256_hex(result.model) in card.artifacts["model"]
 
 
 def test_any_batch_size_gives_each_chip_its_own_embedding(converted):

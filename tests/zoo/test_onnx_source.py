@@ -181,12 +181,12 @@ def test_sface_build_matches_the_shipped_file_and_the_pinned_sha256(sface_source
     card = get_card("sface")
     result = convert_onnx(card, sface_sources)
     assert result.max_abs_difference <= 1e-4
-    assert sha256_hex(result.model) == card.artifacts["model"]
+    assert sha256_hex(result.model) in card.artifacts["model"]
 
 
 def test_sface_builds_into_a_store_through_its_cards_builder(sface_sources, tmp_path):
     built = ModelStore(tmp_path).build(get_card("sface"))
-    assert built.sha256["model"] == get_card("sface").artifacts["model"]
+    assert built.sha256["model"] in get_card("sface").artifacts["model"]
 
 
 def test_sface_gives_opencvs_features(sface_sources, store, astronaut):
