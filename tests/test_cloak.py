@@ -297,6 +297,18 @@ def test_activation_noise_reaches_the_target_on_the_plain_network_and_changes_th
     assert np.abs(noisy.delta - plain.delta).max() > 1e-3
 
 
+@pytest.mark.parametrize("backward", [{"skip_decay": 0.5}, {"backward_linearity": 0.3}])
+def test_a_chosen_backward_pass_reaches_the_target_on_the_true_network_and_changes_the_cloak(
+    dlib_model, canvases, backward
+) -> None:
+    settings = LoopSettings(target=0.6, budget=16.0)
+    plain = cloak_canvases([ModelView(dlib_model, settings)], canvases[:1])[0]
+    chosen = cloak_canvases([ModelView(dlib_model, replace(settings, **backward))], canvases[:1])[0]
+    assert chosen.stop_reasons[NAME] == "target-reached"
+    assert _distance(dlib_model, canvases[0], chosen.delta, 0) >= 0.59
+    assert np.abs(chosen.delta - plain.delta).max() > 1e-3
+
+
 @pytest.fixture(scope="module")
 def large_face(store: ModelStore) -> FaceCanvas:
     """The astronaut three times larger (a 260-pixel face): the photo shows the chip stretched."""
@@ -636,6 +648,13 @@ def test_pool_strategies_need_a_pool() -> None:
         ({"activation_noise": 1.0}, "activation noise must be in"),
         ({"activation_noise": -0.1}, "activation noise must be in"),
         ({"activation_noise": 0.05, "feature_weight": 1.0}, "cannot be combined"),
+        ({"skip_decay": 0.0}, "skip-gradient decay must be in"),
+        ({"skip_decay": 1.5}, "skip-gradient decay must be in"),
+        ({"skip_decay": 0.5, "activation_noise": 0.05}, "cannot be combined"),
+        ({"skip_decay": 0.5, "feature_weight": 1.0}, "cannot be combined"),
+        ({"backward_linearity": -0.1}, "backward linearity must be in"),
+        ({"backward_linearity": 1.1}, "backward linearity must be in"),
+        ({"backward_linearity": 0.5, "activation_noise": 0.05}, "cannot be combined"),
     ],
 )
 def test_bad_settings(settings: dict, message: str) -> None:

@@ -156,3 +156,39 @@ def test_noise_needs_one_array_per_activation_layer_and_no_feature_weight(dlib_m
             feature_weight=1.0,
             noise=ones,
         )
+
+
+def test_skip_decayed_step_keeps_the_forward_and_decays_the_residual_branches(dlib_model: FaceModel) -> None:
+    chips = np.random.default_rng(4).uniform(-1, 1, (2, 3, 150, 150)).astype(np.float32)
+    far = np.zeros((2, 128), np.float32)
+    true = dlib_model.step(chips, far, far, margin=2.0, neg_weight=0.0)
+    undecayed = dlib_model.step(chips, far, far, margin=2.0, neg_weight=0.0, skip_decay=1.0)
+    decayed = dlib_model.step(chips, far, far, margin=2.0, neg_weight=0.0, skip_decay=0.3)
+    np.testing.assert_array_equal(undecayed.grad, true.grad)
+    np.testing.assert_allclose(decayed.emb, true.emb, atol=1e-5)
+    np.testing.assert_allclose(decayed.loss, true.loss, atol=1e-5)
+    cosine = np.sum(decayed.grad * true.grad) / (np.linalg.norm(decayed.grad) * np.linalg.norm(true.grad))
+    assert 0.05 < cosine < 0.95
+
+
+def test_skip_decay_cannot_be_combined_with_noise(dlib_model: FaceModel) -> None:
+    chips = np.zeros((1, 3, 150, 150), np.float32)
+    far = np.zeros((1, 128), np.float32)
+    ones = [np.ones((1, channels), np.float32) for channels in dlib_model.noise_channels]
+    with pytest.raises(ValueError, match="cannot be combined"):
+        dlib_model.step(chips, far, far, 1.0, noise=ones, skip_decay=0.5)
+
+
+def test_a_network_without_residual_branches_ignores_skip_decay_but_not_linearity(
+    store: ModelStore,
+) -> None:
+    sface = FaceModel("sface", store)
+    chips = np.random.default_rng(5).uniform(-1, 1, (1, 3, 112, 112)).astype(np.float32)
+    far = np.ones((1, 128), np.float32)
+    true = sface.step(chips, far, far, margin=2.0, neg_weight=0.0)
+    decayed = sface.step(chips, far, far, margin=2.0, neg_weight=0.0, skip_decay=0.3)
+    np.testing.assert_allclose(decayed.grad, true.grad, atol=1e-4 * np.abs(true.grad).max())
+    linear = sface.step(chips, far, far, margin=2.0, neg_weight=0.0, backward_linearity=1.0)
+    np.testing.assert_allclose(linear.loss, true.loss, atol=1e-5)
+    cosine = np.sum(linear.grad * true.grad) / (np.linalg.norm(linear.grad) * np.linalg.norm(true.grad))
+    assert 0.05 < cosine < 0.95

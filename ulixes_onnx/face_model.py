@@ -132,13 +132,24 @@ class FaceModel:
             self.built, f"cloak-{self.metric}", engine_fingerprint(), self._build_cloak_graph
         )
 
-    def _build_cloak_graph(self, feature: str | None = None, activation_noise: bool = False) -> bytes:
+    def _build_cloak_graph(
+        self,
+        feature: str | None = None,
+        activation_noise: bool = False,
+        skip_gradient: bool = False,
+        linear_backward: bool = False,
+    ) -> bytes:
         import onnx
 
         from ulixes_onnx.engine.cloak_graph import build_cloak_graph
 
         graph = build_cloak_graph(
-            onnx.load(self.forward_graph_path), self.metric, feature, activation_noise=activation_noise
+            onnx.load(self.forward_graph_path),
+            self.metric,
+            feature,
+            activation_noise=activation_noise,
+            skip_gradient=skip_gradient,
+            linear_backward=linear_backward,
         )
         return graph.SerializeToString()
 
@@ -168,6 +179,24 @@ class FaceModel:
         name = f"cloak-{self.metric}-noisy"
         graph = self.store.derived(
             self.built, name, engine_fingerprint(), lambda: self._build_cloak_graph(activation_noise=True)
+        )
+        return self._optimised_session(name, lambda: graph, self._threads)
+
+    @cached_property
+    def _chosen_backward_cloak(self) -> ort.InferenceSession:
+        """The cloak graph with the chosen backward passes (the skip-gradient method where the network
+        has residual connections, the linear backward pass), made on first use."""
+        import onnx
+
+        from ulixes_onnx.engine.cloak_graph import residual_branches
+
+        residual = bool(residual_branches(onnx.load(self.forward_graph_path)))
+        name = f"cloak-{self.metric}-chosen-backward"
+        graph = self.store.derived(
+            self.built,
+            name,
+            engine_fingerprint(),
+            lambda: self._build_cloak_graph(skip_gradient=residual, linear_backward=True),
         )
         return self._optimised_session(name, lambda: graph, self._threads)
 
@@ -232,12 +261,18 @@ class FaceModel:
         f_pos: np.ndarray | None = None,
         feature_weight: float = 0.0,
         noise: Sequence[np.ndarray] | None = None,
+        skip_decay: float = 1.0,
+        backward_linearity: float = 0.0,
     ) -> CloakStep:
         """One run of the cloak graph: loss, d loss / d chip, embeddings and both distances. With the
         original faces' `features` (`f_pos`) and a positive `feature_weight`, the gradient is that of
         loss - feature_weight * d_feat (and `d_feat` is returned). With `noise`, one array [N, C] per
         activation layer (`noise_channels`), each layer's output channels are multiplied by those
-        factors: everything returned is the perturbed network's."""
+        factors: everything returned is the perturbed network's. With a `skip_decay` below 1 or a
+        `backward_linearity` above 0, the gradient is the chosen backward passes' (see
+        `engine.cloak_graph`: the gradient through every residual branch multiplied by `skip_decay`, which
+        a network without residual connections ignores, and the late activation layers passing
+        `backward_linearity` of it back unchanged); everything else is unchanged."""
         feeds = {
             names.CANONICAL_INPUT: self._chips(chips),
             names.POSITIVE: np.asarray(e_pos, np.float32),
@@ -252,6 +287,14 @@ class FaceModel:
             names.POSITIVE_DISTANCE,
             names.NEGATIVE_DISTANCE,
         ]
+        if skip_decay != 1.0 or backward_linearity != 0.0:
+            if noise is not None or feature_weight > 0:
+                raise ValueError("a chosen backward pass cannot be combined with noise or a feature weight")
+            session = self._chosen_backward_cloak
+            feeds[names.BACKWARD_LINEARITY] = np.array([backward_linearity], np.float32)
+            if any(value.name == names.SKIP_GRADIENT_DECAY for value in session.get_inputs()):
+                feeds[names.SKIP_GRADIENT_DECAY] = np.array([skip_decay], np.float32)
+            return CloakStep(*session.run(outputs, feeds))
         if noise is not None:
             if feature_weight > 0:
                 raise ValueError("activation noise and a feature weight cannot be combined")

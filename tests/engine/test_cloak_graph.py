@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import helper, numpy_helper
 
 from tests.engine.tiny_resnet import CHIP_SIZE, INPUT_NAME, tiny_resnet
 from ulixes_onnx.engine.adapter import InputSpec, with_canonical_input
-from ulixes_onnx.engine.cloak_graph import build_cloak_graph
+from ulixes_onnx.engine.cloak_graph import build_cloak_graph, late_activations, residual_branches
 from ulixes_onnx.engine.session import create_session, default_domain_only
 from ulixes_onnx.errors import GraphError
 
@@ -277,3 +278,175 @@ def test_noise_changes_the_network_and_its_gradient_matches_finite_differences(n
     assert np.min(np.abs(noisy_emb - plain_emb).max(axis=1)) > 1e-3
     assert np.min(np.abs(noisy_grad - plain_grad).reshape(BATCH, -1).max(axis=1)) > 1e-4
     assert max(directional_errors(session, noisy, step=1e-3)) < 5e-3
+
+
+@pytest.fixture(scope="module")
+def skip_decayed_cloak(network):
+    graph = build_cloak_graph(network, skip_gradient=True)
+    return graph, create_session(graph, threads=1), create_session(build_cloak_graph(network), threads=1)
+
+
+def test_residual_branches_are_the_deeper_inputs_of_the_residual_adds(network):
+    constants = {tensor.name for tensor in network.graph.initializer}
+    adds = [node for node in network.graph.node if node.op_type == "Add" and not constants & set(node.input)]
+    # The tiny ResNet's two blocks: Add(block, x) and Add(block, padded average-pooled skip).
+    assert residual_branches(network) == [(adds[0].output[0], 0), (adds[1].output[0], 0)]
+
+
+def test_network_without_residual_connections_is_refused_the_skip_gradient_method():
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 4, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 48])
+    plain = helper.make_model(
+        helper.make_graph([helper.make_node("Flatten", ["x"], ["y"])], "flat", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    with pytest.raises(GraphError, match="no residual connections"):
+        build_cloak_graph(plain, skip_gradient=True)
+
+
+def test_unit_decay_gives_the_true_gradient_and_any_decay_the_same_forward(skip_decayed_cloak, network):
+    _, session, plain = skip_decayed_cloak
+    feeds = feeds_for(network, chips())
+    expected = plain.run(OUTPUTS, feeds)
+    undecayed = session.run(OUTPUTS, {**feeds, "skip_decay": np.ones(1, np.float32)})
+    for value, plain_value in zip(undecayed, expected, strict=True):
+        np.testing.assert_allclose(value, plain_value, atol=1e-6)
+    decayed = session.run(OUTPUTS, {**feeds, "skip_decay": np.full(1, 0.3, np.float32)})
+    for index in (0, 2, 3, 4):
+        np.testing.assert_allclose(decayed[index], expected[index], atol=1e-6)
+    assert np.abs(decayed[1] - expected[1]).max() > 1e-2 * np.abs(expected[1]).max()
+
+
+def _frozen_branches(network: onnx.ModelProto, x: np.ndarray, decay: float) -> onnx.ModelProto:
+    """The network with every residual branch b replaced by decay * b + (1 - decay) * b(x): the same
+    forward at x, and a true gradient there that is the skip-gradient method's."""
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(network)
+    adds = {node.output[0]: node for node in frozen.graph.node}
+    branches = [(adds[output], index) for output, index in residual_branches(network)]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(network)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(node.input[i]) for node, i in branches)
+    values = create_session(probe, threads=1).run([node.input[i] for node, i in branches], {"x": x})
+    for (node, index), value in zip(branches, values, strict=True):
+        branch = node.input[index]
+        held = numpy_helper.from_array((1 - decay) * value, f"{branch}/held")
+        factor = numpy_helper.from_array(np.array(decay, np.float32), f"{branch}/decay")
+        frozen.graph.initializer.extend([held, factor])
+        frozen.graph.node.extend(
+            [
+                helper.make_node("Mul", [branch, factor.name], [f"{branch}/decayed"]),
+                helper.make_node("Add", [f"{branch}/decayed", held.name], [f"{branch}/mixed"]),
+            ]
+        )
+        node.input[index] = f"{branch}/mixed"
+    known = {value.name for value in [*frozen.graph.input, *frozen.graph.initializer]}
+    in_order = _in_topological_order(list(frozen.graph.node), known)
+    del frozen.graph.node[:]
+    frozen.graph.node.extend(in_order)
+    return frozen
+
+
+def _in_topological_order(nodes: list[onnx.NodeProto], known: set[str]) -> list[onnx.NodeProto]:
+    done, ordered, pending = set(known), [], list(nodes)
+    while pending:
+        ready = next(node for node in pending if all(name in done or not name for name in node.input))
+        pending.remove(ready)
+        ordered.append(ready)
+        done.update(ready.output)
+    return ordered
+
+
+def test_decayed_gradient_is_the_finite_difference_gradient_of_the_network_with_frozen_branches(
+    skip_decayed_cloak, network
+):
+    _, session, _ = skip_decayed_cloak
+    decay = 0.4
+    x = chips(batch=1)
+    feeds = feeds_for(network, x)
+    grad = session.run(["grad"], {**feeds, "skip_decay": np.full(1, decay, np.float32)})[0]
+    frozen = create_session(build_cloak_graph(_frozen_branches(network, x, decay)), threads=1)
+    np.testing.assert_allclose(frozen.run(["grad"], feeds)[0], grad, atol=1e-5 * np.abs(grad).max())
+    assert_finite_differences_agree(frozen, feeds, grad)
+
+
+def assert_finite_differences_agree(frozen, feeds: dict[str, np.ndarray], grad: np.ndarray) -> None:
+    """`grad` is the gradient of the frozen network's loss at feeds["x"]: central differences along
+    the gradient's own direction and a random one."""
+    x, step = feeds["x"], 1e-3
+    for direction in (grad, np.random.default_rng(3).standard_normal(x.shape)):
+        direction = (direction / np.linalg.norm(direction)).astype(np.float32)
+        plus = frozen.run(["loss"], {**feeds, "x": x + step * direction})[0][0]
+        minus = frozen.run(["loss"], {**feeds, "x": x - step * direction})[0][0]
+        numeric = (float(plus) - float(minus)) / (2 * step)
+        assert abs(numeric - float(np.sum(grad * direction))) < 5e-3 * np.linalg.norm(grad)
+
+
+@pytest.fixture(scope="module")
+def linear_backward_cloak(network):
+    graph = build_cloak_graph(network, linear_backward=True)
+    return graph, create_session(graph, threads=1), create_session(build_cloak_graph(network), threads=1)
+
+
+def test_late_activations_are_the_second_half_of_the_activation_layers(network):
+    relus = [node.output[0] for node in network.graph.node if node.op_type == "Relu"]
+    assert len(relus) == 5 and late_activations(network) == relus[2:]
+
+
+def test_zero_linearity_gives_the_true_gradient_and_any_the_same_forward(linear_backward_cloak, network):
+    _, session, plain = linear_backward_cloak
+    feeds = feeds_for(network, chips())
+    expected = plain.run(OUTPUTS, feeds)
+    true = session.run(OUTPUTS, {**feeds, "backward_linearity": np.zeros(1, np.float32)})
+    for value, plain_value in zip(true, expected, strict=True):
+        np.testing.assert_allclose(value, plain_value, atol=1e-6)
+    linear = session.run(OUTPUTS, {**feeds, "backward_linearity": np.ones(1, np.float32)})
+    for index in (0, 2, 3, 4):
+        np.testing.assert_allclose(linear[index], expected[index], atol=1e-6)
+    assert np.abs(linear[1] - expected[1]).max() > 1e-2 * np.abs(expected[1]).max()
+
+
+def _frozen_activations(network: onnx.ModelProto, x: np.ndarray, linearity: float) -> onnx.ModelProto:
+    """The network with every late Relu replaced by the affine map through its value at x whose slope is
+    linearity + (1 - linearity) * its derivative there: the same forward at x, and a true gradient there
+    that is the linear backward pass's."""
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(network)
+    late = set(late_activations(network))
+    relus = [node for node in frozen.graph.node if node.op_type == "Relu" and node.output[0] in late]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(network)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(node.input[0]) for node in relus)
+    inputs = create_session(probe, threads=1).run([node.input[0] for node in relus], {"x": x})
+    for node, value in zip(relus, inputs, strict=True):
+        slope = linearity + (1 - linearity) * (value > 0)
+        offset = np.maximum(value, 0) - slope * value
+        output = node.output[0]
+        slope_name, offset_name = f"{output}/slope", f"{output}/offset"
+        frozen.graph.initializer.extend(
+            [
+                numpy_helper.from_array(slope.astype(np.float32), slope_name),
+                numpy_helper.from_array(offset.astype(np.float32), offset_name),
+            ]
+        )
+        scaled = f"{output}/scaled"
+        node.CopyFrom(helper.make_node("Mul", [node.input[0], slope_name], [scaled]))
+        frozen.graph.node.append(helper.make_node("Add", [scaled, offset_name], [output]))
+    known = {value.name for value in [*frozen.graph.input, *frozen.graph.initializer]}
+    in_order = _in_topological_order(list(frozen.graph.node), known)
+    del frozen.graph.node[:]
+    frozen.graph.node.extend(in_order)
+    return frozen
+
+
+def test_linear_gradient_is_the_finite_difference_gradient_of_the_network_with_frozen_activations(
+    linear_backward_cloak, network
+):
+    _, session, _ = linear_backward_cloak
+    linearity = 0.7
+    x = chips(batch=1)
+    feeds = feeds_for(network, x)
+    grad = session.run(["grad"], {**feeds, "backward_linearity": np.full(1, linearity, np.float32)})[0]
+    frozen = create_session(build_cloak_graph(_frozen_activations(network, x, linearity)), threads=1)
+    np.testing.assert_allclose(frozen.run(["grad"], feeds)[0], grad, atol=1e-5 * np.abs(grad).max())
+    assert_finite_differences_agree(frozen, feeds, grad)

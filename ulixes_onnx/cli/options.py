@@ -125,6 +125,22 @@ ActivationNoise = Annotated[
         rich_help_panel=ADVANCED,
     ),
 ]
+SkipDecay = Annotated[
+    float,
+    typer.Option(
+        metavar="FACTOR",
+        help="The models' gradients through residual branches scaled by FACTOR on the way back (1: true).",
+        rich_help_panel=ADVANCED,
+    ),
+]
+BackwardLinearity = Annotated[
+    float,
+    typer.Option(
+        metavar="SHARE",
+        help="The late activation layers pass this share of the gradient back unchanged (0: true gradient).",
+        rich_help_panel=ADVANCED,
+    ),
+]
 ModelDropout = Annotated[
     float,
     typer.Option(
@@ -223,6 +239,8 @@ SETTING_OPTIONS = {
     "feature_weight": FeatureWeight,
     "model_dropout": ModelDropout,
     "activation_noise": ActivationNoise,
+    "skip_decay": SkipDecay,
+    "backward_linearity": BackwardLinearity,
     "canvas_cap": CanvasCap,
     "step": Step,
     "max_dssim": MaxDssim,

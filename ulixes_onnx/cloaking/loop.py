@@ -107,6 +107,12 @@ class LoopSettings:
     # Each ascent step, and each random view of the polish, multiplies every activation layer's channels
     # by factors drawn uniformly from [1 - this, 1 + this]: it runs another perturbed copy of each model.
     activation_noise: float = 0.0
+    # The factor on the gradient through every residual branch on the way back (the skip-gradient
+    # method; 1: the true gradient). Distances and targets are always the true network's.
+    skip_decay: float = 1.0
+    # How far the late activation layers pass the gradient back unchanged (the linear backward pass;
+    # 0: the true gradient).
+    backward_linearity: float = 0.0
     polish: int = 0
 
     def __post_init__(self) -> None:
@@ -138,6 +144,18 @@ class LoopSettings:
             raise CloakSettingsError(f"the activation noise must be in [0, 1), not {self.activation_noise}")
         if self.activation_noise > 0 and self.feature_weight > 0:
             raise CloakSettingsError("activation noise and a feature weight cannot be combined")
+        if not 0 < self.skip_decay <= 1:
+            raise CloakSettingsError(f"the skip-gradient decay must be in (0, 1], not {self.skip_decay}")
+        if not 0 <= self.backward_linearity <= 1:
+            raise CloakSettingsError(
+                f"the backward linearity must be in [0, 1], not {self.backward_linearity}"
+            )
+        chosen_backward = self.skip_decay < 1 or self.backward_linearity > 0
+        if chosen_backward and (self.activation_noise > 0 or self.feature_weight > 0):
+            raise CloakSettingsError(
+                "the skip-gradient decay and the backward linearity cannot be combined with activation "
+                "noise or a feature weight"
+            )
 
 
 @dataclass(frozen=True)
@@ -663,6 +681,8 @@ def ascend(
                 f_pos=None if feature_positives[v] is None else feature_positives[v][rows],
                 feature_weight=view.settings.feature_weight,
                 noise=_activation_noise(view, [faces[i] for i in rows]),
+                skip_decay=view.settings.skip_decay,
+                backward_linearity=view.settings.backward_linearity,
             )
             losses, nearest_distance, nearest = result.loss, result.d_pos, away_from[v][rows]
             if view.references is not None:

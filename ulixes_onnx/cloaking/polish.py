@@ -273,7 +273,14 @@ def _views_of_models(
         margins = np.full(len(chips), 4.0, np.float32)
         noise = _random_view_noise(view, rngs, placed, [len(ops) for ops in operators])
         result = view.model.step(
-            chips, targets, targets, margins, np.zeros(len(chips), np.float32), noise=noise
+            chips,
+            targets,
+            targets,
+            margins,
+            np.zeros(len(chips), np.float32),
+            noise=noise,
+            skip_decay=view.settings.skip_decay,
+            backward_linearity=view.settings.backward_linearity,
         )
         starts = np.searchsorted(owners, np.arange(count))  # each face's first view: its current plain one
         distances = result.d_pos

@@ -53,6 +53,8 @@ class CloakSettings:
     feature_weight: float = _LOOP.feature_weight
     model_dropout: float = _LOOP.model_dropout
     activation_noise: float = _LOOP.activation_noise
+    skip_decay: float = _LOOP.skip_decay
+    backward_linearity: float = _LOOP.backward_linearity
     polish: int = 40
     canvas_cap: float = 4.0
     max_dssim: float = _LOOP.max_dssim
@@ -116,6 +118,8 @@ class CloakSettings:
             feature_weight=self.feature_weight,
             model_dropout=self.model_dropout,
             activation_noise=self.activation_noise,
+            skip_decay=self.skip_decay,
+            backward_linearity=self.backward_linearity,
             polish=self.polish,
         )
 

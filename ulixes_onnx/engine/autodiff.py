@@ -11,6 +11,7 @@ emitted, so the result runs in plain onnxruntime.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -141,12 +142,20 @@ def add_input_gradient(
     *,
     grad_name: str | None = None,
     cotangent_name: str | None = None,
+    scaled_gradients: Mapping[tuple[str, int], str] | None = None,
+    linearised: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
     """Return a copy of `model` with an extra output: the gradient of `of` w.r.t. graph input `wrt`.
 
     The gradient is the vector-Jacobian product with a cotangent of `of`'s shape: all ones (the gradient
     of the sum of `of`, which for a per-sample loss [N] gives each sample's own gradient), or, when
-    `cotangent_name` is given, a new graph input of that name. The output is named `grad_name`
+    `cotangent_name` is given, a new graph input of that name. `scaled_gradients` maps (a node's first
+    output, an input index) to the name of a tensor by which the gradient that node passes back to that
+    input is multiplied: no longer the true gradient, but a chosen backward pass (the skip-gradient
+    method of `cloak_graph`). `linearised` maps an elementwise node (by its first output) to the name of
+    a tensor t: the gradient it passes back to its first input is t * (the gradient it received) +
+    (1 - t) * its rule's, the node taken for the identity on the way back as far as t says (the linear
+    backward pass of `cloak_graph`). The output is named `grad_name`
     (default `<wrt>_grad`) and has the shape of `wrt`. Raises `GraphError` when the graph has an
     operator without a backward rule, a non-standard operator, or shapes a rule cannot work with.
     """
@@ -191,12 +200,20 @@ def add_input_gradient(
         if all(grad is None for grad in output_grads):
             continue
         input_grads = BACKWARD_RULES[node.op_type](backward, node, output_grads)
+        linearity = (linearised or {}).get(node.output[0])
+        if linearity is not None:
+            received, own = output_grads[0], input_grads[0]
+            linear_part = backward.op("Mul", [backward.op("Sub", [received, own]), linearity])
+            input_grads = [backward.op("Add", [own, linear_part]), *input_grads[1:]]
         for index, name in enumerate(node.input):
             if name not in requires_grad:
                 continue
             grad = input_grads[index] if index < len(input_grads) else None
             if grad is None:
                 raise backward.error(node, f"its rule gives no gradient for input {index} ('{name}')")
+            scale = (scaled_gradients or {}).get((node.output[0], index))
+            if scale is not None:
+                grad = backward.op("Mul", [grad, scale])
             pending[name].append(grad)
             shapes.record(grad, name)
 

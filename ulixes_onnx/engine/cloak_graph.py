@@ -24,6 +24,19 @@ images) is multiplied by an input of per-sample, per-channel factors: each step 
 perturbed copy of the network, a cheap ensemble of "ghost" networks whose common direction other
 networks share more than they share the one network's (the ghost-network and feature-dropout attacks
 of the transfer literature). Factors of 1 give the plain network.
+
+Built with the skip-gradient method, the gradient output is no longer the true gradient: on the way
+back, the gradient through every residual branch (the deeper input of an Add that joins two image
+tensors of one shape) is multiplied by an input factor, while the skip connection passes it whole. The
+direction then leans on the features of the early layers, which other networks share more than the
+late ones (Wu et al., "Skip connections matter", ICLR 2020). Everything the graph computes forward,
+the loss and distances included, is unchanged, and a factor of 1 gives the true gradient.
+
+Built with the linear backward pass, the gradient output is not the true gradient either: the activation
+layers of the network's second half pass the gradient back as t times the identity plus 1 - t times
+their own derivative, t an input; at t = 1 the late network is taken for linear on the way back (Guo et
+al., "Backpropagating linearly improves transferability", NeurIPS 2020), which leans less on the
+one network's late decision boundaries. The forward is unchanged, and t = 0 gives the true gradient.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from onnx import compose, helper, numpy_helper, shape_inference
 from ulixes_onnx.engine.autodiff import add_input_gradient, prepare_model
 from ulixes_onnx.engine.names import (
     ACTIVATION_NOISE,
+    BACKWARD_LINEARITY,
     CANONICAL_INPUT,
     EMBEDDING,
     FEATURE,
@@ -51,6 +65,7 @@ from ulixes_onnx.engine.names import (
     NEGATIVE_WEIGHT,
     POSITIVE,
     POSITIVE_DISTANCE,
+    SKIP_GRADIENT_DECAY,
 )
 from ulixes_onnx.errors import GraphError
 
@@ -156,6 +171,8 @@ def build_cloak_graph(
     feature: str | None = None,
     *,
     activation_noise: bool = False,
+    skip_gradient: bool = False,
+    linear_backward: bool = False,
 ) -> onnx.ModelProto:
     """The cloak graph of a face-embedding model that takes the canonical chip.
 
@@ -165,7 +182,10 @@ def build_cloak_graph(
     intermediate tensor of the model): inputs f_pos (that tensor's shape) and feature_weight [N] or [1]
     too, outputs feat and d_feat [N] too, and grad is d (loss_i - feature_weight_i * d_feat_i) / d x_i.
     With `activation_noise`: inputs noise_0, noise_1, ... [N, C, 1, 1] too, the factors of each
-    activation layer's output channels, in the order of the network's nodes.
+    activation layer's output channels, in the order of the network's nodes. With `skip_gradient`: input
+    skip_decay [1] too, the factor on the gradient through every residual branch (see the module's
+    docstring); a network without residual connections is refused. With `linear_backward`: input
+    backward_linearity [1] too, how far the late activation layers pass the gradient back unchanged.
     """
     if distance not in ("euclidean", "cosine"):
         raise GraphError(f"unknown distance '{distance}'; use 'euclidean' or 'cosine'")
@@ -191,6 +211,12 @@ def build_cloak_graph(
     network = compose.add_prefix(network, _NETWORK_PREFIX)
     graph = network.graph
     noise_inputs = _multiply_activations_by_noise(network) if activation_noise else []
+    decayed = {branch: SKIP_GRADIENT_DECAY for branch in residual_branches(network)} if skip_gradient else {}
+    if skip_gradient and not decayed:
+        raise GraphError("the network has no residual connections for the skip-gradient method to decay")
+    linearised = (
+        {output: BACKWARD_LINEARITY for output in late_activations(network)} if linear_backward else {}
+    )
     loss = _LossWriter(elem_type)
     loss.nodes.append(helper.make_node("Identity", [CANONICAL_INPUT], [graph.input[0].name], name="chip"))
     emb = loss.node("Identity", [graph.output[0].name], EMBEDDING)
@@ -237,6 +263,10 @@ def build_cloak_graph(
         helper.make_tensor_value_info(name, elem_type, [batch_dim, channels, 1, 1])
         for name, channels in noise_inputs
     )
+    if decayed:
+        graph.input.append(helper.make_tensor_value_info(SKIP_GRADIENT_DECAY, elem_type, [1]))
+    if linearised:
+        graph.input.append(helper.make_tensor_value_info(BACKWARD_LINEARITY, elem_type, [1]))
     if feature_shape is not None:
         feature_dims = [batch_dim, *feature_shape[1:]]
         graph.input.extend(
@@ -265,7 +295,56 @@ def build_cloak_graph(
     del graph.node[:]
     graph.node.extend([loss.nodes[0], *forward_nodes, *loss.nodes[1:]])
     graph.initializer.extend(loss.initializers.values())
-    return add_input_gradient(network, CANONICAL_INPUT, objective, grad_name=GRADIENT)
+    return add_input_gradient(
+        network,
+        CANONICAL_INPUT,
+        objective,
+        grad_name=GRADIENT,
+        scaled_gradients=decayed,
+        linearised=linearised,
+    )
+
+
+def late_activations(network: onnx.ModelProto) -> list[str]:
+    """The outputs of the activation layers on images in the second half of the network (by order)."""
+    inferred = shape_inference.infer_shapes(network).graph
+    images = {value.name for value in inferred.value_info if len(value.type.tensor_type.shape.dim) == 4}
+    layers = [
+        node.output[0]
+        for node in network.graph.node
+        if node.op_type in ACTIVATIONS and node.output[0] in images
+    ]
+    return layers[len(layers) // 2 :]
+
+
+def residual_branches(network: onnx.ModelProto) -> list[tuple[str, int]]:
+    """The residual branches of a network: for every Add that joins two image tensors [N, C, H, W] of
+    one shape computed from the input, (its output, the index of its deeper input). The deeper input,
+    the one more nodes away from the input on its longest path, is the branch; the other is the skip
+    connection (an identity, or a projection shorter than the branch)."""
+    inferred = shape_inference.infer_shapes(network).graph
+    shapes = {
+        value.name: [dim.dim_value or dim.dim_param for dim in value.type.tensor_type.shape.dim]
+        for value in inferred.value_info
+    }
+    depth = {value.name: 0 for value in network.graph.input}
+    for tensor in network.graph.initializer:
+        depth.pop(tensor.name, None)
+    branches = []
+    for node in network.graph.node:
+        computed = [depth[name] for name in node.input if name in depth]
+        if computed:
+            for output in node.output:
+                depth[output] = max(computed) + 1
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        left, right = node.input
+        joined = [shapes.get(name) for name in (left, right)]
+        if left not in depth or right not in depth or joined[0] != joined[1] or len(joined[0] or []) != 4:
+            continue
+        if depth[left] != depth[right]:
+            branches.append((node.output[0], 0 if depth[left] > depth[right] else 1))
+    return branches
 
 
 def _multiply_activations_by_noise(network: onnx.ModelProto) -> list[tuple[str, int]]:

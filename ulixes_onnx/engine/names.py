@@ -22,3 +22,9 @@ FEATURE_DISTANCE = "d_feat"
 # Graphs built with activation noise take one more input per activation layer, numbered from 0: its
 # per-sample, per-channel factors [N, C, 1, 1].
 ACTIVATION_NOISE = "noise_"
+# Graphs built with the skip-gradient method take one more input [1]: the factor by which the gradient
+# through every residual branch is multiplied on the way back (1 gives the true gradient).
+SKIP_GRADIENT_DECAY = "skip_decay"
+# Graphs built with the linear backward pass take one more input [1]: how far the late activation
+# layers are taken for the identity on the way back (0 gives the true gradient, 1 the identity).
+BACKWARD_LINEARITY = "backward_linearity"
