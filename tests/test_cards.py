@@ -36,8 +36,9 @@ def test_an_artifact_may_have_several_known_builds_or_none() -> None:
     head = 'name="x"\nkind="detector"\ndescription="d"\nlicence="l"\nbuilder="copy"\n[source]\nfiles={}\n'
     card = parse_card(head + '[artifacts]\na="1"\nb=["2", "3"]\nc=""', "x.toml")
     assert card.artifacts == {"a": ("1",), "b": ("2", "3"), "c": ()}
-    with pytest.raises(ModelError, match="a list of strings"):
-        parse_card(head + "[artifacts]\nb=[2]", "x.toml")
+    for wrong in ("b=[2]", 'b={x="1"}'):
+        with pytest.raises(ModelError, match="a list of strings"):
+            parse_card(head + "[artifacts]\n" + wrong, "x.toml")
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@
 One TOML file per model lives in the repository's `models/` folder (installed as `ulixes_onnx.model_cards`).
 A card names the source (a file inside an installed data package, or a file the user supplies), the
 builder that turns it into ONNX, the sha256 of every built artifact (one, or the few builds known to be
-right), and for embedding models the
-input convention, the alignment template, the embedding size, the distance metric and the threshold.
+right), and for embedding models the input convention, the alignment template, the embedding size, the
+distance metric and the threshold.
 """
 
 from __future__ import annotations
@@ -111,17 +111,15 @@ class ModelCard:
 
 
 _KINDS = ("embedding", "detector", "landmarks")
+_METRICS = ("euclidean", "cosine")
 
 
 def _known_builds(value: str | list[str]) -> tuple[str, ...]:
     """An artifact's known sha256 digests: a card gives one ("" for none) or a list."""
-    digests = [value] if isinstance(value, str) else list(value)
-    if not all(isinstance(digest, str) for digest in digests):
+    digests = [value] if isinstance(value, str) else value
+    if not isinstance(digests, list) or not all(isinstance(digest, str) for digest in digests):
         raise TypeError(f"an artifact's sha256 must be a string or a list of strings, not {value!r}")
     return tuple(digest for digest in digests if digest)
-
-
-_METRICS = ("euclidean", "cosine")
 
 
 def parse_card(text: str, origin: str) -> ModelCard:

@@ -184,21 +184,22 @@ class FaceModel:
 
     @cached_property
     def _chosen_backward_cloak(self) -> ort.InferenceSession:
-        """The cloak graph with the chosen backward passes (the skip-gradient method where the network
-        has residual connections, the linear backward pass), made on first use."""
+        """The cloak graph with the chosen backward passes that the network has room for (the
+        skip-gradient method needs residual connections, the linear backward pass Relu-family
+        activations), made on first use."""
+        name = f"cloak-{self.metric}-chosen-backward"
+        graph = self.store.derived(self.built, name, engine_fingerprint(), self._build_chosen_backward_graph)
+        return self._optimised_session(name, lambda: graph, self._threads)
+
+    def _build_chosen_backward_graph(self) -> bytes:
         import onnx
 
-        from ulixes_onnx.engine.cloak_graph import residual_branches
+        from ulixes_onnx.engine.cloak_graph import late_activations, residual_branches
 
-        residual = bool(residual_branches(onnx.load(self.forward_graph_path)))
-        name = f"cloak-{self.metric}-chosen-backward"
-        graph = self.store.derived(
-            self.built,
-            name,
-            engine_fingerprint(),
-            lambda: self._build_cloak_graph(skip_gradient=residual, linear_backward=True),
+        network = onnx.load(self.forward_graph_path)
+        return self._build_cloak_graph(
+            skip_gradient=bool(residual_branches(network)), linear_backward=bool(late_activations(network))
         )
-        return self._optimised_session(name, lambda: graph, self._threads)
 
     @cached_property
     def noise_channels(self) -> tuple[int, ...]:
@@ -270,9 +271,10 @@ class FaceModel:
         activation layer (`noise_channels`), each layer's output channels are multiplied by those
         factors: everything returned is the perturbed network's. With a `skip_decay` below 1 or a
         `backward_linearity` above 0, the gradient is the chosen backward passes' (see
-        `engine.cloak_graph`: the gradient through every residual branch multiplied by `skip_decay`, which
-        a network without residual connections ignores, and the late activation layers passing
-        `backward_linearity` of it back unchanged); everything else is unchanged."""
+        `engine.cloak_graph`: the gradient through every residual branch multiplied by `skip_decay`, and
+        the late activation layers passing `backward_linearity` of it back unchanged; a network without
+        residual connections, or without Relu-family activations, ignores that one); everything else is
+        unchanged."""
         feeds = {
             names.CANONICAL_INPUT: self._chips(chips),
             names.POSITIVE: np.asarray(e_pos, np.float32),
@@ -291,9 +293,15 @@ class FaceModel:
             if noise is not None or feature_weight > 0:
                 raise ValueError("a chosen backward pass cannot be combined with noise or a feature weight")
             session = self._chosen_backward_cloak
-            feeds[names.BACKWARD_LINEARITY] = np.array([backward_linearity], np.float32)
-            if any(value.name == names.SKIP_GRADIENT_DECAY for value in session.get_inputs()):
-                feeds[names.SKIP_GRADIENT_DECAY] = np.array([skip_decay], np.float32)
+            # A network without residual connections (or Relu-family activations) has no such input:
+            # that pass leaves its gradient true.
+            taken = {value.name for value in session.get_inputs()}
+            for input_name, value in (
+                (names.SKIP_GRADIENT_DECAY, skip_decay),
+                (names.BACKWARD_LINEARITY, backward_linearity),
+            ):
+                if input_name in taken:
+                    feeds[input_name] = np.array([value], np.float32)
             return CloakStep(*session.run(outputs, feeds))
         if noise is not None:
             if feature_weight > 0:

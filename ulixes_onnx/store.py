@@ -193,11 +193,13 @@ class ModelStore:
         for name, digest in digests.items():
             known = card.artifacts.get(name)
             if known and digest not in known:
-                expected = " or ".join(f"{digest[:12]}…" for digest in known)
+                expected = " or ".join(f"{known_digest[:12]}…" for known_digest in known)
                 raise ModelError(
                     f"building {card.name!r} produced {name} with sha256 {digest[:12]}…, the model "
-                    f"card expects {expected}: the installed onnx or source package differs "
-                    "from the tested ones; reinstall ulixes-onnx with its pinned dependencies"
+                    f"card expects {expected}: the installed onnx, the model export toolchain or the "
+                    "source package differs from the tested ones; reinstall ulixes-onnx with its pinned "
+                    "dependencies, and for a converted model set the toolchain up again "
+                    "(python tools/export_models.py --setup-toolchain after deleting its folder)"
                 )
         directory = self.model_dir(card)
         paths = {}

@@ -34,6 +34,39 @@ def test_fan_out_gradients_are_summed(assert_gradient_matches):
     assert_gradient_matches(model, {"x": values((2, 3))}, "x")
 
 
+def _exponential_and_relu() -> onnx.ModelProto:
+    # y = relu(x) + 2 * exp(x)
+    return make_model(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Exp", ["x"], ["s"]),
+            helper.make_node("Add", ["s", "s"], ["t"]),
+            helper.make_node("Add", ["r", "t"], ["y"]),
+        ],
+        {"x": ["N", 3]},
+        ["y"],
+        initializers={"half": np.array([0.5]), "linear": np.array([1.0])},
+    )
+
+
+def test_scaled_and_linearised_gradients_change_only_the_chosen_paths():
+    model = _exponential_and_relu()
+    x = np.array([[-1.0, 0.5, 2.0]])
+    chosen = add_input_gradient(
+        model, "x", "y", scaled_gradients={("t", 1): "half"}, linearised={"r": "linear"}
+    )
+    (grad,) = create_session(chosen, threads=1).run(["x_grad"], {"x": x})
+    # relu taken for the identity on the way back; one of the two exponential terms halved
+    np.testing.assert_allclose(grad, 1.0 + 1.5 * np.exp(x))
+
+
+def test_a_chosen_path_the_gradient_does_not_take_is_an_error():
+    with pytest.raises(GraphError, match=r"no gradient flows through \[\('nowhere', 0\)\]"):
+        add_input_gradient(_exponential_and_relu(), "x", "y", scaled_gradients={("nowhere", 0): "half"})
+    with pytest.raises(GraphError, match=r"no gradient flows through \['nowhere'\]"):
+        add_input_gradient(_exponential_and_relu(), "x", "y", linearised={"nowhere": "linear"})
+
+
 def test_unbroadcast_sums_over_broadcast_and_leading_axes():
     model = make_model(
         [helper.make_node("Mul", ["x", "w"], ["y"])],

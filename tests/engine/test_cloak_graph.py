@@ -283,7 +283,9 @@ def test_noise_changes_the_network_and_its_gradient_matches_finite_differences(n
 @pytest.fixture(scope="module")
 def skip_decayed_cloak(network):
     graph = build_cloak_graph(network, skip_gradient=True)
-    return graph, create_session(graph, threads=1), create_session(build_cloak_graph(network), threads=1)
+    onnx.checker.check_model(graph)
+    assert default_domain_only(graph)
+    return create_session(graph, threads=1), create_session(build_cloak_graph(network), threads=1)
 
 
 def test_residual_branches_are_the_deeper_inputs_of_the_residual_adds(network):
@@ -293,7 +295,7 @@ def test_residual_branches_are_the_deeper_inputs_of_the_residual_adds(network):
     assert residual_branches(network) == [(adds[0].output[0], 0), (adds[1].output[0], 0)]
 
 
-def test_network_without_residual_connections_is_refused_the_skip_gradient_method():
+def test_network_without_residual_connections_or_activations_is_refused_those_backward_passes():
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 4, 4])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 48])
     plain = helper.make_model(
@@ -302,10 +304,12 @@ def test_network_without_residual_connections_is_refused_the_skip_gradient_metho
     )
     with pytest.raises(GraphError, match="no residual connections"):
         build_cloak_graph(plain, skip_gradient=True)
+    with pytest.raises(GraphError, match="no Relu, PRelu, LeakyRelu or Clip activations"):
+        build_cloak_graph(plain, linear_backward=True)
 
 
 def test_unit_decay_gives_the_true_gradient_and_any_decay_the_same_forward(skip_decayed_cloak, network):
-    _, session, plain = skip_decayed_cloak
+    session, plain = skip_decayed_cloak
     feeds = feeds_for(network, chips())
     expected = plain.run(OUTPUTS, feeds)
     undecayed = session.run(OUTPUTS, {**feeds, "skip_decay": np.ones(1, np.float32)})
@@ -360,7 +364,7 @@ def _in_topological_order(nodes: list[onnx.NodeProto], known: set[str]) -> list[
 def test_decayed_gradient_is_the_finite_difference_gradient_of_the_network_with_frozen_branches(
     skip_decayed_cloak, network
 ):
-    _, session, _ = skip_decayed_cloak
+    session, _ = skip_decayed_cloak
     decay = 0.4
     x = chips(batch=1)
     feeds = feeds_for(network, x)
@@ -385,7 +389,9 @@ def assert_finite_differences_agree(frozen, feeds: dict[str, np.ndarray], grad: 
 @pytest.fixture(scope="module")
 def linear_backward_cloak(network):
     graph = build_cloak_graph(network, linear_backward=True)
-    return graph, create_session(graph, threads=1), create_session(build_cloak_graph(network), threads=1)
+    onnx.checker.check_model(graph)
+    assert default_domain_only(graph)
+    return create_session(graph, threads=1), create_session(build_cloak_graph(network), threads=1)
 
 
 def test_late_activations_are_the_second_half_of_the_activation_layers(network):
@@ -394,7 +400,7 @@ def test_late_activations_are_the_second_half_of_the_activation_layers(network):
 
 
 def test_zero_linearity_gives_the_true_gradient_and_any_the_same_forward(linear_backward_cloak, network):
-    _, session, plain = linear_backward_cloak
+    session, plain = linear_backward_cloak
     feeds = feeds_for(network, chips())
     expected = plain.run(OUTPUTS, feeds)
     true = session.run(OUTPUTS, {**feeds, "backward_linearity": np.zeros(1, np.float32)})
@@ -442,7 +448,7 @@ def _frozen_activations(network: onnx.ModelProto, x: np.ndarray, linearity: floa
 def test_linear_gradient_is_the_finite_difference_gradient_of_the_network_with_frozen_activations(
     linear_backward_cloak, network
 ):
-    _, session, _ = linear_backward_cloak
+    session, _ = linear_backward_cloak
     linearity = 0.7
     x = chips(batch=1)
     feeds = feeds_for(network, x)

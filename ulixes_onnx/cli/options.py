@@ -129,7 +129,8 @@ SkipDecay = Annotated[
     float,
     typer.Option(
         metavar="FACTOR",
-        help="The models' gradients through residual branches scaled by FACTOR on the way back (1: true).",
+        help="The models' gradients through residual branches scaled by FACTOR on the way back "
+        "(1: true; ignored by models without residual connections).",
         rich_help_panel=ADVANCED,
     ),
 ]
@@ -137,7 +138,8 @@ BackwardLinearity = Annotated[
     float,
     typer.Option(
         metavar="SHARE",
-        help="The late activation layers pass this share of the gradient back unchanged (0: true gradient).",
+        help="The late Relu-family activation layers pass this share of the gradient back unchanged "
+        "(0: true gradient; ignored by models without them).",
         rich_help_panel=ADVANCED,
     ),
 ]

@@ -108,10 +108,11 @@ class LoopSettings:
     # by factors drawn uniformly from [1 - this, 1 + this]: it runs another perturbed copy of each model.
     activation_noise: float = 0.0
     # The factor on the gradient through every residual branch on the way back (the skip-gradient
-    # method; 1: the true gradient). Distances and targets are always the true network's.
+    # method; 1: the true gradient), and how far the late activation layers pass the gradient back
+    # unchanged (the linear backward pass; 0: the true gradient). Distances and targets are always the
+    # true network's; the polish follows the chosen gradient too, because on the true one it took back
+    # what the chosen one had added (benchmarks/results/backward-passes-2026-12-07.md).
     skip_decay: float = 1.0
-    # How far the late activation layers pass the gradient back unchanged (the linear backward pass;
-    # 0: the true gradient).
     backward_linearity: float = 0.0
     polish: int = 0
 

@@ -193,6 +193,10 @@ def add_input_gradient(
             return total
         return parts[0] if parts else None
 
+    # Every chosen change of the backward pass must land on a node the gradient flows through: one that
+    # does not would quietly leave the true gradient.
+    unused_scales = dict(scaled_gradients or {})
+    unused_linearities = dict(linearised or {})
     for node in reversed(inferred.node):
         if not any(name in requires_grad for name in node.input):
             continue
@@ -200,7 +204,7 @@ def add_input_gradient(
         if all(grad is None for grad in output_grads):
             continue
         input_grads = BACKWARD_RULES[node.op_type](backward, node, output_grads)
-        linearity = (linearised or {}).get(node.output[0])
+        linearity = unused_linearities.pop(node.output[0], None)
         if linearity is not None:
             received, own = output_grads[0], input_grads[0]
             linear_part = backward.op("Mul", [backward.op("Sub", [received, own]), linearity])
@@ -211,12 +215,17 @@ def add_input_gradient(
             grad = input_grads[index] if index < len(input_grads) else None
             if grad is None:
                 raise backward.error(node, f"its rule gives no gradient for input {index} ('{name}')")
-            scale = (scaled_gradients or {}).get((node.output[0], index))
+            scale = unused_scales.pop((node.output[0], index), None)
             if scale is not None:
                 grad = backward.op("Mul", [grad, scale])
             pending[name].append(grad)
             shapes.record(grad, name)
 
+    unused = [*unused_scales, *unused_linearities]
+    if unused:
+        raise GraphError(
+            f"no gradient flows through {unused} of the model, whose backward pass was to change"
+        )
     wrt_grad = total_gradient(wrt)
     backward.nodes.append(helper.make_node("Identity", [wrt_grad], [grad_name], name=grad_name))
     graph.node.extend(backward.nodes)

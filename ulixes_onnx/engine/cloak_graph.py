@@ -217,6 +217,11 @@ def build_cloak_graph(
     linearised = (
         {output: BACKWARD_LINEARITY for output in late_activations(network)} if linear_backward else {}
     )
+    if linear_backward and not linearised:
+        raise GraphError(
+            "the network has no Relu, PRelu, LeakyRelu or Clip activations on images for the linear "
+            "backward pass"
+        )
     loss = _LossWriter(elem_type)
     loss.nodes.append(helper.make_node("Identity", [CANONICAL_INPUT], [graph.input[0].name], name="chip"))
     emb = loss.node("Identity", [graph.output[0].name], EMBEDDING)
@@ -307,8 +312,7 @@ def build_cloak_graph(
 
 def late_activations(network: onnx.ModelProto) -> list[str]:
     """The outputs of the activation layers on images in the second half of the network (by order)."""
-    inferred = shape_inference.infer_shapes(network).graph
-    images = {value.name for value in inferred.value_info if len(value.type.tensor_type.shape.dim) == 4}
+    images = {name for name, shape in _inferred_shapes(network).items() if len(shape) == 4}
     layers = [
         node.output[0]
         for node in network.graph.node
@@ -322,11 +326,7 @@ def residual_branches(network: onnx.ModelProto) -> list[tuple[str, int]]:
     one shape computed from the input, (its output, the index of its deeper input). The deeper input,
     the one more nodes away from the input on its longest path, is the branch; the other is the skip
     connection (an identity, or a projection shorter than the branch)."""
-    inferred = shape_inference.infer_shapes(network).graph
-    shapes = {
-        value.name: [dim.dim_value or dim.dim_param for dim in value.type.tensor_type.shape.dim]
-        for value in inferred.value_info
-    }
+    shapes = _inferred_shapes(network)
     depth = {value.name: 0 for value in network.graph.input}
     for tensor in network.graph.initializer:
         depth.pop(tensor.name, None)
@@ -350,11 +350,10 @@ def residual_branches(network: onnx.ModelProto) -> list[tuple[str, int]]:
 def _multiply_activations_by_noise(network: onnx.ModelProto) -> list[tuple[str, int]]:
     """Multiply the output of every activation layer on images by a new input of per-channel factors;
     the inputs' names and channel counts."""
-    inferred = shape_inference.infer_shapes(network).graph
     channels = {
-        value.name: value.type.tensor_type.shape.dim[1].dim_value
-        for value in inferred.value_info
-        if len(value.type.tensor_type.shape.dim) == 4 and value.type.tensor_type.shape.dim[1].dim_value
+        name: shape[1]
+        for name, shape in _inferred_shapes(network).items()
+        if len(shape) == 4 and isinstance(shape[1], int) and shape[1] > 0
     }
     graph = network.graph
     nodes: list[onnx.NodeProto] = []
@@ -375,12 +374,18 @@ def _multiply_activations_by_noise(network: onnx.ModelProto) -> list[tuple[str, 
 
 def _tensor_shape(network: onnx.ModelProto, name: str, shown: str) -> list[int | str]:
     """The inferred shape of one of the network's tensors (its batch axis first)."""
+    shape = _inferred_shapes(network).get(name)
+    if shape is None:
+        raise GraphError(f"the model has no tensor '{shown}' to use as its feature layer")
+    if len(shape) < 2 or not all(isinstance(size, int) and size > 0 for size in shape[1:]):
+        raise GraphError(f"feature layer '{shown}' has no fixed shape [N, ...] ({shape})")
+    return shape
+
+
+def _inferred_shapes(network: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """The shape ONNX infers for each of the network's tensors (inputs included)."""
     inferred = shape_inference.infer_shapes(network).graph
-    for value in [*inferred.value_info, *inferred.output]:
-        if value.name == name:
-            dims = value.type.tensor_type.shape.dim
-            shape = [dim.dim_value or dim.dim_param for dim in dims]
-            if len(shape) < 2 or not all(isinstance(size, int) and size > 0 for size in shape[1:]):
-                raise GraphError(f"feature layer '{shown}' has no fixed shape [N, ...] ({shape})")
-            return shape
-    raise GraphError(f"the model has no tensor '{shown}' to use as its feature layer")
+    return {
+        value.name: [dim.dim_value or dim.dim_param for dim in value.type.tensor_type.shape.dim]
+        for value in [*inferred.input, *inferred.value_info, *inferred.output]
+    }
