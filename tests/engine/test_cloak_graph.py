@@ -280,12 +280,32 @@ def test_noise_changes_the_network_and_its_gradient_matches_finite_differences(n
     assert max(directional_errors(session, noisy, step=1e-3)) < 5e-3
 
 
-@pytest.fixture(scope="module")
-def skip_decayed_cloak(network):
-    graph = build_cloak_graph(network, skip_gradient=True)
+def _chosen_and_plain(network: onnx.ModelProto, **option: bool):
+    """Sessions of the cloak graph with a chosen backward pass and of the plain one."""
+    graph = build_cloak_graph(network, **option)
     onnx.checker.check_model(graph)
     assert default_domain_only(graph)
     return create_session(graph, threads=1), create_session(build_cloak_graph(network), threads=1)
+
+
+@pytest.mark.parametrize(
+    ("option", "feed", "neutral", "chosen"),
+    [("skip_gradient", "skip_decay", 1.0, 0.3), ("linear_backward", "backward_linearity", 0.0, 1.0)],
+)
+def test_a_backward_pass_at_its_neutral_value_is_the_true_one_and_never_changes_the_forward(
+    network, option, feed, neutral, chosen
+):
+    session, plain = _chosen_and_plain(network, **{option: True})
+    feeds = feeds_for(network, chips())
+    expected = plain.run(OUTPUTS, feeds)
+    for value, plain_value in zip(
+        session.run(OUTPUTS, {**feeds, feed: np.full(1, neutral, np.float32)}), expected, strict=True
+    ):
+        np.testing.assert_allclose(value, plain_value, atol=1e-6)
+    changed = session.run(OUTPUTS, {**feeds, feed: np.full(1, chosen, np.float32)})
+    for index in (0, 2, 3, 4):
+        np.testing.assert_allclose(changed[index], expected[index], atol=1e-6)
+    assert np.abs(changed[1] - expected[1]).max() > 1e-2 * np.abs(expected[1]).max()
 
 
 def test_residual_branches_are_the_deeper_inputs_of_the_residual_adds(network):
@@ -308,19 +328,6 @@ def test_network_without_residual_connections_or_activations_is_refused_those_ba
         build_cloak_graph(plain, linear_backward=True)
 
 
-def test_unit_decay_gives_the_true_gradient_and_any_decay_the_same_forward(skip_decayed_cloak, network):
-    session, plain = skip_decayed_cloak
-    feeds = feeds_for(network, chips())
-    expected = plain.run(OUTPUTS, feeds)
-    undecayed = session.run(OUTPUTS, {**feeds, "skip_decay": np.ones(1, np.float32)})
-    for value, plain_value in zip(undecayed, expected, strict=True):
-        np.testing.assert_allclose(value, plain_value, atol=1e-6)
-    decayed = session.run(OUTPUTS, {**feeds, "skip_decay": np.full(1, 0.3, np.float32)})
-    for index in (0, 2, 3, 4):
-        np.testing.assert_allclose(decayed[index], expected[index], atol=1e-6)
-    assert np.abs(decayed[1] - expected[1]).max() > 1e-2 * np.abs(expected[1]).max()
-
-
 def _frozen_branches(network: onnx.ModelProto, x: np.ndarray, decay: float) -> onnx.ModelProto:
     """The network with every residual branch b replaced by decay * b + (1 - decay) * b(x): the same
     forward at x, and a true gradient there that is the skip-gradient method's."""
@@ -328,10 +335,7 @@ def _frozen_branches(network: onnx.ModelProto, x: np.ndarray, decay: float) -> o
     frozen.CopyFrom(network)
     adds = {node.output[0]: node for node in frozen.graph.node}
     branches = [(adds[output], index) for output, index in residual_branches(network)]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(network)
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(node.input[i]) for node, i in branches)
-    values = create_session(probe, threads=1).run([node.input[i] for node, i in branches], {"x": x})
+    values = _values_at(network, [node.input[i] for node, i in branches], x)
     for (node, index), value in zip(branches, values, strict=True):
         branch = node.input[index]
         held = numpy_helper.from_array((1 - decay) * value, f"{branch}/held")
@@ -344,34 +348,45 @@ def _frozen_branches(network: onnx.ModelProto, x: np.ndarray, decay: float) -> o
             ]
         )
         node.input[index] = f"{branch}/mixed"
-    known = {value.name for value in [*frozen.graph.input, *frozen.graph.initializer]}
-    in_order = _in_topological_order(list(frozen.graph.node), known)
-    del frozen.graph.node[:]
-    frozen.graph.node.extend(in_order)
-    return frozen
+    return _in_topological_order(frozen)
 
 
-def _in_topological_order(nodes: list[onnx.NodeProto], known: set[str]) -> list[onnx.NodeProto]:
-    done, ordered, pending = set(known), [], list(nodes)
+def _values_at(network: onnx.ModelProto, tensors: list[str], x: np.ndarray) -> list[np.ndarray]:
+    """The values of some of the network's tensors at chips x."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(network)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in tensors)
+    return create_session(probe, threads=1).run(tensors, {"x": x})
+
+
+def _in_topological_order(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its nodes reordered so that each comes after the nodes it reads from."""
+    done = {value.name for value in [*model.graph.input, *model.graph.initializer]}
+    ordered, pending = [], list(model.graph.node)
     while pending:
         ready = next(node for node in pending if all(name in done or not name for name in node.input))
         pending.remove(ready)
         ordered.append(ready)
         done.update(ready.output)
-    return ordered
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    return model
 
 
-def test_decayed_gradient_is_the_finite_difference_gradient_of_the_network_with_frozen_branches(
-    skip_decayed_cloak, network
-):
-    session, _ = skip_decayed_cloak
-    decay = 0.4
+def _assert_chosen_gradient_is_the_frozen_networks(session, network, feed: str, value: float, freeze) -> None:
+    """The chosen backward pass's gradient at a chip (`feed` set to `value`) is the true gradient of the
+    network frozen there by `freeze(network, x, value)`, by its own graph and by finite differences."""
     x = chips(batch=1)
     feeds = feeds_for(network, x)
-    grad = session.run(["grad"], {**feeds, "skip_decay": np.full(1, decay, np.float32)})[0]
-    frozen = create_session(build_cloak_graph(_frozen_branches(network, x, decay)), threads=1)
+    grad = session.run(["grad"], {**feeds, feed: np.full(1, value, np.float32)})[0]
+    frozen = create_session(build_cloak_graph(freeze(network, x, value)), threads=1)
     np.testing.assert_allclose(frozen.run(["grad"], feeds)[0], grad, atol=1e-5 * np.abs(grad).max())
     assert_finite_differences_agree(frozen, feeds, grad)
+
+
+def test_decayed_gradient_is_the_finite_difference_gradient_of_the_network_with_frozen_branches(network):
+    session, _ = _chosen_and_plain(network, skip_gradient=True)
+    _assert_chosen_gradient_is_the_frozen_networks(session, network, "skip_decay", 0.4, _frozen_branches)
 
 
 def assert_finite_differences_agree(frozen, feeds: dict[str, np.ndarray], grad: np.ndarray) -> None:
@@ -386,30 +401,9 @@ def assert_finite_differences_agree(frozen, feeds: dict[str, np.ndarray], grad: 
         assert abs(numeric - float(np.sum(grad * direction))) < 5e-3 * np.linalg.norm(grad)
 
 
-@pytest.fixture(scope="module")
-def linear_backward_cloak(network):
-    graph = build_cloak_graph(network, linear_backward=True)
-    onnx.checker.check_model(graph)
-    assert default_domain_only(graph)
-    return create_session(graph, threads=1), create_session(build_cloak_graph(network), threads=1)
-
-
 def test_late_activations_are_the_second_half_of_the_activation_layers(network):
     relus = [node.output[0] for node in network.graph.node if node.op_type == "Relu"]
     assert len(relus) == 5 and late_activations(network) == relus[2:]
-
-
-def test_zero_linearity_gives_the_true_gradient_and_any_the_same_forward(linear_backward_cloak, network):
-    session, plain = linear_backward_cloak
-    feeds = feeds_for(network, chips())
-    expected = plain.run(OUTPUTS, feeds)
-    true = session.run(OUTPUTS, {**feeds, "backward_linearity": np.zeros(1, np.float32)})
-    for value, plain_value in zip(true, expected, strict=True):
-        np.testing.assert_allclose(value, plain_value, atol=1e-6)
-    linear = session.run(OUTPUTS, {**feeds, "backward_linearity": np.ones(1, np.float32)})
-    for index in (0, 2, 3, 4):
-        np.testing.assert_allclose(linear[index], expected[index], atol=1e-6)
-    assert np.abs(linear[1] - expected[1]).max() > 1e-2 * np.abs(expected[1]).max()
 
 
 def _frozen_activations(network: onnx.ModelProto, x: np.ndarray, linearity: float) -> onnx.ModelProto:
@@ -420,10 +414,7 @@ def _frozen_activations(network: onnx.ModelProto, x: np.ndarray, linearity: floa
     frozen.CopyFrom(network)
     late = set(late_activations(network))
     relus = [node for node in frozen.graph.node if node.op_type == "Relu" and node.output[0] in late]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(network)
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(node.input[0]) for node in relus)
-    inputs = create_session(probe, threads=1).run([node.input[0] for node in relus], {"x": x})
+    inputs = _values_at(network, [node.input[0] for node in relus], x)
     for node, value in zip(relus, inputs, strict=True):
         slope = linearity + (1 - linearity) * (value > 0)
         offset = np.maximum(value, 0) - slope * value
@@ -438,21 +429,11 @@ def _frozen_activations(network: onnx.ModelProto, x: np.ndarray, linearity: floa
         scaled = f"{output}/scaled"
         node.CopyFrom(helper.make_node("Mul", [node.input[0], slope_name], [scaled]))
         frozen.graph.node.append(helper.make_node("Add", [scaled, offset_name], [output]))
-    known = {value.name for value in [*frozen.graph.input, *frozen.graph.initializer]}
-    in_order = _in_topological_order(list(frozen.graph.node), known)
-    del frozen.graph.node[:]
-    frozen.graph.node.extend(in_order)
-    return frozen
+    return _in_topological_order(frozen)
 
 
-def test_linear_gradient_is_the_finite_difference_gradient_of_the_network_with_frozen_activations(
-    linear_backward_cloak, network
-):
-    session, _ = linear_backward_cloak
-    linearity = 0.7
-    x = chips(batch=1)
-    feeds = feeds_for(network, x)
-    grad = session.run(["grad"], {**feeds, "backward_linearity": np.full(1, linearity, np.float32)})[0]
-    frozen = create_session(build_cloak_graph(_frozen_activations(network, x, linearity)), threads=1)
-    np.testing.assert_allclose(frozen.run(["grad"], feeds)[0], grad, atol=1e-5 * np.abs(grad).max())
-    assert_finite_differences_agree(frozen, feeds, grad)
+def test_linear_gradient_is_the_finite_difference_gradient_of_the_network_with_frozen_activations(network):
+    session, _ = _chosen_and_plain(network, linear_backward=True)
+    _assert_chosen_gradient_is_the_frozen_networks(
+        session, network, "backward_linearity", 0.7, _frozen_activations
+    )
