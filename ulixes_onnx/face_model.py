@@ -138,13 +138,15 @@ class FaceModel:
         activation_noise: bool = False,
         skip_gradient: bool = False,
         linear_backward: bool = False,
+        network: onnx.ModelProto | None = None,
     ) -> bytes:
+        """The serialised cloak graph, built on `network` (the forward graph, loaded if not given)."""
         import onnx
 
         from ulixes_onnx.engine.cloak_graph import build_cloak_graph
 
         graph = build_cloak_graph(
-            onnx.load(self.forward_graph_path),
+            onnx.load(self.forward_graph_path) if network is None else network,
             self.metric,
             feature,
             activation_noise=activation_noise,
@@ -183,13 +185,14 @@ class FaceModel:
         return self._optimised_session(name, lambda: graph, self._threads)
 
     @cached_property
-    def _chosen_backward_cloak(self) -> ort.InferenceSession:
+    def _chosen_backward_cloak(self) -> tuple[ort.InferenceSession, frozenset[str]]:
         """The cloak graph with the chosen backward passes that the network has room for (the
         skip-gradient method needs residual connections, the linear backward pass Relu-family
-        activations), made on first use."""
+        activations), made on first use, and the names of its inputs (read once, not at every step)."""
         name = f"cloak-{self.metric}-chosen-backward"
         graph = self.store.derived(self.built, name, engine_fingerprint(), self._build_chosen_backward_graph)
-        return self._optimised_session(name, lambda: graph, self._threads)
+        session = self._optimised_session(name, lambda: graph, self._threads)
+        return session, frozenset(value.name for value in session.get_inputs())
 
     def _build_chosen_backward_graph(self) -> bytes:
         import onnx
@@ -198,7 +201,9 @@ class FaceModel:
 
         network = onnx.load(self.forward_graph_path)
         return self._build_cloak_graph(
-            skip_gradient=bool(residual_branches(network)), linear_backward=bool(late_activations(network))
+            skip_gradient=bool(residual_branches(network)),
+            linear_backward=bool(late_activations(network)),
+            network=network,
         )
 
     @cached_property
@@ -292,10 +297,9 @@ class FaceModel:
         if skip_decay != 1.0 or backward_linearity != 0.0:
             if noise is not None or feature_weight > 0:
                 raise ValueError("a chosen backward pass cannot be combined with noise or a feature weight")
-            session = self._chosen_backward_cloak
+            session, taken = self._chosen_backward_cloak
             # A network without residual connections (or Relu-family activations) has no such input:
             # that pass leaves its gradient true.
-            taken = {value.name for value in session.get_inputs()}
             for input_name, value in (
                 (names.SKIP_GRADIENT_DECAY, skip_decay),
                 (names.BACKWARD_LINEARITY, backward_linearity),
