@@ -56,6 +56,16 @@ def test_an_artifact_may_have_several_known_builds_or_none() -> None:
             '[source]\nfiles={}\n[artifacts]\nm="0"',
             "needs \\[input\\], \\[embedding\\] and \\[cloak\\]",
         ),
+        (
+            'name="x"\nkind="detector"\ndescription="d"\nlicence="l"\nbuilder="copy"\n'
+            '[source]\nwheel="x==1"\nfiles={}\n[artifacts]\nm="0"',
+            "malformed .*names the Python version its wheel is made for",
+        ),
+        (
+            'name="x"\nkind="detector"\ndescription="d"\nlicence="l"\nbuilder="copy"\n'
+            '[source]\npython="3.7"\nfiles={}\n[artifacts]\nm="0"',
+            "malformed .*names the Python version its wheel is made for",
+        ),
     ],
 )
 def test_malformed_cards(text: str, message: str) -> None:

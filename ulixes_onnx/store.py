@@ -28,8 +28,8 @@ from ulixes_onnx.cards import ModelCard, get_card
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo import BUILDER_VERSION, builder_for
 from ulixes_onnx.zoo.npm import cache_folder, npm_available, npm_package_files
-from ulixes_onnx.zoo.pypi_sdist import cache_folder as sdist_cache_folder
-from ulixes_onnx.zoo.pypi_sdist import sdist_package_files
+from ulixes_onnx.zoo.pypi import cache_folder as pypi_cache_folder
+from ulixes_onnx.zoo.pypi import sdist_package_files, wheel_package_files
 
 MODELS_DIR_ENV = "ULIXES_ONNX_MODELS_DIR"
 # Artifacts are ONNX files, except the landmark model's NumPy arrays.
@@ -104,7 +104,13 @@ class ModelStore:
             package_dir = npm_package_files(source.npm, list(source.files.values()), self.npm_cache)
             remedy = f"delete {package_dir} and build again"
         elif source.sdist is not None:
-            package_dir = sdist_package_files(source.sdist, list(source.files.values()), self.sdist_cache)
+            package_dir = sdist_package_files(source.sdist, list(source.files.values()), self.pypi_cache)
+            remedy = f"delete {package_dir} and build again"
+        elif source.wheel is not None:
+            assert source.python is not None  # SourceSpec holds them together
+            package_dir = wheel_package_files(
+                source.wheel, source.python, list(source.files.values()), self.pypi_cache
+            )
             remedy = f"delete {package_dir} and build again"
         elif source.package is None:
             raise ModelError(
@@ -145,9 +151,9 @@ class ModelStore:
         return self.root / ".npm-sources"
 
     @property
-    def sdist_cache(self) -> Path:
-        """Where files of PyPI source distributions are kept once fetched."""
-        return self.root / ".sdist-sources"
+    def pypi_cache(self) -> Path:
+        """Where files of PyPI source distributions and wheels are kept once fetched."""
+        return self.root / ".pypi-sources"
 
     def status(self, card: ModelCard) -> ModelStatus:
         if self._verified(card) is not None:
@@ -160,9 +166,10 @@ class ModelStore:
                 for name in card.source.files.values()
             )
             return ModelStatus.BUILDABLE if fetched or npm_available() else ModelStatus.NEEDS_PACKAGE
-        if card.source.sdist is not None:
+        pypi_spec = card.source.sdist or card.source.wheel
+        if pypi_spec is not None:
             fetched = all(
-                (sdist_cache_folder(card.source.sdist, self.sdist_cache) / name).is_file()
+                (pypi_cache_folder(pypi_spec, self.pypi_cache) / name).is_file()
                 for name in card.source.files.values()
             )
             pip = importlib.util.find_spec("pip") is not None

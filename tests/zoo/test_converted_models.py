@@ -1,5 +1,6 @@
 """The real converted models: FaceNet VGGFace2 (TF GraphDef), FaceRes and FaceRes-deep (TFJS),
-memento-face (PyTorch state dict) and facenet-keras (a whole Keras model).
+memento-face and lightcnn-v4 (PyTorch state dicts), facenet-keras (a whole Keras model) and
+facelib-mobilenet (TensorFlow Lite).
 
 Each is converted once per session in the export toolchain; the conversion itself checks the ONNX model
 against the source framework (TensorFlow or PyTorch) on real face chips and fails above 1e-4. Here: that
@@ -24,7 +25,15 @@ from ulixes_onnx.zoo.npm import npm_available
 pytestmark = pytest.mark.slow
 
 # The models whose real weights are converted here (tests/zoo/test_recipe_coverage.py counts them).
-REAL_WEIGHTS = ("facenet-vggface2", "faceres", "faceres-deep", "memento-face", "facenet-keras")
+REAL_WEIGHTS = (
+    "facenet-vggface2",
+    "faceres",
+    "faceres-deep",
+    "memento-face",
+    "facenet-keras",
+    "facelib-mobilenet",
+    "lightcnn-v4",
+)
 
 
 @pytest.fixture(scope="session", params=REAL_WEIGHTS)

@@ -191,8 +191,10 @@ CHIP_SPECS: dict[str, ChipSpec] = {
         BoxChipSpec(name="facenet-152-margin", size=152, margin=FACENET_MARGIN),
         BoxChipSpec(name="facenet-160-margin", size=160, margin=FACENET_MARGIN),
         BoxChipSpec(name="facenet-224-margin", size=224, margin=FACENET_MARGIN),
-        # The detector's box itself, stretched (memento-face embeds its own detector's boxes so).
+        # The detector's box itself, stretched (memento-face embeds its own detector's boxes so) ...
         BoxChipSpec(name="box-256", size=256, margin=0.0),
+        # ... and LightCNN's package embeds facenet-pytorch's MTCNN boxes so.
+        BoxChipSpec(name="box-128", size=128, margin=0.0),
         LandmarkChipSpec(name="arcface-112", size=112, template=ARCFACE_TEMPLATE),
     )
 }

@@ -1,8 +1,8 @@
 """TensorFlow's environment for the export scripts, set before TensorFlow is first imported.
 
-The export modules (export_graphdef.py, export_tfjs.py, export_keras.py) run in the export toolchain's
-interpreter, never inside the ulixes-onnx process, and import nothing from ulixes_onnx. Each imports
-this module first: `import export_setup` sorts before the TensorFlow imports.
+The export modules (export_graphdef.py, export_tfjs.py, export_keras.py, export_tflite.py) run in the
+export toolchain's interpreter, never inside the ulixes-onnx process, and import nothing from
+ulixes_onnx. Each imports this module first: `import export_setup` sorts before the TensorFlow imports.
 """
 
 import os

@@ -9,7 +9,8 @@ The job names the source format and files, the output ONNX path, a probe batch (
 the network's native convention) and where to write the source framework's own outputs on that probe;
 the caller compares them with onnxruntime's. One module per format: "graphdef" (export_graphdef.py:
 FaceNet's frozen graphs and TensorFlow 1 checkpoints), "tfjs" (export_tfjs.py: TFJS graph models) and
-"keras" (export_keras.py: Keras 2 .h5 weights of known architectures, or a whole saved FaceNet). Each
+"keras" (export_keras.py: Keras 2 .h5 weights of known architectures, or a whole saved FaceNet) and
+"tflite" (export_tflite.py: TensorFlow Lite flatbuffers). Each
 sets up TensorFlow's environment through export_setup.py before TensorFlow loads.
 """
 
@@ -23,12 +24,14 @@ from pathlib import Path
 import export_graphdef
 import export_keras
 import export_tfjs
+import export_tflite
 import numpy as np
 
 EXPORTERS = {
     "graphdef": export_graphdef.export_graph_def,
     "tfjs": export_tfjs.export_tfjs,
     "keras": export_keras.export_keras,
+    "tflite": export_tflite.export_tflite,
 }
 
 

@@ -9,7 +9,8 @@ The job's architecture picks the network: "inception-resnet-v1" is facenet-pytor
 package's __init__ also imports its MTCNN, which needs torchvision, whose PyPI wheels pin other torch
 builds; the toolchain installs facenet-pytorch without dependencies and this script loads only the model
 module, under a bare package object); "memento-face" is torch_efficientnet.py's EfficientNet-B0 (the
-package builds it with torchvision, which the toolchain does not have).
+package builds it with torchvision, which the toolchain does not have); "lightcnn-v4" is
+torch_lightcnn.py's LightCNN (the package's own module imports facenet-pytorch's MTCNN and SciPy).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_efficientnet
+import torch_lightcnn
 
 OPSET = 17
 
@@ -56,6 +58,7 @@ def _embedding_model(state: dict[str, torch.Tensor]) -> torch.nn.Module:
 ARCHITECTURES = {
     "inception-resnet-v1": _embedding_model,
     "memento-face": torch_efficientnet.memento_face,
+    "lightcnn-v4": torch_lightcnn.lightcnn_v4,
 }
 
 

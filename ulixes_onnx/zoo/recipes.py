@@ -28,6 +28,8 @@ RECIPES: dict[str, Recipe] = {
     "vggface-resnet50-h5": Recipe("export_tensorflow.py", "keras", architecture="vggface-resnet50"),
     "deepface-h5": Recipe("export_tensorflow.py", "keras", architecture="deepface"),
     "facenet-keras-h5": Recipe("export_tensorflow.py", "keras", architecture="facenet-keras"),
+    "facelib-tflite": Recipe("export_tensorflow.py", "tflite"),
     "facenet-pytorch": Recipe("export_torch.py", "state-dict", architecture="inception-resnet-v1"),
     "memento-face-torch": Recipe("export_torch.py", "state-dict", architecture="memento-face"),
+    "lightcnn-torch": Recipe("export_torch.py", "state-dict", architecture="lightcnn-v4"),
 }

