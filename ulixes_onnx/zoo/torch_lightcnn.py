@@ -15,10 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-# Channels after each stage's max-feature-map convolution, and the residual blocks after it.
-V4_STAGES = ((48, 1), (96, 2), (192, 3), (128, 4))
-FINAL_CHANNELS = 128
-INPUT_SIZE = 128
+# Four halvings take the 128 x 128 input to 8 x 8 at the last layer's 128 channels.
+FLATTENED = 8 * 8 * 128
 EMBEDDING_SIZE = 256
 
 
@@ -47,6 +45,10 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(self.conv1(x))
 
 
+def _blocks(channels: int, count: int) -> nn.Sequential:
+    return nn.Sequential(*(ResidualBlock(channels) for _ in range(count)))
+
+
 def _halve(x: torch.Tensor) -> torch.Tensor:
     return functional.max_pool2d(x, 2) + functional.avg_pool2d(x, 2)
 
@@ -59,14 +61,16 @@ class LightCnnV4(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        previous = 3
-        for index, (channels, blocks) in enumerate(V4_STAGES, start=1):
-            self.add_module(f"conv{index}", MaxFeatureMap(previous, channels))
-            self.add_module(f"block{index}", nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks))))
-            previous = channels
-        self.conv5 = MaxFeatureMap(previous, FINAL_CHANNELS)
-        side = INPUT_SIZE // 16
-        self.fc = nn.Linear(side * side * FINAL_CHANNELS, EMBEDDING_SIZE)
+        self.conv1 = MaxFeatureMap(3, 48)
+        self.block1 = _blocks(48, 1)
+        self.conv2 = MaxFeatureMap(48, 96)
+        self.block2 = _blocks(96, 2)
+        self.conv3 = MaxFeatureMap(96, 192)
+        self.block3 = _blocks(192, 3)
+        self.conv4 = MaxFeatureMap(192, 128)
+        self.block4 = _blocks(128, 4)
+        self.conv5 = MaxFeatureMap(128, 128)
+        self.fc = nn.Linear(FLATTENED, EMBEDDING_SIZE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block1(_halve(self.conv1(x)))
