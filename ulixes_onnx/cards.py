@@ -2,10 +2,9 @@
 
 One TOML file per model lives in the repository's `models/` folder (installed as `ulixes_onnx.model_cards`).
 A card names the source (files inside a package, installed or fetched from PyPI or npm, or files the user
-supplies), the
-builder that turns it into ONNX, the sha256 of every built artifact (one, or the few builds known to be
-right), and for embedding models the input convention, the alignment template, the embedding size, the
-distance metric and the threshold.
+supplies), the builder that turns it into ONNX, the sha256 of every built artifact (one, or the few
+builds known to be right), and for embedding models the input convention, the alignment template, the
+embedding size, the distance metric and the threshold.
 """
 
 from __future__ import annotations

@@ -45,9 +45,11 @@ def _wanted(files: list[str], root: str | None, members: list[str], package: str
     """The archive member of each of `files` (member -> file), all present in `members`."""
     if root is None:
         roots = {PurePosixPath(name).parts[0] for name in members}
-        if len(roots) != 1 or roots & {"..", "/"}:
+        if len(roots) != 1:
             raise ModelError(f"the {package} has {len(roots)} top-level folders, expected 1")
         root = roots.pop()
+        if root in ("..", "/"):
+            raise ModelError(f"the {package} puts its top-level folder at {root!r}, expected 1 inside it")
     wanted = {f"{root}/{name}" if root else name: name for name in files}
     missing = set(wanted) - set(members)
     if missing:
