@@ -30,7 +30,13 @@ from PIL import Image
 from ulixes_onnx.cloaking.files import expand_inputs
 from ulixes_onnx.cloaking.pipeline import Cloaker, PhotoPixels
 from ulixes_onnx.cloaking.settings import LEVELS, CloakSettings, CloakSettingsError, overrides_from
-from ulixes_onnx.cloaking.visibility import face_region, face_visibility, loss_shares, ssimulacra2
+from ulixes_onnx.cloaking.visibility import (
+    colour_shift,
+    face_region,
+    face_visibility,
+    loss_shares,
+    ssimulacra2,
+)
 from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.photos.decoding import decode_photo, read_photo
 from ulixes_onnx.photos.encoding import encode_photo, jpeg_region_round_trip
@@ -91,6 +97,7 @@ def measure_photo(cloaker: Cloaker, path: Path, widths: list[float]) -> list[dic
                 "reported": face.ssimulacra2,
                 "saved": visibility.ssimulacra2,
                 "dssim": visibility.dssim,
+                "colour_shift": colour_shift(region, saved_copy[region_rows, region_cols], face.face.width),
                 "cloak_alone": face_visibility(original, cloak_alone, face.box).ssimulacra2,
                 "jpeg_q90": face_visibility(original, reencoded, face.box).ssimulacra2,
                 "metric_ms": 1000 * metric_seconds,
@@ -109,8 +116,8 @@ def markdown(rows: list[dict], command: str) -> str:
     lines = [
         "| photo | face width (px) | region (px) | protected | distance | cloak, saved copy | cloak alone "
         "| JPEG q90 | DSSIM, saved copy | loss by scale 1x/2x/4x/8x/16x/32x (%) | loss in Y, in SSIM (%) "
-        "| SSIMULACRA2 ms (1 thread) | steps | rounds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| colour shift (a*b*) | SSIMULACRA2 ms (1 thread) | steps | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
@@ -120,7 +127,7 @@ def markdown(rows: list[dict], command: str) -> str:
             f"| {row['jpeg_q90']:.1f} | {row['dssim']:.4f} "
             f"| {'/'.join(f'{100 * share:.0f}' for share in row['loss_by_scale'])} "
             f"| {100 * row['loss_in_luma']:.0f}, {100 * row['loss_in_ssim']:.0f} "
-            f"| {row['metric_ms']:.0f} | {row['steps']} | {row['rounds']} |"
+            f"| {row['colour_shift']:.1f} | {row['metric_ms']:.0f} | {row['steps']} | {row['rounds']} |"
         )
     saved = np.array([row["saved"] for row in rows])
     jpeg = np.array([row["jpeg_q90"] for row in rows])
@@ -134,7 +141,9 @@ def markdown(rows: list[dict], command: str) -> str:
         f"SSIMULACRA2 of the saved copy: mean {saved.mean():.1f}, min {saved.min():.1f}; "
         f"JPEG q90: mean {jpeg.mean():.1f}, min {jpeg.min():.1f} ({len(rows)} faces); "
         f"{sum(row['protected'] for row in rows)} of {len(rows)} protected; "
-        f"{np.mean([row['steps'] for row in rows]):.1f} loop steps per face (all rounds). "
+        f"{np.mean([row['steps'] for row in rows]):.1f} loop steps per face (all rounds); largest local "
+        f"colour shift mean {np.mean([row['colour_shift'] for row in rows]):.1f}, "
+        f"max {max(row['colour_shift'] for row in rows):.1f}. "
         f"Loss by scale, mean: {'/'.join(f'{100 * share:.0f}' for share in by_scale)} %; in Y "
         f"{100 * np.mean([row['loss_in_luma'] for row in rows]):.0f} %, in SSIM maps "
         f"{100 * np.mean([row['loss_in_ssim'] for row in rows]):.0f} %.",

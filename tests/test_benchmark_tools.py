@@ -92,16 +92,17 @@ def test_the_visibility_table_says_where_the_score_is_lost() -> None:
             "photo": f"A/{width}.jpg", "face_width": width, "region": f"{width}x{width}", "protected": True,
             "distance": "0.80", "saved": 70.0, "cloak_alone": 71.0, "jpeg_q90": 90.0, "dssim": 0.01,
             "loss_by_scale": by_scale, "loss_in_luma": 0.9, "loss_in_ssim": 0.8, "metric_ms": 20.0,
-            "steps": 100, "rounds": 1,
+            "steps": 100, "rounds": 1, "colour_shift": width / 300,
         }  # fmt: skip
 
     # A small region has fewer scales: the missing ones lose nothing.
     table = visibility_markdown(
         [row(900, [0.1, 0.1, 0.4, 0.2, 0.2, 0.0]), row(60, [0.5, 0.3, 0.2, 0.0, 0.0])], "cmd"
     )
-    assert "| 10/10/40/20/20/0 | 90, 80 |" in table
-    assert "| 50/30/20/0/0 | 90, 80 |" in table
+    assert "| 10/10/40/20/20/0 | 90, 80 | 3.0 |" in table
+    assert "| 50/30/20/0/0 | 90, 80 | 0.2 |" in table
     assert "Loss by scale, mean: 30/20/30/10/10/0 %; in Y 90 %, in SSIM maps 80 %." in table
+    assert "largest local colour shift mean 1.6, max 3.0." in table
 
 
 def test_the_transfer_proxy_takes_given_photos_with_their_folders_others(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from ulixes_onnx.cloaking.visibility import (
     MIN_SIDE,
     Ssimulacra2Reference,
     Visibility,
+    colour_shift,
     face_region,
     face_visibility,
     loss_shares,
@@ -181,6 +182,50 @@ def test_reference_scores_many_candidates_as_one_by_one(face_crops: dict[str, np
     assert reference.scores([]).shape == (0,)
     with pytest.raises(ValueError, match="shape"):
         reference.score(face[1:])
+
+
+@pytest.mark.parametrize("shrink", [1, 2])
+def test_a_shrunk_copy_scored_from_its_scale_scores_as_the_full_size_image(
+    face_crops: dict[str, np.ndarray], shrink: int
+) -> None:
+    # A change as smooth as a cloak made on a canvas 2^shrink times smaller than the photo.
+    face = face_crops["Biden/biden"].astype(np.float32)
+    height, width = face.shape[:2]
+    coarse = np.random.default_rng(3).normal(0, 2, (height >> (shrink + 1), width >> (shrink + 1), 3))
+    changed = np.clip(face + cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), 0, 255)
+    full_size = ssimulacra2(face, changed)
+    size = (width >> shrink, height >> shrink)
+    small, small_changed = (
+        cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in (face, changed)
+    )
+    from_its_scale = Ssimulacra2Reference(small, first_scale=shrink).score(small_changed)
+    as_if_full_size = Ssimulacra2Reference(small).score(small_changed)
+    assert from_its_scale == pytest.approx(full_size, abs=2.0)
+    assert abs(as_if_full_size - full_size) > 2 * abs(from_its_scale - full_size)
+
+
+@pytest.mark.parametrize("first_scale", [-1, 6])
+def test_a_first_scale_outside_the_scales_is_a_clear_error(first_scale: int) -> None:
+    with pytest.raises(ValueError, match="first scale"):
+        Ssimulacra2Reference(np.zeros((64, 64, 3)), first_scale=first_scale)
+
+
+def test_colour_shift_sees_a_coherent_shift_and_not_noise_of_its_size(astronaut: np.ndarray) -> None:
+    face = np.ascontiguousarray(astronaut[0:200, 150:350])
+    assert colour_shift(face, face, face_width=450) == 0.0
+    # A red tint of 6 levels over a 20-pixel patch (an iris of a 450-pixel face), against noise of the
+    # same size everywhere.
+    tinted = face.astype(np.float32)
+    tinted[90:110, 90:110] += np.array([6.0, -3.0, -3.0], np.float32)
+    noisy = face + np.random.default_rng(4).choice([-6.0, 6.0], face.shape) * np.array([1.0, -0.5, -0.5])
+    tint, noise = (colour_shift(face, np.clip(image, 0, 255), face_width=450) for image in (tinted, noisy))
+    assert tint > 2.3  # CIELAB's just noticeable difference
+    assert noise < tint / 2
+    # Lightness alone is no colour shift.
+    brighter = np.clip(face.astype(np.float32) + 6, 0, 255)
+    assert colour_shift(face, brighter, face_width=450) < 0.5 * tint
+    with pytest.raises(ValueError, match="shape"):
+        colour_shift(face, face[1:], face_width=450)
 
 
 def test_face_region_grows_the_box_by_a_quarter_and_stays_in_the_photo() -> None:

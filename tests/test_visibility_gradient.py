@@ -90,6 +90,17 @@ def test_gradient_matches_finite_differences_in_float64(
     assert max(errors) < 1e-3, errors
 
 
+@pytest.mark.parametrize(("first_scale", "scales"), [(1, 5), (1.6, 5), (2, 4)])
+def test_gradient_of_a_shrunk_image_matches_finite_differences(
+    face: np.ndarray, first_scale: float, scales: int
+) -> None:
+    reference = Ssimulacra2Reference(face, precision=np.float64, first_scale=first_scale)
+    # 200 pixels standing for 400 (five scales, the sixth too small), 600 or 800 (four).
+    assert len(reference._scales) == scales
+    errors = _directional_errors(reference, _noisy(face, 4, seed=1), step=1e-5, along_gradient=0.0, seed=2)
+    assert max(errors) < 1e-3, errors
+
+
 def test_gradient_matches_finite_differences_in_float32(face: np.ndarray) -> None:
     changed = _noisy(face, 4, seed=3)
     reference = Ssimulacra2Reference(face)

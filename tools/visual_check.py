@@ -6,7 +6,8 @@ OUT/cloaked/), or, with --cloaked DIR, takes the cloaked copy already in DIR (`<
 the same file name). Per face it writes OUT/<photo>-face<i>-s2_<score>.png: the face's region (its box
 grown by a quarter on each side) of the original, of the cloaked copy and their difference amplified 8
 times around mid-gray, side by side at the photo's resolution (large faces are cropped, never shrunk),
-under a caption with the region's SSIMULACRA2 and DSSIM; and OUT/index.html, most visible faces first.
+under a caption with the region's SSIMULACRA2, DSSIM and largest local colour shift; and
+OUT/index.html, most visible faces first.
 
 usage: python tools/visual_check.py PHOTOS... --out DIR [--models dlib-resnet,sface] [--target 0.8]
            [--set step=0.02 --set max_rounds=2 ...] [--threads 1] [--cloaked DIR]
@@ -30,7 +31,7 @@ from ulixes_onnx.atomic import write_atomically
 from ulixes_onnx.cloaking.files import OutputOptions, PhotoFile, cloak_file, expand_inputs
 from ulixes_onnx.cloaking.pipeline import Cloaker
 from ulixes_onnx.cloaking.settings import DEFAULT_MODELS, CloakSettings, overrides_from
-from ulixes_onnx.cloaking.visibility import face_region, face_visibility
+from ulixes_onnx.cloaking.visibility import colour_shift, face_region, face_visibility
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.faces import detector_from_store
 from ulixes_onnx.photos.decoding import read_photo
@@ -48,6 +49,7 @@ class FacePanel:
     width: int
     ssimulacra2: float
     dssim: float
+    colour_shift: float
     image: str
 
 
@@ -124,24 +126,28 @@ def write_panels(original_path: Path, cloaked_path: Path, boxes: list, out: Path
     for index, box in enumerate(boxes):
         visibility = face_visibility(original, cloaked, box)
         rows, cols = face_region(box, original.shape)
+        width = round(box[2] - box[0])
+        shift = colour_shift(original[rows, cols], cloaked[rows, cols], width)
         name = f"{original_path.stem}-face{index}-s2_{visibility.ssimulacra2:.1f}.png"
         caption = (
             f"{original_path.name} face {index}: SSIMULACRA2 {visibility.ssimulacra2:.1f}, "
-            f"DSSIM {visibility.dssim:.4f}  (original | cloaked | difference x{DIFFERENCE_GAIN})"
+            f"DSSIM {visibility.dssim:.4f}, colour shift {shift:.1f}  (original | cloaked | difference "
+            f"x{DIFFERENCE_GAIN})"
         )
         sheet = side_by_side(original[rows, cols], cloaked[rows, cols], caption)
         buffer = io.BytesIO()
         Image.fromarray(sheet).save(buffer, "PNG")
         write_atomically(buffer.getvalue(), out / name)
-        width = round(box[2] - box[0])
-        panels.append(FacePanel(original_path, index, width, visibility.ssimulacra2, visibility.dssim, name))
+        panels.append(
+            FacePanel(original_path, index, width, visibility.ssimulacra2, visibility.dssim, shift, name)
+        )
     return panels
 
 
 def index_html(panels: list[FacePanel], errors: list[str]) -> str:
     rows = "\n".join(
         f"<tr><td>{html.escape(str(p.photo))}</td><td>{p.index}</td><td>{p.width}</td>"
-        f"<td>{p.ssimulacra2:.1f}</td><td>{p.dssim:.4f}</td>"
+        f"<td>{p.ssimulacra2:.1f}</td><td>{p.dssim:.4f}</td><td>{p.colour_shift:.1f}</td>"
         f'<td><a href="{html.escape(p.image)}">{html.escape(p.image)}</a></td></tr>'
         for p in panels
     )
@@ -156,10 +162,11 @@ def index_html(panels: list[FacePanel], errors: list[str]) -> str:
         "<style>img{image-rendering:pixelated;max-width:none}td{padding:0 8px}</style></head><body>\n"
         "<h1>Cloak visual check</h1>\n<p>Face regions at 1:1: original | cloaked | difference x"
         f"{DIFFERENCE_GAIN} around mid-gray. SSIMULACRA2: 100 identical, 90 visually lossless, 70 high "
-        "quality, 50 medium. Most visible first.</p>\n"
+        "quality, 50 medium. Colour shift: the largest local CIELAB a*b* shift, 2.3 just noticeable. Most "
+        "visible first.</p>\n"
         + (f"<ul>{problems}</ul>\n" if problems else "")
         + "<table><tr><th>photo</th><th>face</th><th>width (px)</th><th>SSIMULACRA2</th><th>DSSIM</th>"
-        f"<th>image</th></tr>\n{rows}\n</table>\n{images}\n</body></html>\n"
+        f"<th>colour shift</th><th>image</th></tr>\n{rows}\n</table>\n{images}\n</body></html>\n"
     )
 
 
@@ -213,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     for panel in panels:
-        print(f"{panel.ssimulacra2:6.1f}  {panel.dssim:.4f}  {panel.width:5d} px  {args.out / panel.image}")
+        print(
+            f"{panel.ssimulacra2:6.1f}  {panel.dssim:.4f}  {panel.colour_shift:4.1f}  {panel.width:5d} px  "
+            f"{args.out / panel.image}"
+        )
     return 1 if errors else 0
 
 

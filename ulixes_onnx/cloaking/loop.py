@@ -33,6 +33,7 @@ goes back to its last state that passed), or at `max_steps`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -41,7 +42,7 @@ import numpy as np
 
 from ulixes_onnx.cloaking.dssim import DssimReference
 from ulixes_onnx.cloaking.perceptual import budget_map, to_opponent, to_rgb
-from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
+from ulixes_onnx.cloaking.visibility import SCALES, Ssimulacra2Reference
 from ulixes_onnx.errors import UlixesError
 from ulixes_onnx.face_model import FaceModel
 from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas, symmetric_blur
@@ -379,9 +380,11 @@ class FaceState:
         self.mask = np.repeat(canvas.mask[:, :, None], 3, axis=2)
         relative = budget_map(canvas.image, canvas.mask, 1 / canvas.scale)[:, :, None]
         # Per-pixel bound of each opponent axis, in canonical units.
-        self.bound = relative * (
-            np.array([1.0, settings.chroma, settings.chroma], np.float32)
-            * (settings.budget * boost.budget / 127.5)
+        # Texture hides a change of lightness, not a shift of colour over it (an iris keeps its
+        # pattern and changes colour): the colour axes' budget does not grow past the median's.
+        colour = np.minimum(relative, np.float32(1)) * np.float32(settings.chroma)
+        self.bound = np.concatenate([relative, colour, colour], axis=2) * np.float32(
+            settings.budget * boost.budget / 127.5
         )
         self.negative_bound = -self.bound
         # A canvas-sized map for the step's intermediate values.
@@ -396,12 +399,16 @@ class FaceState:
         self.judged = canvas.judged or (slice(None), slice(None))
         # DSSIM on the 0..255 scale, with black at 0: the canvas's -1..1 shifted to 0..2.
         self.dssim_reference = DssimReference(self.clean + 1, data_range=2.0)
-        self.quality_reference = (
-            Ssimulacra2Reference(canvas.image[self.judged]) if settings.min_quality > 0 else None
-        )
+        self.quality_reference = self.new_quality_reference() if settings.min_quality > 0 else None
         # The last state that was checked against the bounds and passed (the start passed in its round).
         self.passed = self.opponent
         self.unchecked = False
+
+    def new_quality_reference(self) -> Ssimulacra2Reference:
+        """SSIMULACRA2 of the face's judged region, scored on the canvas as the photo's region would
+        be: a canvas shrunk 2^k times from the photo holds the photo's scales from the k-th on."""
+        shrink = math.log2(1 / self.canvas.scale)
+        return Ssimulacra2Reference(self.canvas.image[self.judged], first_scale=min(shrink, SCALES - 1))
 
     def move_to(self, opponent: np.ndarray) -> None:
         """Make `opponent` the current state, with its masked RGB change `delta` and the canvas with

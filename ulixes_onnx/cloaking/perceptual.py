@@ -4,7 +4,9 @@ The eye hides a change in texture and at edges (contrast masking) and sees it on
 sensitive to colour than to lightness in the smooth, low-frequency changes a cloak makes. A cloak's
 change is therefore bounded per pixel by a budget that grows with the local contrast of the original
 and is held in an opponent basis (lightness, red-green, yellow-blue), with a smaller budget for the two
-colour axes. The basis is orthonormal, so moving between it and RGB is its transpose.
+colour axes, which texture does not raise (it hides a change of lightness, not a shift of colour over it:
+an iris keeps its pattern and changes colour). The basis is orthonormal, so moving between it and RGB
+is its transpose.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ where people see it least, at the photo's resolution, without bringing the face 
 The loop's ascent (loop.py) follows the models' gradients: it reaches the targets, but what it leaves on
 the face is shaped by the models, and on large faces it shows as smooth blotches and ridges on skin.
 The polish then climbs SSIMULACRA2 itself (its exact gradient on the face region where people look at it,
-visibility.py) while keeping every model's distance: each step moves the change along the score's
-gradient with the part that would bring a model nearer to the original projected out, or, when a model
-has fallen below its distance, along that model's gradient back up. Each distance is kept on the plain
+visibility.py; on a canvas shrunk from the photo, the score the photo's region would get) while keeping
+every model's distance: each step moves the change along the score's gradient with the part that would
+bring a model nearer to the original projected out, or, when a model has fallen below its distance,
+along that model's gradient back up. Each distance is kept on the plain
 view and, separately, on average over random views of the model's chip, cut from the face as the saved
 file will show it (as input diversity does in the loop), so the change that survives does not hang on one
 exact sampling of the chip: with the plain view counted in that average, the change fitted to it carried
@@ -47,7 +48,6 @@ from ulixes_onnx.cloaking.loop import (
     stacked_by_layer,
 )
 from ulixes_onnx.cloaking.perceptual import to_opponent
-from ulixes_onnx.cloaking.visibility import Ssimulacra2Reference
 from ulixes_onnx.faces.canvas import ChipOperator, FaceCanvas
 
 # Given the positions of faces among those being cloaked and their changes after the ascent, the canvases
@@ -162,9 +162,7 @@ def polish(
     away_from = [np.array(original, np.float32, copy=True) for original in originals]
     floors = np.array([[_floor(view, r, b) for r, b in zip(results, boosts, strict=True)] for view in views])
     # A face with a quality bound already holds the reference of its judged region.
-    references = [
-        face.quality_reference or Ssimulacra2Reference(face.canvas.image[face.judged]) for face in faces
-    ]
+    references = [face.quality_reference or face.new_quality_reference() for face in faces]
     # The score's gradient on each whole canvas: zero outside the judged region, which never changes.
     score_gradients = [np.zeros_like(face.clean) for face in faces]
     # In canvas pixels: the lead model's chip pixel spans `magnification` photo pixels.

@@ -22,7 +22,13 @@ pixels that differ.
 the changed image, written out by hand (no autograd at run time) through every step of the same
 forward code: the sRGB curve, the downsampling (its adjoint spreads each pixel over its block), the XYB
 map, the blurs (their adjoint folds the mirrored rows back), the error maps, their means and 4-norms
-and the trained weights; the cloaking loop climbs it to make a cloak less visible.
+and the trained weights; the cloaking loop climbs it to make a cloak less visible. The loop works on a
+face's canvas, which for a large face is the photo shrunk: `first_scale` scores such an image with the
+weights of the photo's scales it holds (the scales weigh very differently, and scored as a photo of its
+own size a canvas shrunk 3x read a cloak 10 points less visible than the photo showed it).
+
+`colour_shift` measures what SSIMULACRA2 weighs lightly: a coherent shift of colour over a feature (an
+iris changing colour), as the largest CIELAB a*b* distance of a change's local mean.
 """
 
 from __future__ import annotations
@@ -303,36 +309,51 @@ _RAW_CUBIC = (2.326765642916932, -0.020884521182843837, 6.248496625763138e-05)
 _SCORE_EXPONENT = 0.6276336467831387
 
 
-def _feature_weights(features: np.ndarray) -> np.ndarray:
-    """The weights of features [N, 3, scales, 2, 3] (fewer scales take the first weights in order),
-    shaped as one image's features."""
-    return _WEIGHTS[: features[0].size].reshape(features.shape[1:])
+def _feature_weights(features: np.ndarray, first_scale: float = 0.0) -> np.ndarray:
+    """The weights of features [N, 3, scales, 2, 3] whose first scale is SSIMULACRA2's `first_scale`,
+    shaped as one image's features; between two scales, the weights of both blended in proportion."""
+    whole = int(first_scale)
+    part = first_scale - whole
+    weights = _weights_from(features, whole)
+    if part:
+        weights = (1 - part) * weights + part * _weights_from(features, whole + 1)
+    return weights
 
 
-def _weighted_and_raw(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _weights_from(features: np.ndarray, first_scale: int) -> np.ndarray:
+    """`_feature_weights` at a whole scale. Scales past SSIMULACRA2's six weigh nothing, and an image
+    with fewer than six scales takes the first weights in order (libjxl's rule), as many as all its
+    scales from the first have features."""
+    channels, scales, *per_scale = features.shape[1:]
+    weighted = min(first_scale + scales, SCALES)
+    measured = _WEIGHTS[: channels * weighted * int(np.prod(per_scale))]
+    measured = measured.reshape(channels, weighted, *per_scale)[:, first_scale:]
+    return np.pad(measured, ((0, 0), (0, scales - measured.shape[1]), (0, 0), (0, 0)))
+
+
+def _weighted_and_raw(features: np.ndarray, first_scale: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The weighted sums [N] of features [N, 3, scales, 2, 3] and the raw distances made of them."""
-    weighted = (
-        np.abs(features).reshape(len(features), -1) @ _feature_weights(features).ravel() * _WEIGHTED_SCALE
-    )
+    weights = _feature_weights(features, first_scale).ravel()
+    weighted = np.abs(features).reshape(len(features), -1) @ weights * _WEIGHTED_SCALE
     first, second, third = _RAW_CUBIC
     return weighted, first * weighted + second * weighted**2 + third * weighted**3
 
 
-def _score(features: np.ndarray) -> np.ndarray:
+def _score(features: np.ndarray, first_scale: float = 0.0) -> np.ndarray:
     """Scores of features [N, 3, scales, 2, 3]."""
-    raw = _weighted_and_raw(features)[1]
+    raw = _weighted_and_raw(features, first_scale)[1]
     return np.where(raw > 0, 100.0 - 10.0 * np.maximum(raw, 0.0) ** _SCORE_EXPONENT, 100.0)
 
 
-def _score_slope(features: np.ndarray) -> np.ndarray:
+def _score_slope(features: np.ndarray, first_scale: float = 0.0) -> np.ndarray:
     """d score / d features for features [1, 3, scales, 2, 3], same shape; 0 where the score is 100."""
-    weighted, raw = (float(value[0]) for value in _weighted_and_raw(features))
+    weighted, raw = (float(value[0]) for value in _weighted_and_raw(features, first_scale))
     if raw <= 0:
         return np.zeros_like(features)
     first, second, third = _RAW_CUBIC
     raw_slope = first + 2 * second * weighted + 3 * third * weighted**2
     slope = -10.0 * _SCORE_EXPONENT * raw ** (_SCORE_EXPONENT - 1) * raw_slope * _WEIGHTED_SCALE
-    return slope * _feature_weights(features)[None] * np.sign(features)
+    return slope * _feature_weights(features, first_scale)[None] * np.sign(features)
 
 
 def _map_slopes(
@@ -484,16 +505,26 @@ class Ssimulacra2Reference:
     of it: the cloaking loop scores every candidate against the same original face region.
 
     `precision` is that of all the maps: float32 (fast) or float64 (for checking the gradient against
-    finite differences, which float32 rounding drowns)."""
+    finite differences, which float32 rounding drowns).
 
-    def __init__(self, original: np.ndarray, precision: type[np.floating] = np.float32) -> None:
+    `first_scale` k > 0 scores an image that stands for a larger one shrunk 2^k times (a face's canvas
+    for the photo's face region): its scales are the larger image's from the k-th on, scored with
+    their weights, and the larger image's k finest scales, which the smaller one cannot show, count as
+    unchanged."""
+
+    def __init__(
+        self, original: np.ndarray, precision: type[np.floating] = np.float32, first_scale: float = 0.0
+    ) -> None:
+        if not 0 <= first_scale < SCALES:
+            raise ValueError(f"the first scale must be in [0, {SCALES}), not {first_scale}")
         original = _checked_image(original, "original")
         self.shape = original.shape[:2]
         self._original = original
         self._precision = precision
+        self._first_scale = first_scale
         self._scales: list[_OriginalScale] = []
         linear = _linear_rgb(original, precision)[None]
-        for index in range(SCALES):
+        for index in range(SCALES - int(first_scale)):
             if index:
                 linear = _downsample(linear)
             if min(linear.shape[1:3]) < MIN_SIDE:
@@ -513,7 +544,7 @@ class Ssimulacra2Reference:
         if not self._scales:
             return np.array([self._unmeasured_score(image) for image in images])
         linear = np.stack([_linear_rgb(image, self._precision) for image in images])
-        return _score(self._features(linear)[0])
+        return _score(self._features(linear)[0], self._first_scale)
 
     def score_and_gradient(self, changed: np.ndarray) -> tuple[float, np.ndarray]:
         """SSIMULACRA2 of one changed copy (as `score`) and its derivative with respect to the copy's
@@ -528,8 +559,8 @@ class Ssimulacra2Reference:
             return self._unmeasured_score(image), no_slope
         linear = _linear_rgb(image, self._precision)
         features, kept = self._features(linear[None], keep_terms=True)
-        score = float(_score(features)[0])
-        feature_slope = _score_slope(features)[0]
+        score = float(_score(features, self._first_scale)[0])
+        feature_slope = _score_slope(features, self._first_scale)[0]
         if not feature_slope.any():
             return score, no_slope
         # Back from the coarsest scale: each scale's linear RGB feeds its own maps and the next scale.
@@ -629,6 +660,27 @@ def face_region(box: Sequence[float], shape: Sequence[int]) -> tuple[slice, slic
     rows = slice(max(0, int(y0 - grow_y)), min(height, int(np.ceil(y1 + grow_y))))
     cols = slice(max(0, int(x0 - grow_x)), min(width, int(np.ceil(x1 + grow_x))))
     return rows, cols
+
+
+# A colour shift is judged on the change's local mean over this share of the face's width (about an
+# iris): a coherent shift of a feature's colour shows where noise of the same size averages out.
+COLOUR_WINDOW = 1 / 30
+
+
+def colour_shift(original: np.ndarray, changed: np.ndarray, face_width: float) -> float:
+    """The largest local colour shift of a change (CIELAB a*b* distance of its local mean, in the
+    region's window of `COLOUR_WINDOW` of the face's width): about 2.3 is just noticeable, and an eye
+    whose iris shifts by 5 has visibly changed colour. Arguments as `ssimulacra2`."""
+    original, changed = _checked_pair(original, changed)
+    window = max(3, round(face_width * COLOUR_WINDOW)) | 1
+    shift = _lab(changed) - _lab(original)
+    local_a = cv2.blur(shift[:, :, 1], (window, window))
+    local_b = cv2.blur(shift[:, :, 2], (window, window))
+    return float(np.sqrt(local_a * local_a + local_b * local_b).max())
+
+
+def _lab(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.asarray(image, np.float32) * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
 
 
 @dataclass(frozen=True)
