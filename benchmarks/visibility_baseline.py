@@ -8,7 +8,8 @@ alone (added to the 8-bit original, no re-encoding), and SSIMULACRA2 of the orig
 at quality 90 (Pillow's defaults, 4:2:0), the yardstick of "looks unchanged". It also times SSIMULACRA2
 per region on one OpenCV thread, and says where the saved copy's score is lost: the shares of its loss
 at each of SSIMULACRA2's scales (1x to 32x), in its luma channel Y and in its SSIM error maps
-(`visibility.loss_shares`).
+(`visibility.loss_shares`), and gives the largest local colour shift of the saved copy, which the score
+weighs lightly (`visibility.colour_shift`).
 
 usage: python benchmarks/visibility_baseline.py [FOLDER] [--count 20] [--extra PHOTO ...] [--level mid]
        [--set FIELD=VALUE ...] [--out FILE.md]

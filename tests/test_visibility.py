@@ -13,9 +13,11 @@ from ssimulacra2 import compute_ssimulacra2
 
 from ulixes_onnx.cloaking.dssim import image_dssim
 from ulixes_onnx.cloaking.visibility import (
+    _WEIGHTS,
     MIN_SIDE,
     Ssimulacra2Reference,
     Visibility,
+    _feature_weights,
     colour_shift,
     face_region,
     face_visibility,
@@ -204,10 +206,24 @@ def test_a_shrunk_copy_scored_from_its_scale_scores_as_the_full_size_image(
     assert abs(as_if_full_size - full_size) > 2 * abs(from_its_scale - full_size)
 
 
-@pytest.mark.parametrize("first_scale", [-1, 6])
-def test_a_first_scale_outside_the_scales_is_a_clear_error(first_scale: int) -> None:
+@pytest.mark.parametrize("first_scale", [-1, 6, float("nan")])
+def test_a_first_scale_outside_the_scales_is_a_clear_error(first_scale: float) -> None:
     with pytest.raises(ValueError, match="first scale"):
         Ssimulacra2Reference(np.zeros((64, 64, 3)), first_scale=first_scale)
+    assert len(Ssimulacra2Reference(np.zeros((64, 64, 3)), first_scale=5.999)._scales) == 1
+
+
+def test_scales_weigh_from_the_first_scale_on_with_fractions_blended() -> None:
+    weights = _WEIGHTS.reshape(3, 6, 2, 3)
+    features = np.ones((1, 3, 5, 2, 3))
+    np.testing.assert_array_equal(_feature_weights(features, 1), weights[:, 1:])
+    # A quarter of the way to the next scale: the last scale has no next one and weighs less.
+    next_scale = np.concatenate([weights[:, 2:], np.zeros((3, 1, 2, 3))], axis=1)
+    np.testing.assert_allclose(_feature_weights(features, 1.25), 0.75 * weights[:, 1:] + 0.25 * next_scale)
+    # Fewer scales than six take the first weights in order, the unweighed ones counted from scale 0.
+    three = np.ones((1, 3, 3, 2, 3))
+    np.testing.assert_array_equal(_feature_weights(three), _WEIGHTS[:54].reshape(3, 3, 2, 3))
+    np.testing.assert_array_equal(_feature_weights(three, 2), _WEIGHTS[:90].reshape(3, 5, 2, 3)[:, 2:])
 
 
 def test_colour_shift_sees_a_coherent_shift_and_not_noise_of_its_size(astronaut: np.ndarray) -> None:
@@ -224,6 +240,10 @@ def test_colour_shift_sees_a_coherent_shift_and_not_noise_of_its_size(astronaut:
     # Lightness alone is no colour shift.
     brighter = np.clip(face.astype(np.float32) + 6, 0, 255)
     assert colour_shift(face, brighter, face_width=450) < 0.5 * tint
+    # A gray pair has no colour; a tiny face is still judged on a 3-pixel window.
+    gray = face.mean(axis=2)
+    assert colour_shift(gray, np.clip(gray + 6, 0, 255), face_width=450) == 0.0
+    assert colour_shift(face, np.clip(tinted, 0, 255), face_width=0) >= tint
     with pytest.raises(ValueError, match="shape"):
         colour_shift(face, face[1:], face_width=450)
 

@@ -95,7 +95,7 @@ def test_gradient_of_a_shrunk_image_matches_finite_differences(
     face: np.ndarray, first_scale: float, scales: int
 ) -> None:
     reference = Ssimulacra2Reference(face, precision=np.float64, first_scale=first_scale)
-    # 200 pixels standing for 400 (five scales, the sixth too small), 600 or 800 (four).
+    # 200 pixels have five scales of their own; standing for 800 pixels, only the four that weigh.
     assert len(reference._scales) == scales
     errors = _directional_errors(reference, _noisy(face, 4, seed=1), step=1e-5, along_gradient=0.0, seed=2)
     assert max(errors) < 1e-3, errors

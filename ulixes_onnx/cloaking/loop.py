@@ -408,6 +408,8 @@ class FaceState:
         """SSIMULACRA2 of the face's judged region, scored on the canvas as the photo's region would
         be: a canvas shrunk 2^k times from the photo holds the photo's scales from the k-th on."""
         shrink = math.log2(1 / self.canvas.scale)
+        # A canvas 64 times smaller than its photo would hold none of the photo's six scales: it is
+        # scored from the coarsest.
         return Ssimulacra2Reference(self.canvas.image[self.judged], first_scale=min(shrink, SCALES - 1))
 
     def move_to(self, opponent: np.ndarray) -> None:

@@ -5,8 +5,8 @@ sensitive to colour than to lightness in the smooth, low-frequency changes a clo
 change is therefore bounded per pixel by a budget that grows with the local contrast of the original
 and is held in an opponent basis (lightness, red-green, yellow-blue), with a smaller budget for the two
 colour axes, which texture does not raise (it hides a change of lightness, not a shift of colour over it:
-an iris keeps its pattern and changes colour). The basis is orthonormal, so moving between it and RGB
-is its transpose.
+an iris keeps its pattern and changes colour; `loop.FaceState` applies the budgets). The basis is
+orthonormal, so moving between it and RGB is its transpose.
 """
 
 from __future__ import annotations

@@ -324,10 +324,10 @@ def _weights_from(features: np.ndarray, first_scale: int) -> np.ndarray:
     """`_feature_weights` at a whole scale. Scales past SSIMULACRA2's six weigh nothing, and an image
     with fewer than six scales takes the first weights in order (libjxl's rule), as many as all its
     scales from the first have features."""
-    channels, scales, *per_scale = features.shape[1:]
+    channels, scales, pools, maps = features.shape[1:]
     weighted = min(first_scale + scales, SCALES)
-    measured = _WEIGHTS[: channels * weighted * int(np.prod(per_scale))]
-    measured = measured.reshape(channels, weighted, *per_scale)[:, first_scale:]
+    measured = _WEIGHTS[: channels * weighted * pools * maps]
+    measured = measured.reshape(channels, weighted, pools, maps)[:, first_scale:]
     return np.pad(measured, ((0, 0), (0, scales - measured.shape[1]), (0, 0), (0, 0)))
 
 
@@ -507,10 +507,10 @@ class Ssimulacra2Reference:
     `precision` is that of all the maps: float32 (fast) or float64 (for checking the gradient against
     finite differences, which float32 rounding drowns).
 
-    `first_scale` k > 0 scores an image that stands for a larger one shrunk 2^k times (a face's canvas
-    for the photo's face region): its scales are the larger image's from the k-th on, scored with
-    their weights, and the larger image's k finest scales, which the smaller one cannot show, count as
-    unchanged."""
+    `first_scale` k in [0, 6) scores an image that stands for a larger one shrunk 2^k times (a face's
+    canvas for the photo's face region): its scales are the larger image's from the k-th on, scored
+    with their weights (a fractional k blends the two nearest scales' weights), and the larger image's
+    finest scales, which the smaller one cannot show, count as unchanged."""
 
     def __init__(
         self, original: np.ndarray, precision: type[np.floating] = np.float32, first_scale: float = 0.0
@@ -668,10 +668,13 @@ COLOUR_WINDOW = 1 / 30
 
 
 def colour_shift(original: np.ndarray, changed: np.ndarray, face_width: float) -> float:
-    """The largest local colour shift of a change (CIELAB a*b* distance of its local mean, in the
-    region's window of `COLOUR_WINDOW` of the face's width): about 2.3 is just noticeable, and an eye
-    whose iris shifts by 5 has visibly changed colour. Arguments as `ssimulacra2`."""
+    """The largest local colour shift of a change: the CIELAB a*b* distance of its mean over a square
+    window `COLOUR_WINDOW` of the face's width wide (at least 3 pixels), at its largest in the image.
+    About 2.3 is just noticeable, and an eye whose iris shifts by 5 has visibly changed colour. Images
+    as `ssimulacra2` takes them (a gray pair has no colour to shift: 0)."""
     original, changed = _checked_pair(original, changed)
+    if original.ndim == 2:
+        return 0.0
     window = max(3, round(face_width * COLOUR_WINDOW)) | 1
     shift = _lab(changed) - _lab(original)
     local_a = cv2.blur(shift[:, :, 1], (window, window))
